@@ -1,0 +1,87 @@
+"""Task metrics from scikit-learn / scipy, and the trivial-predictor baseline.
+
+``compute_metrics(task, preds, labels)`` returns every metric in
+``task.metrics``; ``baseline_score`` is the primary metric of the predictor
+that ignores its input (majority training class, or the training mean).
+Degenerate inputs (constant predictions or labels) score 0.0, never nan.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from rank_sweep.config import TaskConfig
+from rank_sweep.errors import ConfigError
+
+CLASSIFICATION_ONLY = ("accuracy", "f1", "mcc")
+
+
+def _correlation(fn, preds: np.ndarray, labels: np.ndarray) -> float:
+    if len(preds) < 2 or np.ptp(preds) == 0 or np.ptp(labels) == 0:
+        return 0.0  # correlation with a constant is undefined: count it as none
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(fn(preds, labels)[0])
+    return 0.0 if math.isnan(value) else value
+
+
+def _as_arrays(task: TaskConfig, preds, labels) -> tuple[np.ndarray, np.ndarray]:
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if task.is_regression:
+        return preds.reshape(len(preds), -1)[:, 0].astype(float), labels.astype(float)
+    if preds.ndim == 2:  # logits: take the class
+        preds = preds.argmax(axis=-1)
+    return preds.astype(int), labels.astype(int)
+
+
+def compute_metrics(task: TaskConfig, preds, labels) -> dict[str, float]:
+    """Every metric in ``task.metrics``; ``preds`` are class indices (or logits) or floats."""
+    preds, labels = _as_arrays(task, preds, labels)
+    if len(preds) != len(labels):
+        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
+    out: dict[str, float] = {}
+    for name in task.metrics:
+        if task.is_regression and name in CLASSIFICATION_ONLY:
+            raise ConfigError(
+                f"task.metrics={name!r} is not valid for regression task {task.name}: use pearson or spearman"
+            )
+        if name == "accuracy":
+            out[name] = float(accuracy_score(labels, preds))
+        elif name == "f1":
+            binary = task.num_labels == 2
+            out[name] = float(
+                f1_score(
+                    labels,
+                    preds,
+                    average="binary" if binary else "macro",
+                    pos_label=1,
+                    labels=None if binary else list(range(task.num_labels)),
+                    zero_division=0,
+                )
+            )
+        elif name == "mcc":
+            value = float(matthews_corrcoef(labels, preds))
+            out[name] = 0.0 if math.isnan(value) else value
+        elif name == "pearson":
+            out[name] = _correlation(pearsonr, preds.astype(float), labels.astype(float))
+        elif name == "spearman":
+            out[name] = _correlation(spearmanr, preds.astype(float), labels.astype(float))
+        else:  # pragma: no cover - TaskConfig rejects unknown names
+            raise ConfigError(f"task.metric={name!r} is not valid")
+    return out
+
+
+def baseline_score(task: TaskConfig, train_labels, val_labels) -> float:
+    """Primary metric of the trivial predictor: majority training class, or training mean."""
+    train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
+    if task.is_regression:
+        preds = np.full(len(val_labels), float(np.mean(train_labels)))
+    else:
+        majority = int(np.bincount(train_labels.astype(int), minlength=task.num_labels).argmax())
+        preds = np.full(len(val_labels), majority)
+    return compute_metrics(task, preds, val_labels)[task.metric]

@@ -1,0 +1,243 @@
+"""The study: Optuna parts that run the recipe, resume-safe.
+
+    rank-sweep experiment=quickstart        # or: rank-sweep task=mrpc seeds...
+
+:class:`LadderSampler` proposes the next point from the trials in storage
+(like ``GridSampler``), :class:`StopWhenDone` calls ``study.stop()`` when the
+plan is complete or a budget is spent, and the objective runs one trial as a
+child MLflow run of the study's parent run. Running the same command again
+loads the same study: finished points are skipped, failed ones retried.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import TrialState
+
+from rank_sweep import ladder, tracking
+from rank_sweep.config import RunConfig, targets_key
+from rank_sweep.errors import RankSweepError, TrackingError
+from rank_sweep.records import records_from_study
+from rank_sweep.trial import WorkerCache, run_trial
+
+POINT_ATTR = "rank_sweep:point"
+
+
+def _records(study: optuna.Study) -> list:
+    return [r for r in records_from_study(study) if r.targets]
+
+
+class LadderSampler(BaseSampler):
+    """Proposes the first pending point of :func:`ladder.plan`, derived from storage only."""
+
+    def __init__(self, spec: ladder.LadderSpec):
+        self.spec = spec
+
+    def before_trial(self, study, trial):
+        if POINT_ATTR in trial.system_attrs or "fixed_params" in trial.system_attrs:
+            return
+        others = [r for r in _records(study) if r.number != trial.number]
+        p = ladder.plan(others, self.spec)
+        point = asdict(p.pending[0]) if p.pending else None
+        study._storage.set_trial_system_attr(trial._trial_id, POINT_ATTR, point)
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        point = trial.system_attrs.get(POINT_ATTR)
+        if point is None:
+            raise optuna.TrialPruned("nothing left to run")
+        return point[param_name]
+
+
+class StopWhenDone:
+    """Callback: stop the study when the plan is complete, a budget is spent, or trials keep failing."""
+
+    def __init__(self, spec: ladder.LadderSpec, cfg: RunConfig, printer):
+        self.spec, self.cfg, self.printer = spec, cfg, printer
+        self.reason: str | None = None
+
+    def __call__(self, study, trial):
+        self.printer(study, trial)
+        reason = stop_reason(study, self.spec, self.cfg)
+        if reason:
+            self.reason = reason
+            study.stop()
+
+
+def stop_reason(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> str | None:
+    trials = [t for t in study.get_trials(deepcopy=False) if t.params]
+    finished = [t for t in trials if t.state.is_finished()]
+    budget = cfg.search.budget
+    k = cfg.search.max_consecutive_failures
+    last = sorted(finished, key=lambda t: t.number)[-k:]
+    if len(last) == k and all(t.state == TrialState.FAIL for t in last):
+        why = last[-1].user_attrs.get("fail_reason", "see the MLflow runs")
+        return f"stopped: the last {k} trials failed (search.max_consecutive_failures={k}); last error: {why}"
+    if budget.max_trials is not None and len(finished) >= budget.max_trials:
+        return f"budget: search.budget.max_trials={budget.max_trials} trials run"
+    spent = sum((t.duration.total_seconds() for t in finished if t.duration), 0.0)
+    if budget.max_seconds is not None and spent >= budget.max_seconds:
+        return f"budget: search.budget.max_seconds={budget.max_seconds:g} spent ({spent:.0f}s of trials)"
+    if cfg.search.strategy == "tpe":
+        n = cfg.search.n_trials or 20
+        return f"tpe: {n} trials run" if len(finished) >= n else None
+    if ladder.plan(_records(study), spec).done:
+        return "done: every ladder stopped"
+    return None
+
+
+def trial_config(cfg: RunConfig, targets: str, r: int, seed: int, **overrides) -> RunConfig:
+    run = copy.deepcopy(cfg)
+    run.seed = seed
+    if targets == ladder.FULL:
+        run.lora.full_finetune = True
+    else:
+        run.lora.targets, run.lora.r = targets.split(","), r
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        setattr(getattr(run, section), name, value)
+    return run
+
+
+def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, CategoricalDistribution]:
+    sets = spec.target_sets + [s for s in spec.extend_sets if s not in spec.target_sets]
+    ranks = list(spec.ranks)
+    if spec.include_full:
+        sets, ranks = sets + [ladder.FULL], [0, *ranks]
+    return {"targets": CategoricalDistribution(sets), "r": CategoricalDistribution(ranks),
+            "seed": CategoricalDistribution(spec.seeds)}
+
+
+class Objective:
+    """Runs one point as a trial (a child MLflow run) and stores its numbers on the Optuna trial."""
+
+    def __init__(self, cfg, spec, cache, client, experiment_id, parent_run_id):
+        self.cfg, self.spec, self.cache = cfg, spec, cache
+        self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
+        self.dists = distributions(cfg, spec)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        overrides = {}
+        if self.cfg.search.strategy == "tpe":
+            targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
+            r = trial.suggest_categorical("r", self.dists["r"].choices)
+            seed = self.cfg.seed
+            overrides = {"trainer.lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
+                         "lora.alpha_k": trial.suggest_float("alpha_k", 0.5, 8.0, log=True)}
+        else:
+            targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
+            r = trial.suggest_categorical("r", self.dists["r"].choices)
+            seed = trial.suggest_categorical("seed", self.dists["seed"].choices)
+        run = trial_config(self.cfg, targets, r, seed, **overrides)
+        callbacks = [_pruning_callback(trial, f"val/{self.cfg.task.metric}")]
+        try:
+            result = run_trial(run, cache=self.cache, client=self.client, experiment_id=self.experiment_id,
+                               parent_run_id=self.parent_run_id, callbacks=callbacks,
+                               run_name=f"trial {trial.number}: {targets} r={r} seed={seed}",
+                               learn_margin=self.cfg.search.learn_margin)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            raise
+        c = result.counts
+        for key, value in {**c.as_metrics(), "train_seconds": result.train_seconds, "mlflow_run_id": result.run_id,
+                           "not_learning": result.not_learning, "baseline_score": result.baseline_score,
+                           "alpha": run.lora.lora_alpha, "lr": run.trainer.lr, "train_steps": result.train_steps,
+                           "score_metric": result.metric}.items():
+            trial.set_user_attr(key, value)
+        return result.score
+
+
+def _pruning_callback(trial, monitor):
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    return PyTorchLightningPruningCallback(trial, monitor=monitor)
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    return {
+        "none": optuna.pruners.NopPruner,
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+        "patient": lambda: optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=3), patience=1),
+    }[name]()
+
+
+def default_storage(cfg: RunConfig) -> str:
+    uri = cfg.tracking.resolved_uri()
+    if uri.startswith("sqlite:///") and uri.endswith(".db"):
+        folder = uri[len("sqlite:///"):].rsplit("/", 1)[0] if "/" in uri[len("sqlite:///"):] else ""
+        return f"sqlite:///{folder + '/' if folder else ''}optuna.db"
+    return "sqlite:///optuna.db"
+
+
+def open_storage(url: str):
+    """RDB storage with a heartbeat (a killed worker's trial is failed and retried), or a journal file."""
+    try:
+        if url.endswith((".journal", ".log")) or url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TrackingError(
+            f"cannot open study storage {tracking.redact(url)!r}: {tracking._redact_text(first)[:160]} "
+            f"(valid: sqlite:///path.db, postgresql://user@host/db, mysql://..., or a path ending in .journal)"
+        ) from None
+
+
+def study_name(cfg: RunConfig) -> str:
+    return cfg.search.study_name or f"{cfg.model.name}-{cfg.task.name}-{cfg.search.strategy}"
+
+
+def search_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
+    """What a resumed study must share with the stored one."""
+    return {"targets": spec.target_sets, "extend": spec.extend_sets, "ranks": spec.ranks, "seeds": spec.seeds,
+            "task": cfg.task.name, "model": cfg.model.name_or_path, "strategy": cfg.search.strategy,
+            "alpha_policy": cfg.lora.alpha_policy, "lr": cfg.trainer.lr, "epochs": cfg.trainer.epochs,
+            "max_train_samples": cfg.task.max_train_samples, "max_seq_length": cfg.task.max_seq_length}
+
+
+def build_spec(cfg: RunConfig, cost=None) -> ladder.LadderSpec:
+    s = cfg.search
+    return ladder.LadderSpec(
+        target_sets=[targets_key(t) for t in s.target_sets], ranks=s.ranks,
+        seeds=[cfg.seed + i for i in range(s.seeds)], patience=s.patience, min_delta=s.min_delta,
+        noise_k=s.noise_k, direction=cfg.task.direction, extend=s.extend,
+        extend_sets=[targets_key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
+        include_full=s.include_full_finetune, max_retries=s.max_retries, cost=cost,
+        max_lora_params=s.budget.max_lora_params, max_trainable_params=s.budget.max_trainable_params,
+        grid=s.strategy == "grid",
+    )
+
+
+def load_or_create_study(cfg: RunConfig, spec: ladder.LadderSpec, storage_url: str) -> optuna.Study:
+    storage = open_storage(storage_url)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed) if cfg.search.strategy == "tpe" else LadderSampler(spec)
+    study = optuna.create_study(study_name=study_name(cfg), storage=storage, direction=cfg.task.direction,
+                                sampler=sampler, pruner=make_pruner(cfg.search.pruner), load_if_exists=True)
+    fingerprint = json.loads(json.dumps(search_fingerprint(cfg, spec)))
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        study.set_user_attr("fingerprint", fingerprint)
+    elif stored != fingerprint:
+        diff = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k])
+        raise RankSweepError(
+            f"study {study.study_name!r} in {tracking.redact(storage_url)} was run with other settings "
+            f"({', '.join(f'{k}={stored.get(k)!r}' for k in diff)}): set search.study_name to start a new study"
+        )
+    return study
+

@@ -1,0 +1,242 @@
+"""One trial: wire a config into a Lightning run, fit, record, return the result.
+
+    rank-sweep-trial task=sst2 lora.r=4 lora.targets=[Wq,Wv]
+
+Order matters for "nothing half-done": everything that can reject the input
+(model path, data files, labels, target roles, rank) is checked *before* the
+MLflow run is created, so a bad input leaves no RUNNING run behind. Inside one
+worker, :class:`WorkerCache` keeps the pristine base model and the tokenized
+data, so later trials skip loading and tokenizing.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import lightning.pytorch as pl
+import torch
+
+from rank_sweep import data as data_mod
+from rank_sweep import lora, tracking
+from rank_sweep.config import RunConfig, targets_key
+from rank_sweep.errors import ConfigError
+from rank_sweep.metrics import baseline_score
+from rank_sweep.model import SequenceClassifier
+
+
+@dataclass
+class TrialResult:
+    score: float
+    metric: str
+    metrics: dict[str, float]
+    counts: lora.ParamCounts
+    train_seconds: float
+    setup_seconds: float
+    baseline_score: float
+    not_learning: bool
+    constant_predictions: bool
+    history: list[dict] = field(default_factory=list)
+    run_id: str | None = None
+    train_steps: int = 0
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``pkg:<module>/<subdir>`` -> a folder inside an installed package; else unchanged."""
+    if not name_or_path.startswith("pkg:"):
+        return name_or_path
+    module, _, sub = name_or_path[4:].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r}: Python package {module!r} is not installed "
+            f"(pip install {module.replace('_', '-')})"
+        )
+    return os.path.join(os.path.dirname(spec.origin), sub)
+
+
+def bf16_available(accelerator: str) -> bool:
+    if accelerator in ("gpu", "cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def resolve_precision(cfg: RunConfig) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if bf16_available(cfg.trainer.accelerator) else "32-true"
+
+
+class WorkerCache:
+    """Per-process cache: tokenizer, pristine base model and tokenized splits."""
+
+    def __init__(self):
+        self._models: dict = {}
+        self._data: dict = {}
+
+    def tokenizer_and_model(self, cfg: RunConfig):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        key = (cfg.model.name_or_path, cfg.task.num_labels)
+        if key not in self._models:
+            path = resolve_model_path(cfg.model.name_or_path)
+            try:
+                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code
+                )
+            except OSError as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ConfigError(
+                    f"cannot load model {cfg.model.name_or_path!r} (not a local folder, and the Hugging Face Hub "
+                    f"is unreachable or has no such model): {first[:160]}; set model.name_or_path to a local folder"
+                ) from None
+            if tok.pad_token is None:  # decoder-only families ship without one
+                tok.pad_token = tok.eos_token
+            model.config.pad_token_id = tok.pad_token_id
+            self._models[key] = (tok, model, lora.num_params(model))
+        return self._models[key]
+
+    def splits(self, cfg: RunConfig, tokenizer):
+        key = json.dumps(asdict(cfg.task), sort_keys=True) + cfg.model.name_or_path
+        if key not in self._data:
+            raw = data_mod.load_splits(cfg.task)
+            tokenized = data_mod.tokenize_splits(raw, tokenizer, cfg.task)
+            self._data[key] = (tokenized, data_mod.label_arrays(raw))
+        return self._data[key]
+
+
+_DEFAULT_CACHE = WorkerCache()
+
+
+def _fresh_model(base: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of the pristine base with its (newly initialized) head re-drawn from ``seed``."""
+    model = copy.deepcopy(base)
+    torch.manual_seed(seed)
+    for name in lora._head_names(model):
+        for module in getattr(model, name).modules():
+            model._init_weights(module)
+    return model
+
+
+def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
+    """Load, validate and build everything a trial needs; raises before any run is recorded."""
+    cache = cache or _DEFAULT_CACHE
+    tok, base, total = cache.tokenizer_and_model(cfg)
+    (tokenized, (train_labels, val_labels)) = cache.splits(cfg, tok)
+    model = _fresh_model(base, cfg.seed)
+    if cfg.lora.full_finetune:
+        model = lora.freeze_for_full_finetune(model)
+    else:
+        plan = lora.plan_targets(model, cfg.lora.targets, cfg.model.family)
+        lora.check_rank_fits(plan, cfg.lora.r)
+        model = lora.wrap(model, cfg.lora, cfg.model.family, plan)
+    counts = lora.count_parameters(model, total)
+    baseline = baseline_score(cfg.task, train_labels, val_labels)
+    return tok, model, tokenized, counts, baseline
+
+
+def trial_params(cfg: RunConfig) -> dict:
+    """The MLflow params every trial carries (a contract: later parts rely on these names)."""
+    full = cfg.lora.full_finetune
+    return {
+        "model": cfg.model.name,
+        "model_path": cfg.model.name_or_path,
+        "task": cfg.task.name,
+        "r": 0 if full else cfg.lora.r,
+        "targets": "full" if full else targets_key(cfg.lora.targets),
+        "alpha": None if full else cfg.lora.lora_alpha,
+        "alpha_policy": cfg.lora.alpha_policy,
+        "lr": cfg.trainer.lr,
+        "epochs": cfg.trainer.epochs,
+        "batch_size": cfg.trainer.batch_size,
+        "seed": cfg.seed,
+        "max_seq_length": cfg.task.max_seq_length,
+        "max_train_samples": cfg.task.max_train_samples,
+        "lora_dropout": cfg.lora.dropout,
+        "lora_init": cfg.lora.init,
+        "weight_decay": cfg.trainer.weight_decay,
+        "warmup_ratio": cfg.trainer.warmup_ratio,
+        "precision": resolve_precision(cfg),
+        "metric": cfg.task.metric,
+    }
+
+
+def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, experiment_id: str | None = None,
+              parent_run_id: str | None = None, callbacks: list | None = None, run_name: str | None = None,
+              learn_margin: float | None = None) -> TrialResult:
+    """Train one configuration and record it as an MLflow run (a child run when ``parent_run_id`` is set)."""
+    t0 = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    tok, model, tokenized, counts, baseline = prepare(cfg, cache)
+    if client is None:
+        client, experiment_id = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
+    params = trial_params(cfg)
+    name = run_name or f"{params['targets']} r={params['r']} seed={cfg.seed}"
+    run_id = tracking.start_run(client, experiment_id, name, params, tags={"kind": "trial"},
+                                parent_run_id=parent_run_id)
+    try:
+        if cfg.tracking.log_config_artifact:
+            client.log_dict(run_id, _config_dict(cfg), "config.json")
+        tracking.log(client, run_id, metrics={**counts.as_metrics(), "rank": params["r"], "baseline_score": baseline})
+        datamodule = data_mod.GlueDataModule(
+            tokenized, tok, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
+            group_by_length=cfg.trainer.group_by_length, seed=cfg.seed,
+        )
+        module = SequenceClassifier(model, cfg.task, cfg.trainer)
+        all_callbacks = [tracking.EpochLogger(client, run_id), *(callbacks or [])]
+        if cfg.trainer.early_stopping_patience:
+            from lightning.pytorch.callbacks import EarlyStopping
+
+            all_callbacks.append(EarlyStopping(f"val/{cfg.task.metric}", mode="max",
+                                               patience=cfg.trainer.early_stopping_patience))
+        trainer = pl.Trainer(
+            max_epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices, precision=resolve_precision(cfg), logger=False,
+            enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+            enable_progress_bar=cfg.trainer.progress_bar, callbacks=all_callbacks,
+        )
+        setup_seconds = time.perf_counter() - t0
+        t_fit = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        train_seconds = time.perf_counter() - t_fit
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+    except BaseException as e:
+        pruned = type(e).__name__ == "TrialPruned"
+        tracking.end_run(client, run_id, "KILLED" if pruned else "FAILED", f"{type(e).__name__}: {e}")
+        raise
+    metrics = dict(module.last_metrics)
+    score = metrics[cfg.task.metric]
+    margin = 0.02 if learn_margin is None else learn_margin
+    not_learning = module.constant_predictions or not score > baseline + margin
+    final = {"score": score, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
+             "not_learning": float(not_learning), "train_steps": trainer.global_step,
+             **{f"final/{k}": v for k, v in metrics.items()}}
+    tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
+                                                      "not_learning": str(not_learning).lower()})
+    tracking.end_run(client, run_id, "FINISHED")
+    if cfg.save_adapter and not cfg.lora.full_finetune:
+        out = os.path.join(cfg.output_dir, "adapters", run_id)
+        model.save_pretrained(out)
+        client.log_artifacts(run_id, out, "adapter")
+    return TrialResult(score, cfg.task.metric, metrics, counts, train_seconds, setup_seconds, baseline,
+                       not_learning, module.constant_predictions, module.history, run_id, trainer.global_step)
+
+
+def _config_dict(cfg: RunConfig) -> dict:
+    d = asdict(cfg)
+    d["tracking"]["uri"] = tracking.redact(cfg.tracking.resolved_uri())
+    d["search"]["storage"] = tracking.redact(d["search"]["storage"])
+    return d
