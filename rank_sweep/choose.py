@@ -5,7 +5,7 @@
 Reads the study from its Optuna storage (the same default as ``rank-sweep``),
 prints the choice with its reasons, the runners-up and the Pareto front, draws
 the plots, and writes a Hydra experiment preset that retrains the choice:
-``rank-sweep-trial experiment=<printed name>``.
+``rank-sweep-trial --config-dir <printed dir> experiment=<printed name>``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ import optuna
 from rank_sweep import plots, tracking
 from rank_sweep.config import RunConfig
 from rank_sweep.errors import RankSweepError
-from rank_sweep.records import FULL, records_from_study
+from rank_sweep.records import records_from_study
 from rank_sweep.search import default_storage, open_storage, study_name
 from rank_sweep.select import Budget, format_selection, select
-
-EXPERIMENT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "experiment")
 
 
 def load_study(cfg: RunConfig, name: str | None = None) -> optuna.Study:
@@ -38,19 +36,18 @@ def load_study(cfg: RunConfig, name: str | None = None) -> optuna.Study:
 
 def experiment_yaml(cfg: RunConfig, rec) -> str:
     """A ``# @package _global_`` preset that sets everything the chosen trial depended on."""
-    lines = ["# @package _global_", f"# written by rank-sweep-select: trial {rec.number} of the study", "defaults:",
-             f"  - override /task: {cfg.task.name}", "", f"seed: {rec.seed}", "model:",
-             f"  name: {cfg.model.name}", f"  name_or_path: {cfg.model.name_or_path}", "lora:"]
-    if rec.targets == FULL:
-        lines.append("  full_finetune: true")
-    else:
-        lines += [f"  r: {rec.r}", f"  targets: [{rec.targets}]", f"  alpha_policy: {cfg.lora.alpha_policy}",
-                  f"  alpha: {cfg.lora.alpha}", f"  alpha_k: {cfg.lora.alpha_k}", f"  dropout: {cfg.lora.dropout}"]
-    lr = rec.lr if rec.lr is not None else cfg.trainer.lr
-    lines += ["trainer:", f"  lr: {lr}", f"  epochs: {cfg.trainer.epochs}", f"  batch_size: {cfg.trainer.batch_size}",
-              "task:", f"  max_seq_length: {cfg.task.max_seq_length}",
-              f"  max_train_samples: {'null' if cfg.task.max_train_samples is None else cfg.task.max_train_samples}"]
-    return "\n".join(lines) + "\n"
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from rank_sweep.search import trial_config
+
+    run = trial_config(cfg, rec.targets, rec.r, rec.seed)
+    if rec.lr is not None:
+        run.trainer.lr = rec.lr
+    tree = {k: v for k, v in asdict(run).items() if k in ("model", "task", "lora", "trainer", "seed")}
+    head = f"# @package _global_\n# written by rank-sweep-select: trial {rec.number} ({rec.targets} r={rec.r})\n"
+    return head + OmegaConf.to_yaml(OmegaConf.create(tree))
 
 
 def choose(cfg: RunConfig, select_cfg, budget_cfg) -> None:
@@ -71,11 +68,13 @@ def choose(cfg: RunConfig, select_cfg, budget_cfg) -> None:
     chosen = selection.chosen
     best_trial = max((r for r in records if r.usable and r.targets == chosen.targets and r.r == chosen.r),
                      key=lambda r: r.score if direction == "maximize" else -r.score)
+    # the preset goes in <out>/experiment/, a config group Hydra finds through --config-dir
     name = f"selected_{study.study_name}".replace("/", "_")
-    os.makedirs(EXPERIMENT_DIR, exist_ok=True)
-    with open(os.path.join(EXPERIMENT_DIR, name + ".yaml"), "w") as f:
+    os.makedirs(os.path.join(out, "experiment"), exist_ok=True)
+    with open(os.path.join(out, "experiment", name + ".yaml"), "w") as f:
         f.write(experiment_yaml(cfg, best_trial))
-    print(f"\nplots: {', '.join(str(p) for p in paths)}\nretrain the choice: rank-sweep-trial experiment={name}")
+    print(f"\nplots: {', '.join(str(p) for p in paths)}\n"
+          f"retrain the choice: rank-sweep-trial --config-dir {os.path.abspath(out)} experiment={name}")
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
         try:

@@ -49,9 +49,8 @@ def quiet_libraries() -> None:
         import datasets
         import lightning.pytorch  # noqa: F401  (sets its loggers to INFO on import: import first, then quiet)
         import mlflow  # noqa: F401
-        import transformers
-
         import optuna
+        import transformers
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         transformers.logging.set_verbosity_error()
@@ -59,7 +58,7 @@ def quiet_libraries() -> None:
     except ImportError:  # pragma: no cover
         pass
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "optuna", "alembic", "datasets", "peft",
-                 "transformers", "mlflow", "mlflow.store.db.utils", "alembic.runtime.migration"):
+                 "mlflow", "mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

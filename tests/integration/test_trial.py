@@ -1,0 +1,65 @@
+"""One trial on a tiny BERT: it learns, records the contract names in MLflow,
+and a bad input fails before any MLflow run exists."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rank_sweep.errors import ConfigError
+from rank_sweep.trial import WorkerCache, run_trial
+
+PARAMS = {"model", "task", "r", "targets", "alpha", "alpha_policy", "lr", "epochs", "batch_size", "seed",
+          "max_seq_length"}
+METRICS = {"score", "train/loss", "lora_params", "trainable_params", "total_params", "trainable_pct",
+           "train_seconds", "baseline_score", "val/accuracy"}
+
+
+def _runs(cfg):
+    client = MlflowClient(cfg.tracking.resolved_uri())
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+
+
+def test_trial_learns_and_records_contract(toy_cfg):
+    toy_cfg.lora.r, toy_cfg.lora.targets = 4, ["Wq", "Wv"]
+    result = run_trial(toy_cfg, cache=WorkerCache())
+    assert result.score > result.baseline_score + 0.2, "the toy task is learnable in five epochs"
+    assert not result.not_learning
+    # closed form: 2 layers x (Wq + Wv) x r * (32 + 32)
+    assert result.counts.lora_params == 2 * 2 * 4 * 64
+    assert result.counts.trainable_params == result.counts.lora_params + result.counts.head_params
+    client, runs = _runs(toy_cfg)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert PARAMS <= set(run.data.params)
+    assert METRICS <= set(run.data.metrics)
+    assert run.data.params["targets"] == "Wq,Wv" and run.data.params["r"] == "4"
+    assert run.data.params["alpha_policy"] == "scaled" and float(run.data.params["alpha"]) == 8.0
+    assert run.data.metrics["lora_params"] == result.counts.lora_params
+    assert run.data.metrics["score"] == pytest.approx(result.score)
+    assert "git.sha" in run.data.tags and "version.peft" in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "val/accuracy")
+    assert [m.step for m in history] == list(range(5)), "one validation point per epoch"
+    assert any(a.path == "config.json" for a in client.list_artifacts(run.info.run_id))
+
+
+def test_same_seed_same_score(toy_cfg):
+    cache = WorkerCache()
+    toy_cfg.tracking.log_config_artifact = False
+    a = run_trial(toy_cfg, cache=cache)
+    b = run_trial(toy_cfg, cache=cache)  # second trial reuses the cached base model: must start pristine
+    assert a.score == b.score and a.history == b.history
+
+
+@pytest.mark.parametrize("targets, r, message", [
+    (["Wq"], 64, "lora.r=64 is too large"),
+    (["Wx"], 2, "unknown role 'Wx'"),
+    (["nonexistent"], 2, "matches no linear module"),
+])
+def test_bad_input_leaves_no_run(toy_cfg, targets, r, message):
+    toy_cfg.lora.targets, toy_cfg.lora.r = targets, r
+    with pytest.raises(ConfigError, match=message):
+        run_trial(toy_cfg, cache=WorkerCache())
+    assert _runs(toy_cfg)[1] == []
