@@ -261,7 +261,7 @@ class SearchConfig:
     pruner: str = "none"
     n_trials: int | None = None  # tpe only: trials to sample
     max_retries: int = 2
-    max_consecutive_failures: int = 3
+    max_consecutive_failures: int = 5
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:

@@ -218,7 +218,8 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
                 for ext in spec.extend_sets:
                     if ext in spec.target_sets or over_budget(spec, ext, lad.plateau_rank):
                         continue
-                    note = f"{ext} at r={lad.plateau_rank} ({lad.targets} plateaued at r={lad.plateau_rank})"
+                    note = (f"{ext} at r={lad.plateau_rank} ({lad.targets} was already within the threshold of its best "
+                            f"at r={lad.plateau_rank})")
                     if note not in extensions:
                         extensions.append(note)
                     for s in spec.seeds:

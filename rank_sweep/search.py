@@ -12,6 +12,7 @@ loads the same study: finished points are skipped, failed ones retried.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import asdict
 
@@ -30,7 +31,17 @@ POINT_ATTR = "rank_sweep:point"
 
 
 def _records(study: optuna.Study) -> list:
-    return [r for r in records_from_study(study) if r.targets]
+    """Records with a point; a trial that has claimed a point but not yet suggested it counts as running it,
+    so a second worker does not pick the same point in that gap."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    out = []
+    for rec in records_from_study(study):
+        claimed = trials[rec.number].system_attrs.get(POINT_ATTR)
+        if not rec.targets and rec.state == "RUNNING" and claimed:
+            rec = dataclasses.replace(rec, targets=claimed["targets"], r=claimed["r"], seed=claimed["seed"])
+        if rec.targets:
+            out.append(rec)
+    return out
 
 
 class LadderSampler(BaseSampler):

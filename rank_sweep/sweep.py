@@ -15,9 +15,11 @@ import tempfile
 import time
 from dataclasses import asdict
 
+import numpy as np
 import optuna
+import torch
 
-from rank_sweep import ladder, lora, plots, tracking
+from rank_sweep import ladder, lora, plots, spectra, tracking
 from rank_sweep.config import RunConfig
 from rank_sweep.errors import ConfigError, RankSweepError
 from rank_sweep.records import aggregate, records_from_study
@@ -32,7 +34,7 @@ from rank_sweep.search import (
     study_name,
 )
 from rank_sweep.select import summary_table
-from rank_sweep.trial import WorkerCache
+from rank_sweep.trial import WorkerCache, factors_path
 
 
 class CostModel:
@@ -145,9 +147,44 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
                               "records": records}
 
 
+def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder: str) -> list[str]:
+    """The LoRA paper's section 7 for each ladder: phi between the A factors at the plateau (or lowest)
+    rank and the highest rank trained, averaged over layers per role; one heatmap per ladder."""
+    lines = []
+    for targets, decision in info["ladders"].items():
+        recs = sorted((r for r in info["records"] if r.usable and not r.not_learning and r.targets == targets
+                       and r.seed == spec.seeds[0] and r.run_id), key=lambda r: r.r)
+        if len(recs) < 2:
+            continue
+        low = next((r for r in recs if r.r == decision["plateau_rank"]), recs[0])
+        high = recs[-1]
+        paths = [factors_path(cfg.output_dir, r.run_id) for r in (low, high)]
+        if low is high or not all(os.path.exists(p) for p in paths):
+            continue
+        grids = spectra.ladder_similarity(*(torch.load(p) for p in paths))
+        by_role: dict[str, list] = {}
+        for name, grid in grids.items():
+            by_role.setdefault(name.rsplit(".", 1)[-1], []).append(grid)
+        mean = {f"{role} (mean of {len(g)} layers)": np.mean(g, axis=0) for role, g in by_role.items()}
+        safe = targets.replace(",", "_")
+        spectra.plot_similarity_heatmap(mean, low.r, high.r, os.path.join(folder, f"subspace_{safe}.png"),
+                                        title=f"{targets}: phi(A r={low.r}, A r={high.r})")
+        for role, grid in mean.items():
+            k, phi = spectra.reading(grid)
+            lines.append(f"subspace {targets} {role}: the top {k} direction(s) learned at r={low.r} reappear at "
+                         f"r={high.r} (phi({k},{k}) = {phi:.2f}; phi(1,1) = {grid[0, 0]:.2f})")
+    return lines
+
+
 def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
     text, info = summarize(study, spec, cfg)
     with tempfile.TemporaryDirectory() as tmp:
+        try:
+            sub = subspace_report(info, spec, cfg, tmp)
+        except (OSError, ValueError, RuntimeError) as e:  # evidence, not a reason to lose the summary
+            sub = [f"subspace similarity skipped: {e}"]
+        if sub:
+            text += "\n\n" + "\n".join(sub)
         with open(os.path.join(tmp, "summary.md"), "w") as f:
             f.write(text + "\n")
         if info["summaries"]:

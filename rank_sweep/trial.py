@@ -15,6 +15,7 @@ import copy
 import importlib.util
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -22,7 +23,7 @@ import lightning.pytorch as pl
 import torch
 
 from rank_sweep import data as data_mod
-from rank_sweep import lora, tracking
+from rank_sweep import lora, spectra, tracking
 from rank_sweep.config import RunConfig, targets_key
 from rank_sweep.errors import ConfigError
 from rank_sweep.metrics import baseline_score
@@ -134,6 +135,7 @@ def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
     tok, base, total = cache.tokenizer_and_model(cfg)
     (tokenized, (train_labels, val_labels)) = cache.splits(cfg, tok)
     model = _fresh_model(base, cfg.seed)
+    plan = None
     if cfg.lora.full_finetune:
         model = lora.freeze_for_full_finetune(model)
     else:
@@ -142,7 +144,7 @@ def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
         model = lora.wrap(model, cfg.lora, cfg.model.family, plan)
     counts = lora.count_parameters(model, total)
     baseline = baseline_score(cfg.task, train_labels, val_labels)
-    return tok, model, tokenized, counts, baseline
+    return tok, model, tokenized, counts, baseline, plan
 
 
 def trial_params(cfg: RunConfig) -> dict:
@@ -179,7 +181,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    tok, model, tokenized, counts, baseline = prepare(cfg, cache)
+    tok, model, tokenized, counts, baseline, plan = prepare(cfg, cache)
     if client is None:
         client, experiment_id = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
     params = trial_params(cfg)
@@ -224,6 +226,8 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
     final = {"score": score, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
              "not_learning": float(not_learning), "train_steps": trainer.global_step,
              **{f"final/{k}": v for k, v in metrics.items()}}
+    if plan is not None:
+        final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
     tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
                                                       "not_learning": str(not_learning).lower()})
     tracking.end_run(client, run_id, "FINISHED")
@@ -233,6 +237,24 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         client.log_artifacts(run_id, out, "adapter")
     return TrialResult(score, cfg.task.metric, metrics, counts, train_seconds, setup_seconds, baseline,
                        not_learning, module.constant_predictions, module.history, run_id, trainer.global_step)
+
+
+def factors_path(output_dir: str, run_id: str) -> str:
+    return os.path.join(output_dir, "factors", f"{run_id}.pt")
+
+
+def record_spectra(model, plan: lora.TargetPlan, client, run_id: str, output_dir: str) -> dict[str, float]:
+    """Singular spectra of every learned update (metrics + per-layer CSV) and the A factors
+    (kept for the ladder's subspace similarity); a few ms for small models."""
+    rows = spectra.adapter_spectra(model, role_of=lambda n: plan.role_of.get(n, n.rsplit(".", 1)[-1]))
+    path = factors_path(output_dir, run_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(spectra.lora_A_factors(model), path)
+    with tempfile.TemporaryDirectory() as tmp:
+        spectra.write_spectra_csv(rows, os.path.join(tmp, "spectra.csv"))
+        client.log_artifact(run_id, os.path.join(tmp, "spectra.csv"), "spectra")
+    client.log_artifact(run_id, path, "spectra")
+    return spectra.summarize_spectra(rows)
 
 
 def _config_dict(cfg: RunConfig) -> dict:

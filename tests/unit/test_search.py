@@ -30,6 +30,7 @@ from rank_sweep.search import (
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # RDB heartbeat
 
 WQ, WQV, ALL4 = "Wq", "Wq,Wv", "Wq,Wk,Wv,Wo"
 SCORES = {
@@ -262,9 +263,11 @@ DONE = [_done(WQ, r, SCORES[(WQ, r)]) for r in (1, 2, 4, 8)] + [_done(WQV, r, SC
     "trials, search, reason",
     [
         ([], {}, None),
-        ([_fail()] * 3, {}, "stopped: the last 3 trials failed (search.max_consecutive_failures=3); "
+        ([_fail()] * 3, {"max_consecutive_failures": 3},
+         "stopped: the last 3 trials failed (search.max_consecutive_failures=3); "
                             "last error: see the MLflow runs"),
-        ([_fail()] * 2, {}, None),
+        ([_fail()] * 2, {"max_consecutive_failures": 3}, None),
+        ([_fail()] * 4, {}, None),  # the default allows 5 in a row: one point may use all its retries
         ([_fail(), _fail(), _done(WQ, 1, 0.6), _fail()], {"max_retries": 5}, None),
         ([_fail(params=False)] * 3, {}, None),
         ([_done(WQ, 1, 0.6), _done(WQ, 2, 0.7)], {"budget": BudgetConfig(max_trials=2)},
@@ -279,7 +282,7 @@ DONE = [_done(WQ, r, SCORES[(WQ, r)]) for r in (1, 2, 4, 8)] + [_done(WQV, r, SC
         (DONE[:-1] + [_trial(TrialState.RUNNING, WQV, 4)], {"extend": False}, None),
         (DONE, {}, None),  # the extension points are still to run
     ],
-    ids=["empty", "three failures", "two failures", "failures not in a row", "failures without params",
+    ids=["empty", "three failures", "two failures", "four failures under the default", "failures not in a row", "failures without params",
          "max_trials", "under max_trials", "max_seconds", "under max_seconds", "tpe n_trials", "plan done",
          "plan not done", "last point running", "extension pending"],
 )
