@@ -38,5 +38,11 @@ lint: install ## ruff
 ui: install ## the MLflow UI on the default store, on 127.0.0.1 only
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+bench: install ## the benchmark of ratios, full mode (writes bench.json and bench.md)
+	$(PY) experiments/benchmarks/bench.py
+
+bench-quick: install ## the benchmark in quick mode (under 15 min on 2 cores)
+	$(PY) experiments/benchmarks/bench.py --quick
+
 clean: ## remove run outputs (keeps mlflow.db and optuna.db)
 	rm -rf outputs lightning_logs .pytest_cache
