@@ -106,8 +106,11 @@ class TaskConfig:
             self.labels = [str(x) for x in self.labels]
             if len(self.labels) < 2:
                 raise ConfigError(f"task.labels={self.labels!r} is not valid: a classification task needs >= 2 labels")
-        elif self.metric not in ("pearson", "spearman"):
-            raise ConfigError(f"task.metric={self.metric!r} is not valid for regression: use pearson or spearman")
+        else:
+            for m in self.metrics:
+                if m not in ("pearson", "spearman"):
+                    key = "task.metric" if m == self.metric else "task.metrics"
+                    raise ConfigError(f"{key} contains {m!r}, not valid for a regression task: use pearson or spearman")
         _positive("task.max_seq_length", self.max_seq_length, integer=True)
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
@@ -262,6 +265,8 @@ class SearchConfig:
     n_trials: int | None = None  # tpe only: trials to sample
     max_retries: int = 2
     max_consecutive_failures: int = 5
+    # a RUNNING trial whose worker sent no heartbeat for this long is failed and retried (RDB storage only)
+    heartbeat_seconds: int = 30
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
@@ -297,6 +302,12 @@ class SearchConfig:
         _positive("search.learn_margin", self.learn_margin, allow_zero=True)
         _positive("search.max_retries", self.max_retries, allow_zero=True, integer=True)
         _positive("search.max_consecutive_failures", self.max_consecutive_failures, integer=True)
+        _positive("search.heartbeat_seconds", self.heartbeat_seconds, integer=True)
+        if self.heartbeat_seconds < 2:
+            raise ConfigError(
+                f"search.heartbeat_seconds={self.heartbeat_seconds} is not valid: it must be >= 2 (a live worker "
+                f"beats every heartbeat_seconds/3 s, at least every second)"
+            )
         check_rank(self.extend_max_rank, "search.extend_max_rank")
 
     @property

@@ -9,11 +9,19 @@ never on Optuna objects, so it can be tested on hand-made lists::
 A trial that failed before its parameters were set (Optuna FAIL trials often
 have none) keeps ``targets=""``, ``r=-1``, ``seed=-1``: it is still counted, so
 "all N trials failed" can say how many.
+
+The same records can be read back from MLflow, where each trial is a child run of
+the study's parent run (for a notebook, or a store without the Optuna database)::
+
+    study = load_mlflow_study("sqlite:///mlflow.db", "quickstart")  # or records_from_mlflow(...)
+    summaries = aggregate(study.records)
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -152,3 +160,178 @@ def aggregate(records: Iterable[TrialRecord]) -> list[ConfigSummary]:
             )
         )
     return out
+
+
+# ---------------------------------------------------------------------------
+# The same records read back from MLflow (a study's parent run and its child runs)
+# ---------------------------------------------------------------------------
+
+# MLflow run status -> the Optuna state name a record carries. A trial pruned by
+# Optuna ends its run KILLED (rank_sweep.trial.run_trial); a killed worker's run
+# stays RUNNING until the study runs again and closes it FAILED.
+RUN_STATES = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "PRUNED", "RUNNING": "RUNNING",
+              "SCHEDULED": "WAITING"}
+_TRIAL_NUMBER = re.compile(r"^trial (\d+):")  # run names the study gives: "trial 3: Wq,Wv r=4 seed=0"
+
+
+@dataclass(frozen=True)
+class MlflowStudy:
+    """A study as the tracking store holds it: the parent run (tag ``kind=study``) and
+    its child runs (tag ``kind=trial``) as records."""
+
+    name: str  # the parent run's tag study_name
+    run_id: str  # the parent run
+    metric: str | None  # the name of ``score`` (the trials' tag score_metric / param metric)
+    params: dict[str, str]  # the parent run's params (ladder, target_sets, seeds, budget, ...)
+    tags: dict[str, str]  # the parent run's tags (decision, stop_reason, ...)
+    records: list[TrialRecord]
+    start_time: int | None = None  # the parent run's start, ms since the epoch
+
+
+def _redacted(text: str) -> str:
+    """``text`` with the password of any URL in it hidden (rank_sweep.tracking's rule)."""
+    if "@" not in text:  # no user:password part to hide
+        return text
+    from rank_sweep.tracking import _redact_text  # imports lightning (seconds): only when there is one
+
+    return _redact_text(text)
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (None for any other store or an in-memory one)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else path
+
+
+def _text(value: str | None) -> str | None:
+    return None if value in (None, "", "None", "null") else value
+
+
+def _num(value: Any, kind: type) -> Any:
+    value = _text(value) if isinstance(value, str) else value
+    if value is None:
+        return None
+    try:
+        return kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def record_from_run(run: Any, number: int, intermediate: Iterable[float] = ()) -> TrialRecord:
+    """One trial's record from its MLflow child run (an ``mlflow.entities.Run``): params
+    ``targets``, ``r``, ``seed``, ``alpha``, ``lr``; metrics ``score``, ``lora_params``,
+    ``trainable_params``, ``train_seconds``, ``baseline_score``, ``not_learning``; the
+    run status as the state. ``intermediate``: the validation score per epoch."""
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    r, seed = _num(params.get("r"), int), _num(params.get("seed"), int)
+    not_learning = metrics.get("not_learning")
+    return TrialRecord(
+        number=number,
+        targets=_text(params.get("targets")) or "",
+        r=UNKNOWN if r is None else r,
+        seed=UNKNOWN if seed is None else seed,
+        state=RUN_STATES.get(run.info.status, run.info.status),
+        score=_num(metrics.get("score"), float),
+        lora_params=_num(metrics.get("lora_params"), int),
+        trainable_params=_num(metrics.get("trainable_params"), int),
+        train_seconds=_num(metrics.get("train_seconds"), float),
+        not_learning=bool(not_learning) if not_learning is not None else tags.get("not_learning") == "true",
+        baseline_score=_num(metrics.get("baseline_score"), float),
+        alpha=_num(params.get("alpha"), float),
+        lr=_num(params.get("lr"), float),
+        run_id=run.info.run_id,
+        intermediate=tuple(float(v) for v in intermediate),
+    )
+
+
+def trial_number(run: Any) -> int | None:
+    """The Optuna trial number of a child run: its tag ``optuna_trial``, else read from the run
+    name the study gives (``trial 3: Wq,Wv r=4 seed=0``); None for a run named otherwise."""
+    tag = run.data.tags.get("optuna_trial")
+    if tag is not None and str(tag).isdigit():
+        return int(tag)
+    m = _TRIAL_NUMBER.match(run.info.run_name or "")
+    return int(m.group(1)) if m else None
+
+
+def _search_all(client: Any, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_mlflow_study(tracking_uri: str, study_name: str | None = None, experiment: str = "rank_sweep",
+                      history: bool = True) -> MlflowStudy:
+    """Read one study from an MLflow tracking store, never writing to it.
+
+    ``study_name``: the parent run's tag ``study_name``; ``None`` takes the study whose
+    parent run started last. If several parent runs carry the name (the Optuna storage
+    was deleted and the study run again), the latest one is read. ``history``: also read
+    each trial's validation score per epoch (``val/<metric>``, one query per trial), for
+    :func:`rank_sweep.plots.plot_learning_curves`.
+    """
+    from mlflow.tracking import MlflowClient
+
+    db = _sqlite_file(tracking_uri)
+    if db is not None and not os.path.exists(db):
+        raise RankSweepError(f"no MLflow tracking store at {os.path.abspath(db)} (from {_redacted(tracking_uri)!r}): "
+                             f"run rank-sweep first, or give the URI of the store it logged to")
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as e:  # bad scheme, unreachable server, unreadable file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RankSweepError(
+            f"cannot read the MLflow tracking store {_redacted(tracking_uri)!r}: {_redacted(first)[:200]}"
+        ) from None
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise RankSweepError(f"no experiment {experiment!r} in {_redacted(tracking_uri)}: experiments there are "
+                             f"{', '.join(names) or '(none)'}")
+    parents = _search_all(client, exp.experiment_id, "tags.kind = 'study'")
+    names = list(dict.fromkeys(p.data.tags.get("study_name", "") for p in parents))
+    if study_name is not None:
+        parents = [p for p in parents if p.data.tags.get("study_name") == study_name]
+    if not parents:
+        which = "" if study_name is None else f" named {study_name!r}"
+        raise RankSweepError(f"no study{which} in experiment {experiment!r} of {_redacted(tracking_uri)}: "
+                             f"studies there are {', '.join(names) or '(none): run rank-sweep first'}")
+    parent = max(parents, key=lambda p: p.info.start_time or 0)
+    children = _search_all(client, exp.experiment_id,
+                           f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.kind = 'trial'")
+    metric = next((c.data.tags.get("score_metric") or c.data.params.get("metric") for c in children
+                   if c.data.tags.get("score_metric") or c.data.params.get("metric")), None)
+    numbered = [(trial_number(c), c) for c in children]
+    taken = {n for n, _ in numbered if n is not None}
+    spare = (n for n in range(max(taken, default=-1) + 1, 10**9))  # no number: after the study's, by start
+    records = []
+    for number, run in numbered:
+        curve: list[float] = []
+        key = f"val/{run.data.tags.get('score_metric') or run.data.params.get('metric') or metric}"
+        if history and key in run.data.metrics:
+            curve = [h.value for h in sorted(client.get_metric_history(run.info.run_id, key), key=lambda h: h.step)]
+        records.append(record_from_run(run, next(spare) if number is None else number, curve))
+    return MlflowStudy(
+        name=parent.data.tags.get("study_name", ""),
+        run_id=parent.info.run_id,
+        metric=metric,
+        params=dict(parent.data.params),
+        tags={k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")},
+        records=sorted(records, key=lambda rec: rec.number),
+        start_time=parent.info.start_time,
+    )
+
+
+def records_from_mlflow(tracking_uri: str, study_name: str | None = None,
+                        experiment: str = "rank_sweep", history: bool = True) -> list[TrialRecord]:
+    """The records of one study read from MLflow, by trial number: what
+    :func:`records_from_study` gives from the Optuna storage, for every trial that
+    started its run. See :func:`load_mlflow_study`."""
+    return load_mlflow_study(tracking_uri, study_name, experiment, history).records

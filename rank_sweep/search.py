@@ -14,12 +14,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
+import socket
 from dataclasses import asdict
+from functools import cache
 
 import optuna
 from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
-from optuna.trial import TrialState
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
 
 from rank_sweep import ladder, tracking
 from rank_sweep.config import RunConfig, targets_key
@@ -28,6 +33,80 @@ from rank_sweep.records import records_from_study
 from rank_sweep.trial import run_trial
 
 POINT_ATTR = "rank_sweep:point"
+WORKER_ATTR = "rank_sweep:worker"  # which process runs a trial: a killed local worker's trial is failed at once
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), or None if there is no such process:
+    a pid reused by another process has another start time."""
+    stat = _read(f"/proc/{pid}/stat")
+    try:
+        return stat.rsplit(")", 1)[1].split()[19] if stat else None
+    except IndexError:
+        return None
+
+
+@cache
+def _worker(pid: int) -> dict:
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = None
+    return {"host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id"), "pidns": pidns,
+            "pid": pid, "start": _process_start(pid)}
+
+
+def this_worker() -> dict:
+    return _worker(os.getpid())
+
+
+def worker_is_gone(worker) -> bool:
+    """True only when ``worker`` ran on this machine (same host, boot and pid namespace) and its process is gone.
+    A worker on another machine is never judged here: the storage heartbeat does that."""
+    me = this_worker()
+    if not isinstance(worker, dict) or worker.get("start") is None or me["boot"] is None:
+        return False
+    if any(worker.get(k) != me[k] for k in ("host", "boot", "pidns")):
+        return False
+    return _process_start(int(worker["pid"])) != worker["start"]
+
+
+def claim_for_this_worker(study: optuna.Study, trial_id: int) -> None:
+    study._storage.set_trial_system_attr(trial_id, WORKER_ATTR, this_worker())
+
+
+def fail_stale_trials(study: optuna.Study, heartbeat_seconds: int) -> list[FrozenTrial]:
+    """Fail the RUNNING trials whose worker is gone, with the reason in user attr ``fail_reason``; return them.
+
+    Gone: no heartbeat for ``heartbeat_seconds`` (RDB storage), or a process of this machine that no longer
+    exists (any storage; a journal file has no heartbeat). The ladder then retries their points."""
+    storage = study._storage
+    reasons: dict[int, str] = {}
+    if is_heartbeat_enabled(storage) and hasattr(storage, "_get_stale_trial_ids"):
+        for trial_id in storage._get_stale_trial_ids(study._study_id):
+            reasons[trial_id] = (f"worker lost: no heartbeat for more than {heartbeat_seconds}s (killed, or its "
+                                 f"machine went away); the point is retried")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.system_attrs.get(WORKER_ATTR)
+        if t._trial_id not in reasons and worker_is_gone(w):
+            reasons[t._trial_id] = f"worker lost: process {w['pid']} on {w['host']} is gone (killed); the point is retried"
+    failed = []
+    for trial_id, reason in reasons.items():
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        failed.append(storage.get_trial(trial_id))
+    return failed
 
 
 def _records(study: optuna.Study) -> list:
@@ -53,6 +132,7 @@ class LadderSampler(BaseSampler):
     def before_trial(self, study, trial):
         if POINT_ATTR in trial.system_attrs or "fixed_params" in trial.system_attrs:
             return
+        claim_for_this_worker(study, trial._trial_id)
         others = [r for r in _records(study) if r.number != trial.number]
         p = ladder.plan(others, self.spec)
         point = asdict(p.pending[0]) if p.pending else None
@@ -87,11 +167,15 @@ class StopWhenDone:
 
 
 def stop_reason(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> str | None:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.params]
+    all_trials = study.get_trials(deepcopy=False)
+    trials = [t for t in all_trials if t.params]
     finished = [t for t in trials if t.state.is_finished()]
     budget = cfg.search.budget
     k = cfg.search.max_consecutive_failures
-    last = sorted(finished, key=lambda t: t.number)[-k:]
+    # a trial that failed before it got its parameters counts too (else such failures would loop for ever);
+    # a trial pruned for having no point to run does not
+    last = sorted((t for t in all_trials if t.state.is_finished() and (t.params or t.state == TrialState.FAIL)),
+                  key=lambda t: t.number)[-k:]
     if len(last) == k and all(t.state == TrialState.FAIL for t in last):
         why = last[-1].user_attrs.get("fail_reason", "see the MLflow runs")
         return f"stopped: the last {k} trials failed (search.max_consecutive_failures={k}); last error: {why}"
@@ -137,8 +221,11 @@ class Objective:
         self.cfg, self.spec, self.cache = cfg, spec, cache
         self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
         self.dists = distributions(cfg, spec)
+        self.fatal: TrackingError | None = None  # the tracking store failed: the study must stop, not go on
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.cfg.search.strategy == "tpe":  # the ladder sampler has claimed the trial already
+            claim_for_this_worker(trial.study, trial._trial_id)
         overrides = {}
         if self.cfg.search.strategy == "tpe":
             targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
@@ -156,8 +243,14 @@ class Objective:
             result = run_trial(run, cache=self.cache, client=self.client, experiment_id=self.experiment_id,
                                parent_run_id=self.parent_run_id, callbacks=callbacks,
                                run_name=f"trial {trial.number}: {targets} r={r} seed={seed}",
-                               learn_margin=self.cfg.search.learn_margin)
+                               learn_margin=self.cfg.search.learn_margin,
+                               tags={"optuna_trial": trial.number, "optuna_study": trial.study.study_name},
+                               on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         except optuna.TrialPruned:
+            raise
+        except TrackingError as e:
+            self.fatal = e
+            trial.set_user_attr("fail_reason", str(e)[:500])
             raise
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
@@ -194,14 +287,16 @@ def default_storage(cfg: RunConfig) -> str:
     return "sqlite:///optuna.db"
 
 
-def open_storage(url: str):
-    """RDB storage with a heartbeat (a killed worker's trial is failed and retried), or a journal file."""
+def open_storage(url: str, heartbeat_seconds: int = 30):
+    """RDB storage with a heartbeat (a killed worker's trial is failed after ``heartbeat_seconds`` and retried),
+    or a journal file (no heartbeat: only a killed worker of this machine is detected)."""
     try:
         if url.endswith((".journal", ".log")) or url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, heartbeat_seconds // 3),
+                                          grace_period=heartbeat_seconds)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise TrackingError(
@@ -235,8 +330,8 @@ def build_spec(cfg: RunConfig, cost=None) -> ladder.LadderSpec:
     )
 
 
-def load_or_create_study(cfg: RunConfig, spec: ladder.LadderSpec, storage_url: str) -> optuna.Study:
-    storage = open_storage(storage_url)
+def load_or_create_study(cfg: RunConfig, spec: ladder.LadderSpec, storage_url: str, storage=None) -> optuna.Study:
+    storage = storage or open_storage(storage_url, cfg.search.heartbeat_seconds)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed) if cfg.search.strategy == "tpe" else LadderSampler(spec)
     study = optuna.create_study(study_name=study_name(cfg), storage=storage, direction=cfg.task.direction,
                                 sampler=sampler, pruner=make_pruner(cfg.search.pruner), load_if_exists=True)

@@ -18,10 +18,11 @@ from dataclasses import asdict
 import numpy as np
 import optuna
 import torch
+from optuna.storages._heartbeat import is_heartbeat_enabled
 
 from rank_sweep import ladder, lora, plots, spectra, tracking
 from rank_sweep.config import RunConfig
-from rank_sweep.errors import ConfigError, RankSweepError
+from rank_sweep.errors import ConfigError, RankSweepError, TrackingError
 from rank_sweep.records import aggregate, records_from_study
 from rank_sweep.search import (
     Objective,
@@ -29,12 +30,17 @@ from rank_sweep.search import (
     _records,
     build_spec,
     default_storage,
+    fail_stale_trials,
     load_or_create_study,
+    open_storage,
     stop_reason,
     study_name,
 )
 from rank_sweep.select import summary_table
-from rank_sweep.trial import WorkerCache, factors_path
+from rank_sweep.trial import WorkerCache, check_output_dir, factors_path
+
+PARENT_ATTR = "mlflow_parent_run_id"
+PARENT_SETTLE_SECONDS = 1.0  # two workers creating the parent run together both see the study attr within this
 
 
 class CostModel:
@@ -82,16 +88,26 @@ def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
     return spec
 
 
+def _usable_run(client, run_id: str | None) -> bool:
+    if not run_id:
+        return False
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except Exception:  # the tracking store was reset: make a new parent
+        return False
+
+
 def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, spec: ladder.LadderSpec) -> str:
-    """The study's MLflow parent run: created once, found again on resume through the study."""
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
-    if run_id:
-        try:
-            client.get_run(run_id)
-            client.update_run(run_id, status="RUNNING")
-            return run_id
-        except Exception:  # the tracking store was reset: make a new parent
-            pass
+    """The study's MLflow parent run: created once, found again on resume through the study.
+
+    Workers that start together may each create one: each writes its id to the study attr unless another
+    worker already did, waits :data:`PARENT_SETTLE_SECONDS`, re-reads the attr, and deletes its own run if
+    another id is stored (the last write wins, and every worker reads it after the writes), so exactly one
+    parent survives."""
+    stored = study.user_attrs.get(PARENT_ATTR)
+    if _usable_run(client, stored):
+        client.update_run(stored, status="RUNNING")
+        return stored
     s = cfg.search
     params = {"study_name": study.study_name, "strategy": s.strategy, "ladder": spec.ranks,
               "target_sets": spec.target_sets, "extend_target_sets": spec.extend_sets, "seeds": spec.seeds,
@@ -101,7 +117,15 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
               "lr": cfg.trainer.lr, **{f"budget.{k}": v for k, v in asdict(s.budget).items()}}
     run_id = tracking.start_run(client, experiment_id, f"study {study.study_name}", params,
                                 tags={"kind": "study", "study_name": study.study_name})
-    study.set_user_attr("mlflow_parent_run_id", run_id)
+    latest = study.user_attrs.get(PARENT_ATTR)
+    if latest == stored:  # no other worker has written since we looked
+        study.set_user_attr(PARENT_ATTR, run_id)
+        time.sleep(PARENT_SETTLE_SECONDS)
+        latest = study.user_attrs.get(PARENT_ATTR)
+    if latest != run_id:  # another worker's parent won: use it, drop ours (it has no children yet)
+        client.delete_run(run_id)
+        client.update_run(latest, status="RUNNING")
+        return latest
     return run_id
 
 
@@ -120,6 +144,8 @@ def _trial_line(spec: ladder.LadderSpec, metric: str):
             if trial.user_attrs.get("not_learning"):
                 decision = "[not learning] " + decision
         score = f"{metric}={trial.value:.4f}" if trial.value is not None else state.lower()
+        if state == "FAIL":
+            decision = f"[{trial.user_attrs.get('fail_reason', 'failed')}]"
         lp = trial.user_attrs.get("lora_params")
         print(f"trial {trial.number:3d}  {p['targets']:<12} r={p['r']:<3} seed={p.get('seed', '-')}  {score}  "
               f"lora_params={lp if lp is None else f'{lp:,}'}  {decision}", flush=True)
@@ -156,8 +182,8 @@ def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder:
                        and r.seed == spec.seeds[0] and r.run_id), key=lambda r: r.r)
         if len(recs) < 2:
             continue
-        low = next((r for r in recs if r.r == decision["plateau_rank"]), recs[0])
         high = recs[-1]
+        low = next((r for r in recs if r.r == decision["plateau_rank"] and r is not high), recs[0])
         paths = [factors_path(cfg.output_dir, r.run_id) for r in (low, high)]
         if low is high or not all(os.path.exists(p) for p in paths):
             continue
@@ -171,8 +197,9 @@ def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder:
                                         title=f"{targets}: phi(A r={low.r}, A r={high.r})")
         for role, grid in mean.items():
             k, phi = spectra.reading(grid)
-            lines.append(f"subspace {targets} {role}: the top {k} direction(s) learned at r={low.r} reappear at "
-                         f"r={high.r} (phi({k},{k}) = {phi:.2f}; phi(1,1) = {grid[0, 0]:.2f})")
+            head = (f"the top {k} direction(s) learned at r={low.r} reappear at r={high.r} (phi({k},{k}) = {phi:.2f})"
+                    if k else f"no top direction learned at r={low.r} reappears at r={high.r} with phi >= 0.5")
+            lines.append(f"subspace {targets} {role}: {head}; phi(1,1) = {grid[0, 0]:.2f}")
     return lines
 
 
@@ -205,32 +232,111 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
     return text
 
 
+def _running(study: optuna.Study) -> list:
+    return [r for r in _records(study) if r.state == "RUNNING"]
+
+
+def housekeeping(study, client, experiment_id, parent_run_id, cfg) -> list:
+    """Fail the trials of killed workers and close their MLflow runs (FAILED, with the reason)."""
+    failed = fail_stale_trials(study, cfg.search.heartbeat_seconds)
+    for t in failed:
+        print(f"trial {t.number:3d}  {t.params.get('targets', '?'):<12} r={t.params.get('r', '?'):<3} "
+              f"seed={t.params.get('seed', '-')}  fail  [{t.user_attrs.get('fail_reason')}]", flush=True)
+    try:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        tracking.close_orphan_runs(client, experiment_id, parent_run_id, trials)
+    except Exception as e:
+        raise tracking.store_failed(cfg.tracking.resolved_uri(), "closing the runs of failed trials", e) from e
+    return failed
+
+
+def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.LadderSpec, cfg: RunConfig,
+             tidy, sleep=time.sleep) -> str:
+    """Run trials one at a time until a stop reason; return it.
+
+    Before each trial the trials of killed workers are failed (``tidy``). When the plan has nothing to run
+    but trials are RUNNING (another worker's, or a killed one whose heartbeat is not yet stale), wait and
+    look again, rather than asking Optuna for trials that have no point to run."""
+    grace = cfg.search.heartbeat_seconds
+    poll = min(5.0, max(1.0, grace / 3))
+    if is_heartbeat_enabled(study._storage):
+        lost = f"a killed one whose heartbeat goes stale in <= {grace}s"
+    else:
+        lost = "a killed one: this storage has no heartbeat, so only a dead worker of this machine is noticed"
+    waiting_for = None
+    while True:
+        tidy()
+        stop = stop_reason(study, spec, cfg)
+        if stop:
+            return stop
+        if cfg.search.strategy != "tpe" and not ladder.plan(_records(study), spec).pending:
+            running = sorted(r.number for r in _running(study))
+            if not running:  # nothing to run and nothing running: every ladder has stopped
+                return "done: every ladder stopped"
+            if running != waiting_for:
+                print(f"waiting for {len(running)} running trial(s) {running} (another worker, or {lost})", flush=True)
+                waiting_for = running
+            sleep(poll)
+            continue
+        waiting_for = None
+        study.optimize(objective, n_trials=1, callbacks=[stopper], catch=(Exception,), gc_after_trial=True)
+        if objective.fatal is not None:
+            raise objective.fatal
+        if stopper.reason:
+            return stopper.reason
+
+
 def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
     cache = cache or WorkerCache()
     t0 = time.perf_counter()
-    spec = validate(cfg, cache)
+    # the cheap checks first: output folder, tracking store, study storage; then model, data, ranks, budget
+    check_output_dir(cfg.output_dir)
     client, experiment_id = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
     storage_url = cfg.search.storage or default_storage(cfg)
-    study = load_or_create_study(cfg, spec, storage_url)
-    run_id = parent_run(study, client, experiment_id, cfg, spec)
+    storage = open_storage(storage_url, cfg.search.heartbeat_seconds)
+    spec = validate(cfg, cache)
+    study = load_or_create_study(cfg, spec, storage_url, storage=storage)
+    try:
+        run_id = parent_run(study, client, experiment_id, cfg, spec)
+    except Exception as e:
+        raise tracking.store_failed(cfg.tracking.resolved_uri(), "creating the study's parent run", e) from e
     print(f"study {study_name(cfg)}: storage {tracking.redact(storage_url)}, mlflow "
           f"{tracking.redact(cfg.tracking.resolved_uri())} (parent run {run_id})\n"
           f"ladder {spec.ranks} x target sets {spec.target_sets} x seeds {spec.seeds}", flush=True)
     stopper = StopWhenDone(spec, cfg, _trial_line(spec, cfg.task.metric))
-    stop = stop_reason(study, spec, cfg)
-    status = "FINISHED"
+    objective = Objective(cfg, spec, cache, client, experiment_id, run_id)
+    stop, status = None, "FINISHED"
     try:
-        if stop is None:
-            study.optimize(Objective(cfg, spec, cache, client, experiment_id, run_id), callbacks=[stopper],
-                           catch=(Exception,), gc_after_trial=True)
-            stop = stopper.reason
-    except KeyboardInterrupt:
-        status = "KILLED"
+        stop = optimize(study, objective, stopper, spec, cfg,
+                        tidy=lambda: housekeeping(study, client, experiment_id, run_id, cfg))
+    except TrackingError as e:
+        _wrap_up(study, client, run_id, spec, cfg, stop, "FAILED", t0)
+        kept = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+        raise TrackingError(
+            f"{e}; the study stopped: its {kept} finished trial(s) are kept in the study storage "
+            f"{tracking.redact(storage_url)}; rerun the same command to resume once the store is back"
+        ) from e
+    except BaseException as e:
+        _wrap_up(study, client, run_id, spec, cfg, stop, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+                 t0)
         raise
-    finally:
+    error = _wrap_up(study, client, run_id, spec, cfg, stop, status, t0)
+    if error is not None:
+        raise error
+    return study
+
+
+def _wrap_up(study, client, run_id, spec, cfg, stop, status, t0) -> TrackingError | None:
+    """Log the summary to the parent run and close it; print the summary even if the store is gone
+    (and return that failure)."""
+    error = None
+    try:
         text = finish(study, client, run_id, spec, cfg, stop)
         client.set_terminated(run_id, status=status)
-        print("\n" + text + f"\n\n{stop or 'interrupted'}; wall time {time.perf_counter() - t0:.0f}s; "
-              f"mlflow ui --backend-store-uri {tracking.redact(cfg.tracking.resolved_uri())} --host 127.0.0.1",
-              flush=True)
-    return study
+    except Exception as e:
+        error = tracking.store_failed(cfg.tracking.resolved_uri(), "logging the study's summary", e)
+        text = summarize(study, spec, cfg)[0] + f"\n\n(summary not logged to MLflow: {error})"
+    print("\n" + text + f"\n\n{stop or 'interrupted'}; wall time {time.perf_counter() - t0:.0f}s; "
+          f"mlflow ui --backend-store-uri {tracking.redact(cfg.tracking.resolved_uri())} --host 127.0.0.1",
+          flush=True)
+    return error

@@ -8,6 +8,7 @@ talks to the tracking store inside the training step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -43,23 +44,85 @@ def _redact_text(text: str) -> str:
     return re.sub(r"(\w[\w+.-]*://)[^/@\s]+@", r"\1***@", text)
 
 
+def _first_line(e: BaseException) -> str:
+    return _redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+@contextlib.contextmanager
+def _init_lock(uri: str):
+    """Serialize opening a sqlite store across processes: two workers starting together on a new file
+    would otherwise both run MLflow's schema migrations and one would fail."""
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    try:
+        import fcntl
+
+        f = open(path + ".lock", "a") if path and path != ":memory:" else None
+    except (ImportError, OSError):  # not POSIX, or an unwritable folder (the store itself will say so)
+        f = None
+    if f is None:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
-    """Open the tracking store and the experiment, failing fast with one line if unreachable."""
+    """Open the tracking store and the experiment, failing fast with one line if unreachable.
+
+    Two workers starting together on a new sqlite store may both create its tables or the experiment:
+    the loser of that race retries instead of failing."""
     if uri.startswith(("http://", "https://")):
         # fail in seconds, not after MLflow's default minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    except Exception as e:  # any backend error: bad scheme, unreachable server, unwritable file
-        first = _redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-        raise TrackingError(
-            f"cannot use the MLflow tracking store {redact(uri)!r}: {first[:200]} "
-            f"(set tracking.uri or MLFLOW_TRACKING_URI to a reachable store, e.g. sqlite:///mlflow.db)"
-        ) from None
-    return client, experiment_id
+    retryable = ("already exists", "duplicate", "locked", "no such table")  # another worker is creating it
+    for attempt in range(6):
+        try:
+            with _init_lock(uri):
+                client = MlflowClient(tracking_uri=uri)
+                exp = client.get_experiment_by_name(experiment)
+                if exp is None:
+                    try:
+                        return client, client.create_experiment(experiment)
+                    except Exception:  # another worker created it in the meantime
+                        exp = client.get_experiment_by_name(experiment)
+                        if exp is None:
+                            raise
+                return client, exp.experiment_id
+        except Exception as e:  # any backend error: bad scheme, unreachable server, unwritable file
+            text = str(e).lower()
+            if attempt < 5 and not uri.startswith(("http://", "https://")) and any(r in text for r in retryable):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise TrackingError(
+                f"cannot use the MLflow tracking store {redact(uri)!r}: {_connect_reason(e)[:200]} "
+                f"(set tracking.uri or MLFLOW_TRACKING_URI to a reachable store, e.g. sqlite:///mlflow.db)"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _connect_reason(e: BaseException) -> str:
+    """The useful part of MLflow's error: the scheme it does not know, or why a server did not answer."""
+    text = str(e)
+    schemes = re.search(r"unsupported URI '([^']*)'.*Supported URI schemes are: (\[[^\]]*\])", text, re.S)
+    if schemes:
+        return f"unsupported URI scheme {urlsplit(schemes.group(1)).scheme!r} (MLflow knows {schemes.group(2)})"
+    refused = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if refused and "API request to" in text:
+        return f"no tracking server answers there ({refused.group(1).strip()})"
+    return _first_line(e)
+
+
+def store_failed(uri: str, doing: str, error: BaseException) -> TrackingError:
+    """The one-line error for a tracking store that stops answering in the middle of a study or trial."""
+    return TrackingError(
+        f"the MLflow tracking store {redact(uri)!r} failed while {doing}: {type(error).__name__}: "
+        f"{_first_line(error)[:200]}"
+    )
 
 
 @lru_cache(maxsize=1)
@@ -104,6 +167,31 @@ def log(client: MlflowClient, run_id: str, metrics: dict | None = None, params: 
         params=[Param(k, str(v)) for k, v in (params or {}).items()],
         tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
     )
+
+
+def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trials: dict) -> list[str]:
+    """Mark FAILED the RUNNING child runs of ``parent_run_id`` whose Optuna trial (tag ``optuna_trial``) is
+    finished: their worker died (or lost the store) before it could close them. ``trials``: number -> FrozenTrial.
+
+    A live worker always closes its MLflow run before it tells Optuna the trial's state, so the run is
+    re-read after the trial state: a run still RUNNING then is an orphan, never a trial in progress."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    )
+    closed = []
+    for run in runs:
+        number = run.data.tags.get("optuna_trial")
+        trial = trials.get(int(number)) if number is not None and number.isdigit() else None
+        if trial is None or not trial.state.is_finished():
+            continue
+        if client.get_run(run.info.run_id).info.status != "RUNNING":
+            continue
+        reason = trial.user_attrs.get("fail_reason") or (
+            f"the Optuna trial is {trial.state.name} but its worker never closed this run (killed, or the tracking "
+            f"store was unreachable)")
+        end_run(client, run.info.run_id, "FAILED", reason)
+        closed.append(run.info.run_id)
+    return closed
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import lightning.pytorch as pl
@@ -26,6 +27,7 @@ from rank_sweep import data as data_mod
 from rank_sweep import lora, spectra, tracking
 from rank_sweep.config import RunConfig, targets_key
 from rank_sweep.errors import ConfigError
+from rank_sweep.export import export_adapter
 from rank_sweep.metrics import baseline_score
 from rank_sweep.model import SequenceClassifier
 
@@ -90,6 +92,11 @@ class WorkerCache:
         key = (cfg.model.name_or_path, cfg.task.num_labels)
         if key not in self._models:
             path = resolve_model_path(cfg.model.name_or_path)
+            if path.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(path)):
+                raise ConfigError(
+                    f"model.name_or_path={cfg.model.name_or_path!r} is not valid: folder {path!r} does not exist "
+                    f"(give a local model folder or a Hugging Face Hub id)"
+                )
             try:
                 tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
                 model = AutoModelForSequenceClassification.from_pretrained(
@@ -127,6 +134,21 @@ def _fresh_model(base: torch.nn.Module, seed: int) -> torch.nn.Module:
         for module in getattr(model, name).modules():
             model._init_weights(module)
     return model
+
+
+def check_output_dir(path: str) -> None:
+    """Create ``output_dir`` and prove it writable now, not after a trial has trained (root ignores
+    permission bits, so this writes a probe file rather than trusting ``os.access``)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"output_dir={path!r} is not writable ({e.strerror or type(e).__name__}): set output_dir to a folder "
+            f"you can write"
+        ) from None
 
 
 def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
@@ -175,20 +197,32 @@ def trial_params(cfg: RunConfig) -> dict:
 
 def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, experiment_id: str | None = None,
               parent_run_id: str | None = None, callbacks: list | None = None, run_name: str | None = None,
-              learn_margin: float | None = None) -> TrialResult:
-    """Train one configuration and record it as an MLflow run (a child run when ``parent_run_id`` is set)."""
+              learn_margin: float | None = None, tags: dict | None = None,
+              on_run: Callable[[str], None] | None = None) -> TrialResult:
+    """Train one configuration and record it as an MLflow run (a child run when ``parent_run_id`` is set).
+
+    ``on_run(run_id)`` is called as soon as the run exists (the study stores the id on its trial then, so a
+    killed worker's run can be found and closed). A tracking store that stops answering raises
+    :class:`TrackingError`, not the training's error: the trial is not to blame."""
     t0 = time.perf_counter()
+    check_output_dir(cfg.output_dir)
+    if client is None:  # the cheap checks first: an unreachable store fails before the model is loaded
+        client, experiment_id = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     tok, model, tokenized, counts, baseline, plan = prepare(cfg, cache)
-    if client is None:
-        client, experiment_id = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
     params = trial_params(cfg)
     name = run_name or f"{params['targets']} r={params['r']} seed={cfg.seed}"
-    run_id = tracking.start_run(client, experiment_id, name, params, tags={"kind": "trial"},
-                                parent_run_id=parent_run_id)
+    uri = cfg.tracking.resolved_uri()
     try:
+        run_id = tracking.start_run(client, experiment_id, name, params, tags={"kind": "trial", **(tags or {})},
+                                    parent_run_id=parent_run_id)
+    except Exception as e:
+        raise tracking.store_failed(uri, f"creating the run of {name}", e) from e
+    try:
+        if on_run is not None:
+            on_run(run_id)
         if cfg.tracking.log_config_artifact:
             client.log_dict(run_id, _config_dict(cfg), "config.json")
         tracking.log(client, run_id, metrics={**counts.as_metrics(), "rank": params["r"], "baseline_score": baseline})
@@ -215,26 +249,36 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         train_seconds = time.perf_counter() - t_fit
         if trainer.interrupted:
             raise KeyboardInterrupt
+        if not module.last_metrics:  # max_steps ended training before the first epoch's validation
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = dict(module.last_metrics)
+        score = metrics[cfg.task.metric]
+        margin = 0.02 if learn_margin is None else learn_margin
+        not_learning = module.constant_predictions or not score > baseline + margin
+        final = {"score": score, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
+                 "not_learning": float(not_learning), "train_steps": trainer.global_step,
+                 **{f"final/{k}": v for k, v in metrics.items()}}
+        if plan is not None:
+            final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
+        if cfg.save_adapter and plan is not None:
+            out = os.path.join(cfg.output_dir, "adapters", run_id)
+            fresh = (cache or _DEFAULT_CACHE).tokenizer_and_model(cfg)[1]
+            final.update(export_adapter(model, fresh, next(iter(datamodule.val_dataloader())), out))
+            client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
+        tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
+                                                          "not_learning": str(not_learning).lower()})
     except BaseException as e:
         pruned = type(e).__name__ == "TrialPruned"
-        tracking.end_run(client, run_id, "KILLED" if pruned else "FAILED", f"{type(e).__name__}: {e}")
+        try:
+            tracking.end_run(client, run_id, "KILLED" if pruned else "FAILED", f"{type(e).__name__}: {e}")
+        except Exception as store_error:  # the store itself is gone: that is the error to report
+            if isinstance(e, Exception):
+                raise tracking.store_failed(uri, f"recording {name}", store_error) from e
         raise
-    metrics = dict(module.last_metrics)
-    score = metrics[cfg.task.metric]
-    margin = 0.02 if learn_margin is None else learn_margin
-    not_learning = module.constant_predictions or not score > baseline + margin
-    final = {"score": score, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
-             "not_learning": float(not_learning), "train_steps": trainer.global_step,
-             **{f"final/{k}": v for k, v in metrics.items()}}
-    if plan is not None:
-        final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
-    tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
-                                                      "not_learning": str(not_learning).lower()})
-    tracking.end_run(client, run_id, "FINISHED")
-    if cfg.save_adapter and not cfg.lora.full_finetune:
-        out = os.path.join(cfg.output_dir, "adapters", run_id)
-        model.save_pretrained(out)
-        client.log_artifacts(run_id, out, "adapter")
+    try:
+        tracking.end_run(client, run_id, "FINISHED")
+    except Exception as e:
+        raise tracking.store_failed(uri, f"closing the run of {name}", e) from e
     return TrialResult(score, cfg.task.metric, metrics, counts, train_seconds, setup_seconds, baseline,
                        not_learning, module.constant_predictions, module.history, run_id, trainer.global_step)
 

@@ -63,3 +63,16 @@ def test_bad_input_leaves_no_run(toy_cfg, targets, r, message):
     with pytest.raises(ConfigError, match=message):
         run_trial(toy_cfg, cache=WorkerCache())
     assert _runs(toy_cfg)[1] == []
+
+
+def test_save_adapter_exports_and_checks_merge_and_reload(toy_cfg):
+    toy_cfg.save_adapter, toy_cfg.trainer.epochs = True, 1
+    result = run_trial(toy_cfg, cache=WorkerCache())
+    client, (run,) = _runs(toy_cfg)
+    m = run.data.metrics
+    assert m["export/merge_max_abs_diff"] < 1e-5 and m["export/reload_max_abs_diff"] < 1e-5
+    assert m["export/reload_same_predictions"] == 1.0
+    assert any(a.path == "adapter" for a in client.list_artifacts(run.info.run_id))
+    assert result.run_id == run.info.run_id
+    # spectra of every adapted matrix: 2 layers x (Wq, Wv)
+    assert m["spectra/Wq/eff_rank90_max"] <= toy_cfg.lora.r and "spectra/Wv/top_share_mean" in m

@@ -212,8 +212,6 @@ def test_regression_task_with_accuracy_metric():
     assert "'accuracy'" in msg and "regression" in msg and "pearson" in msg
 
 
-@pytest.mark.xfail(reason="known gap: only rank_sweep.metrics.compute_metrics rejects it, after training; "
-                   "tests/unit/test_metrics.py relies on TaskConfig accepting it", strict=False)
 def test_regression_task_with_a_classification_metric_among_metrics():
     # the primary metric is fine, but accuracy among the logged metrics fails only after training
     msg = error_of(TaskConfig, name="stsb", labels=None, metric="pearson", metrics=["pearson", "accuracy"])

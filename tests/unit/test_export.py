@@ -19,7 +19,7 @@ def _trained_tiny(seed=0):
     fresh = copy.deepcopy(base)
     model = wrap(base, LoraConfig(r=4, targets=["Wq", "Wv"], dropout=0.0))
     with torch.no_grad():  # stand-in for training: non-zero B, a changed head
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.5 * torch.randn_like(p))
     return model, fresh
