@@ -183,7 +183,9 @@ def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder:
         if len(recs) < 2:
             continue
         high = recs[-1]
-        low = next((r for r in recs if r.r == decision["plateau_rank"] and r is not high), recs[0])
+        # the plateau rank against the top; a ladder that gained to its top: a rank <= top/4 (the paper: 8 vs 64)
+        low = next((r for r in recs if r.r == decision["plateau_rank"] and r is not high), None)
+        low = low or max((r for r in recs if r.r <= high.r // 4), key=lambda r: r.r, default=recs[0])
         paths = [factors_path(cfg.output_dir, r.run_id) for r in (low, high)]
         if low is high or not all(os.path.exists(p) for p in paths):
             continue
