@@ -26,7 +26,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
 
 from rank_sweep import data as data_mod  # noqa: E402
 from rank_sweep import ladder, lora  # noqa: E402
@@ -121,7 +122,7 @@ def peak_rss_mb(mode: str) -> float:
         "import resource, sys, torch; sys.path.insert(0, %r);"
         "from experiments.benchmarks.bench import _one_step; _one_step(%r);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    ) % (os.getcwd(), mode)
+    ) % (ROOT, mode)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
