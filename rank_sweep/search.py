@@ -298,9 +298,8 @@ def open_storage(url: str, heartbeat_seconds: int = 30):
         return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, heartbeat_seconds // 3),
                                           grace_period=heartbeat_seconds)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise TrackingError(
-            f"cannot open study storage {tracking.redact(url)!r}: {tracking._redact_text(first)[:160]} "
+            f"cannot open study storage {tracking.redact(url)!r}: {tracking.first_line(e)[:160]} "
             f"(valid: sqlite:///path.db, postgresql://user@host/db, mysql://..., or a path ending in .journal)"
         ) from None
 

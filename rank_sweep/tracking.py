@@ -44,7 +44,8 @@ def _redact_text(text: str) -> str:
     return re.sub(r"(\w[\w+.-]*://)[^/@\s]+@", r"\1***@", text)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's first line, credentials redacted: the tail of a one-line error."""
     return _redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
@@ -114,14 +115,14 @@ def _connect_reason(e: BaseException) -> str:
     refused = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     if refused and "API request to" in text:
         return f"no tracking server answers there ({refused.group(1).strip()})"
-    return _first_line(e)
+    return first_line(e)
 
 
 def store_failed(uri: str, doing: str, error: BaseException) -> TrackingError:
     """The one-line error for a tracking store that stops answering in the middle of a study or trial."""
     return TrackingError(
         f"the MLflow tracking store {redact(uri)!r} failed while {doing}: {type(error).__name__}: "
-        f"{_first_line(error)[:200]}"
+        f"{first_line(error)[:200]}"
     )
 
 

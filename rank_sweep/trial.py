@@ -103,10 +103,10 @@ class WorkerCache:
                     path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code
                 )
             except OSError as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise ConfigError(
                     f"cannot load model {cfg.model.name_or_path!r} (not a local folder, and the Hugging Face Hub "
-                    f"is unreachable or has no such model): {first[:160]}; set model.name_or_path to a local folder"
+                    f"is unreachable or has no such model): {tracking.first_line(e)[:160]}; "
+                    f"set model.name_or_path to a local folder"
                 ) from None
             if tok.pad_token is None:  # decoder-only families ship without one
                 tok.pad_token = tok.eos_token
