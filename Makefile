@@ -4,7 +4,8 @@ PY     := $(VENV)/bin/python
 # CPU build by default (it lies on disk on the project's machines); GPU users:
 #   make install TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
 TORCH  ?= torch==2.13.0
-GLUE_DIR ?= $(abspath ../shared/glue)
+# the GLUE folder beside the checkout when there is one; else empty, and tasks load from the hub
+GLUE_DIR ?= $(wildcard $(abspath ../shared/glue))
 export GLUE_DIR
 
 .PHONY: help install sweep trial select test lint ui bench bench-quick clean
