@@ -19,7 +19,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rank_sweep.errors import RankSweepError
+from rank_sweep.errors import RankSweepError, redact_text
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
@@ -30,9 +30,7 @@ def user_errors():
     try:
         yield
     except RankSweepError as e:
-        from rank_sweep.tracking import _redact_text
-
-        print(f"rank-sweep: error: {_redact_text(str(e))}", file=sys.stderr, flush=True)
+        print(f"rank-sweep: error: {redact_text(str(e))}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

@@ -4,6 +4,9 @@ The CLI prints ``str(error)`` on one line and exits with status 2, before any
 training starts. Messages name the bad value and what would be valid.
 """
 
+import re
+from urllib.parse import urlsplit, urlunsplit
+
 
 class RankSweepError(Exception):
     """An input problem the user can fix; printed without a traceback."""
@@ -19,3 +22,28 @@ class DataError(RankSweepError):
 
 class TrackingError(RankSweepError):
     """The MLflow tracking store or Optuna storage cannot be used."""
+
+
+# Credentials never reach a message: the redaction rules live here, beside the errors that
+# print URLs, so light modules (records, cli) need not import tracking (and Lightning) for them.
+def redact(uri: str | None) -> str | None:
+    """Hide credentials in a URL: ``postgresql://user:pw@host/db`` -> ``postgresql://***@host/db``."""
+    if not uri or "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the user:password part of any URL in it replaced by ``***``."""
+    return re.sub(r"(\w[\w+.-]*://)[^/@\s]+@", r"\1***@", text)
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line, credentials redacted: the tail of a one-line error."""
+    return redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)

@@ -15,6 +15,8 @@ import os
 
 import torch
 
+from rank_sweep.lora import merged_copy
+
 
 @torch.no_grad()
 def _logits(model, batch: dict) -> torch.Tensor:
@@ -31,7 +33,7 @@ def export_adapter(peft_model, fresh_base: torch.nn.Module, batch: dict, out_dir
     reference = _logits(peft_model, batch)
     adapter_dir, merged_dir = os.path.join(out_dir, "adapter"), os.path.join(out_dir, "merged")
     peft_model.save_pretrained(adapter_dir)
-    merged = copy.deepcopy(peft_model).merge_and_unload()  # not in place: use the return value
+    merged = merged_copy(peft_model)
     merged.save_pretrained(merged_dir)
     reloaded = PeftModel.from_pretrained(copy.deepcopy(fresh_base), adapter_dir)
     again = _logits(reloaded, batch)

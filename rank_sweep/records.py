@@ -29,7 +29,7 @@ from typing import Any
 
 import optuna
 
-from rank_sweep.errors import RankSweepError
+from rank_sweep.errors import RankSweepError, first_line, redact_text
 
 UNKNOWN = -1  # r or seed of a trial that never got its parameters
 FULL = "full"  # the targets of a full fine-tuning trial (r=0)
@@ -188,15 +188,6 @@ class MlflowStudy:
     start_time: int | None = None  # the parent run's start, ms since the epoch
 
 
-def _redacted(text: str) -> str:
-    """``text`` with the password of any URL in it hidden (rank_sweep.tracking's rule)."""
-    if "@" not in text:  # no user:password part to hide
-        return text
-    from rank_sweep.tracking import _redact_text  # imports lightning (seconds): only when there is one
-
-    return _redact_text(text)
-
-
 def _sqlite_file(uri: str) -> str | None:
     """The database file of a ``sqlite:///`` URI (None for any other store or an in-memory one)."""
     if not uri.startswith("sqlite:///"):
@@ -281,19 +272,18 @@ def load_mlflow_study(tracking_uri: str, study_name: str | None = None, experime
 
     db = _sqlite_file(tracking_uri)
     if db is not None and not os.path.exists(db):
-        raise RankSweepError(f"no MLflow tracking store at {os.path.abspath(db)} (from {_redacted(tracking_uri)!r}): "
+        raise RankSweepError(f"no MLflow tracking store at {os.path.abspath(db)} (from {redact_text(tracking_uri)!r}): "
                              f"run rank-sweep first, or give the URI of the store it logged to")
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
         exp = client.get_experiment_by_name(experiment)
     except Exception as e:  # bad scheme, unreachable server, unreadable file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RankSweepError(
-            f"cannot read the MLflow tracking store {_redacted(tracking_uri)!r}: {_redacted(first)[:200]}"
+            f"cannot read the MLflow tracking store {redact_text(tracking_uri)!r}: {first_line(e)[:200]}"
         ) from None
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise RankSweepError(f"no experiment {experiment!r} in {_redacted(tracking_uri)}: experiments there are "
+        raise RankSweepError(f"no experiment {experiment!r} in {redact_text(tracking_uri)}: experiments there are "
                              f"{', '.join(names) or '(none)'}")
     parents = _search_all(client, exp.experiment_id, "tags.kind = 'study'")
     names = list(dict.fromkeys(p.data.tags.get("study_name", "") for p in parents))
@@ -301,7 +291,7 @@ def load_mlflow_study(tracking_uri: str, study_name: str | None = None, experime
         parents = [p for p in parents if p.data.tags.get("study_name") == study_name]
     if not parents:
         which = "" if study_name is None else f" named {study_name!r}"
-        raise RankSweepError(f"no study{which} in experiment {experiment!r} of {_redacted(tracking_uri)}: "
+        raise RankSweepError(f"no study{which} in experiment {experiment!r} of {redact_text(tracking_uri)}: "
                              f"studies there are {', '.join(names) or '(none): run rank-sweep first'}")
     parent = max(parents, key=lambda p: p.info.start_time or 0)
     children = _search_all(client, exp.experiment_id,

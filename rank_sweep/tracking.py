@@ -16,37 +16,16 @@ import subprocess
 import time
 from functools import lru_cache
 from importlib import metadata
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import lightning.pytorch as pl
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from rank_sweep.errors import TrackingError
+from rank_sweep.errors import TrackingError, first_line, redact
+from rank_sweep.errors import redact_text as _redact_text
 
 PACKAGES = ("rank_sweep", "torch", "transformers", "peft", "lightning", "optuna", "mlflow", "hydra-core", "datasets")
-
-
-def redact(uri: str | None) -> str | None:
-    """Hide credentials in a URL: ``postgresql://user:pw@host/db`` -> ``postgresql://***@host/db``."""
-    if not uri or "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-
-
-def _redact_text(text: str) -> str:
-    return re.sub(r"(\w[\w+.-]*://)[^/@\s]+@", r"\1***@", text)
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's first line, credentials redacted: the tail of a one-line error."""
-    return _redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
 @contextlib.contextmanager
