@@ -267,6 +267,9 @@ class SearchConfig:
     max_consecutive_failures: int = 5
     # a RUNNING trial whose worker sent no heartbeat for this long is failed and retried (RDB storage only)
     heartbeat_seconds: int = 30
+    # with several workers on one study: how many rungs above a running rung an idle worker may start ahead
+    # of its decision (0: idle workers wait); the decisions stay those of one worker
+    speculate: int = 1
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
@@ -303,6 +306,7 @@ class SearchConfig:
         _positive("search.max_retries", self.max_retries, allow_zero=True, integer=True)
         _positive("search.max_consecutive_failures", self.max_consecutive_failures, integer=True)
         _positive("search.heartbeat_seconds", self.heartbeat_seconds, integer=True)
+        _positive("search.speculate", self.speculate, allow_zero=True, integer=True)
         if self.heartbeat_seconds < 2:
             raise ConfigError(
                 f"search.heartbeat_seconds={self.heartbeat_seconds} is not valid: it must be >= 2 (a live worker "

@@ -16,6 +16,12 @@ without a gain stop the ladder (plateau). Ladders also stop at the last rank
 or when the next rung would break the parameter budget. When a ladder's
 plateau rank is low (``<= extend_max_rank``), the extension step adapts more
 matrices at that rank.
+
+With several workers, ``p.speculative`` lists the next ``spec.speculate`` rungs
+of every ladder whose current rung is still running: an idle worker runs them
+ahead of the decision. A speculative result only counts once the ladder
+reaches its rung, so the decisions are those of a single worker; when the
+ladder stops below it, :func:`pointless` says so and the trial is pruned.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class LadderSpec:
     max_lora_params: int | None = None
     max_trainable_params: int | None = None
     grid: bool = False
+    speculate: int = 1  # rungs above a running rung that idle workers may start ahead of its decision
 
 
 @dataclass
@@ -87,6 +94,7 @@ class Plan:
     done: bool
     ladders: list[LadderState]
     extensions: list[str]
+    speculative: list[Point] = field(default_factory=list)  # only for idle workers: see the module doc
 
 
 def _better(a: float, b: float, direction: str) -> float:
@@ -142,7 +150,8 @@ def _pooled_std(rungs: list[tuple[int, float]]) -> float:
     return math.sqrt(sum((n - 1) * s * s for n, s in rungs if n >= 2) / dof)
 
 
-def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Point]) -> LadderState:
+def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Point],
+                speculative: list[Point] | None = None) -> LadderState:
     state = LadderState(targets)
     best: float | None = None
     stale = 0
@@ -157,6 +166,13 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
         todo = [p for p, s in zip(points, statuses, strict=False) if s in ("pending", "running")]
         if todo:
             pending.extend(p for p in todo if hist.status(p) == "pending")
+            if speculative is not None and "running" in statuses:
+                above = [x for x in spec.ranks if x > r][:spec.speculate]
+                for x in above:
+                    if over_budget(spec, targets, x):
+                        break
+                    speculative.extend(q for q in (Point(targets, x, s) for s in spec.seeds)
+                                       if hist.status(q) == "pending")
             break
         scores = [s for s in (hist.learning_score(p) for p in points) if s is not None]
         if not scores:
@@ -205,13 +221,15 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
 def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
     hist = _History([r for r in records if r.targets], spec.max_retries)
     pending: list[Point] = []
-    ladders = [walk_ladder(ts, spec, hist, pending) for ts in spec.target_sets]
+    speculative: list[Point] = []
+    ladders = [walk_ladder(ts, spec, hist, pending, speculative) for ts in spec.target_sets]
     extensions: list[str] = []
     if spec.grid:
         sets = spec.target_sets + [s for s in spec.extend_sets if s not in spec.target_sets]
         pending = [Point(ts, r, s) for ts in sets for r in spec.ranks for s in spec.seeds
                    if not over_budget(spec, ts, r) and hist.status(Point(ts, r, s)) == "pending"]
         ladders = [walk_ladder(ts, spec, hist, []) for ts in sets]
+        speculative = []
     elif spec.extend:
         for lad in ladders:
             if lad.finished and lad.plateau_rank is not None and lad.plateau_rank <= spec.extend_max_rank:
@@ -230,4 +248,21 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
         pending.extend(p for p in (Point(FULL, 0, s) for s in spec.seeds) if hist.status(p) == "pending")
     running = any(s == "RUNNING" for recs in hist.by_point.values() for s in (r.state for r in recs))
     done = not pending and not running and all(lad.finished for lad in ladders)
-    return Plan(pending, done, ladders, extensions)
+    return Plan(pending, done, ladders, extensions, speculative)
+
+
+def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str | None:
+    """Why running ``point`` no longer helps the study (its ladder stopped below its rung), or None.
+
+    A speculative rung becomes pointless when the rung under it ends its ladder; points of a ladder that
+    is still climbing, of the grid, of an extension or of full fine-tuning are never pointless."""
+    if spec.grid or point.targets not in spec.target_sets:
+        return None
+    hist = _History([r for r in records if r.targets], spec.max_retries)
+    state = walk_ladder(point.targets, spec, hist, [])
+    if not state.finished:
+        return None
+    decided = max((g.r for g in state.rungs), default=0)
+    if point.r <= decided:
+        return None
+    return f"speculative rung no longer needed: {point.targets} stopped below r={point.r} ({state.reason})"

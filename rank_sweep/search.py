@@ -15,11 +15,14 @@ import copy
 import dataclasses
 import json
 import os
+import random
 import socket
+import time
 from dataclasses import asdict
 from functools import cache
 
 import optuna
+from lightning.pytorch.callbacks import Callback
 from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
@@ -123,8 +126,53 @@ def _records(study: optuna.Study) -> list:
     return out
 
 
+def _point_of(t: FrozenTrial) -> ladder.Point | None:
+    """The point a trial runs: its parameters, or the point it has claimed and not yet suggested."""
+    p = t.params if "targets" in t.params else t.system_attrs.get(POINT_ATTR)
+    if not p or "seed" not in p:
+        return None
+    return ladder.Point(p["targets"], p["r"], p["seed"])
+
+
+def next_point(records: list, spec: ladder.LadderSpec) -> tuple[ladder.Point | None, bool]:
+    """The point to run next and whether it is speculative: the plan's first pending point, else (a worker
+    that would otherwise idle) the first rung above a running one."""
+    p = ladder.plan(records, spec)
+    if p.pending:
+        return p.pending[0], False
+    if p.speculative:
+        return p.speculative[0], True
+    return None, False
+
+
+def claim_point(study: optuna.Study, trial_id: int, number: int, spec: ladder.LadderSpec, sleep=time.sleep,
+                attempts: int = 20) -> dict | None:
+    """Claim the next point for trial ``trial_id`` so that no other trial runs it: through the storage only.
+
+    Write the claim, then read every other trial: if another live (not failed) trial holds the same point,
+    withdraw and try again after a random pause. Of two workers that claim one point, the one that reads
+    second sees the other's claim (each writes before it reads), so at most one keeps it; if both see
+    each other both withdraw, and the random pauses let one win the next round."""
+    storage = study._storage
+    for attempt in range(attempts):
+        others = [r for r in _records(study) if r.number != number]
+        point, speculative = next_point(others, spec)
+        if point is None:
+            storage.set_trial_system_attr(trial_id, POINT_ATTR, None)
+            return None
+        claim = {**asdict(point), "speculative": speculative}
+        storage.set_trial_system_attr(trial_id, POINT_ATTR, claim)
+        rivals = [t.number for t in study.get_trials(deepcopy=False)
+                  if t._trial_id != trial_id and t.state != TrialState.FAIL and _point_of(t) == point]
+        if not rivals:
+            return claim
+        storage.set_trial_system_attr(trial_id, POINT_ATTR, None)  # withdraw, then look again
+        sleep(random.uniform(0.05, 0.25) * (1 + attempt))
+    return None
+
+
 class LadderSampler(BaseSampler):
-    """Proposes the first pending point of :func:`ladder.plan`, derived from storage only."""
+    """Proposes the point that :func:`claim_point` claims for the trial, derived from storage only."""
 
     def __init__(self, spec: ladder.LadderSpec):
         self.spec = spec
@@ -133,10 +181,7 @@ class LadderSampler(BaseSampler):
         if POINT_ATTR in trial.system_attrs or "fixed_params" in trial.system_attrs:
             return
         claim_for_this_worker(study, trial._trial_id)
-        others = [r for r in _records(study) if r.number != trial.number]
-        p = ladder.plan(others, self.spec)
-        point = asdict(p.pending[0]) if p.pending else None
-        study._storage.set_trial_system_attr(trial._trial_id, POINT_ATTR, point)
+        claim_point(study, trial._trial_id, trial.number, self.spec)
 
     def infer_relative_search_space(self, study, trial):
         return {}
@@ -149,6 +194,23 @@ class LadderSampler(BaseSampler):
         if point is None:
             raise optuna.TrialPruned("nothing left to run")
         return point[param_name]
+
+
+class PointlessCheck(Callback):
+    """Lightning callback for a speculative trial: after each validation, prune it when the rung under it
+    has ended its ladder (:func:`ladder.pointless`), so an idle worker's guess costs at most an epoch more."""
+
+    def __init__(self, trial: optuna.Trial, spec: ladder.LadderSpec, point: ladder.Point):
+        self.trial, self.spec, self.point = trial, spec, point
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        others = [r for r in _records(self.trial.study) if r.number != self.trial.number]
+        why = ladder.pointless(others, self.spec, self.point)
+        if why:
+            self.trial.set_user_attr("pruned_reason", why)
+            raise optuna.TrialPruned(why)
 
 
 class StopWhenDone:
@@ -239,6 +301,10 @@ class Objective:
             seed = trial.suggest_categorical("seed", self.dists["seed"].choices)
         run = trial_config(self.cfg, targets, r, seed, **overrides)
         callbacks = [_pruning_callback(trial, f"val/{self.cfg.task.metric}")]
+        claim = trial.system_attrs.get(POINT_ATTR) or {}
+        if claim.get("speculative"):
+            trial.set_user_attr("speculative", True)
+            callbacks.append(PointlessCheck(trial, self.spec, ladder.Point(targets, r, seed)))
         try:
             result = run_trial(run, cache=self.cache, client=self.client, experiment_id=self.experiment_id,
                                parent_run_id=self.parent_run_id, callbacks=callbacks,
@@ -325,7 +391,7 @@ def build_spec(cfg: RunConfig, cost=None) -> ladder.LadderSpec:
         extend_sets=[targets_key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
         include_full=s.include_full_finetune, max_retries=s.max_retries, cost=cost,
         max_lora_params=s.budget.max_lora_params, max_trainable_params=s.budget.max_trainable_params,
-        grid=s.strategy == "grid",
+        grid=s.strategy == "grid", speculate=s.speculate,
     )
 
 

@@ -32,6 +32,7 @@ from rank_sweep.search import (
     default_storage,
     fail_stale_trials,
     load_or_create_study,
+    next_point,
     open_storage,
     stop_reason,
     study_name,
@@ -258,7 +259,8 @@ def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.La
 
     Before each trial the trials of killed workers are failed (``tidy``). When the plan has nothing to run
     but trials are RUNNING (another worker's, or a killed one whose heartbeat is not yet stale), wait and
-    look again, rather than asking Optuna for trials that have no point to run."""
+    look again, rather than asking Optuna for trials that have no point to run. A worker that would wait
+    for a running rung's decision starts the rung above it instead (``search.speculate``)."""
     grace = cfg.search.heartbeat_seconds
     poll = min(5.0, max(1.0, grace / 3))
     if is_heartbeat_enabled(study._storage):
@@ -271,7 +273,7 @@ def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.La
         stop = stop_reason(study, spec, cfg)
         if stop:
             return stop
-        if cfg.search.strategy != "tpe" and not ladder.plan(_records(study), spec).pending:
+        if cfg.search.strategy != "tpe" and next_point(_records(study), spec)[0] is None:
             running = sorted(r.number for r in _running(study))
             if not running:  # nothing to run and nothing running: every ladder has stopped
                 return "done: every ladder stopped"

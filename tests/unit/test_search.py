@@ -178,8 +178,9 @@ def test_resume_from_sqlite_continues_at_the_right_rung(tmp_path, first_run):
 
 # --- running and failed trials ----------------------------------------------------------------------------------
 
-def test_running_trial_is_not_duplicated_and_is_retried_once_failed():
-    cfg = make_cfg(extend=False)
+@pytest.mark.parametrize("speculate", [0, 1])
+def test_running_trial_is_not_duplicated_and_is_retried_once_failed(speculate):
+    cfg = make_cfg(extend=False, speculate=speculate)
     spec = build_spec(cfg)
     dists = distributions(cfg, spec)
     study = memory_study(spec)
@@ -189,14 +190,23 @@ def test_running_trial_is_not_duplicated_and_is_retried_once_failed():
     stopper = StopWhenDone(spec, cfg, printer=quiet)
     study.optimize(objective, n_trials=3, callbacks=[stopper])
     assert objective.visited == [Point(WQV, r, 0) for r in (1, 2, 4)]  # the other ladder, not Wq r=1 again
-    study.optimize(objective, n_trials=2, callbacks=[stopper])  # nothing to run while Wq r=1 runs
-    assert len(objective.visited) == 3
+    study.optimize(objective, n_trials=2, callbacks=[stopper])
+    # while Wq r=1 runs: nothing to run (speculate=0), or the rung above it, once (speculate=1)
+    assert objective.visited[3:] == ([Point(WQ, 2, 0)] if speculate else [])
     assert stopper.reason is None and stop_reason(study, spec, cfg) is None
+    speculative = [t.number for t in study.trials if t.user_attrs.get("speculative") or
+                   (t.system_attrs.get("rank_sweep:point") or {}).get("speculative")]
+    assert speculative == ([4] if speculate else [])
 
     study.tell(0, state=TrialState.FAIL)  # the worker died: its trial is failed (as a heartbeat would do)
     study.optimize(objective, n_trials=50, callbacks=[stopper])
-    assert objective.visited[3:] == [Point(WQ, r, 0) for r in (1, 2, 4, 8)]
+    # the retry of Wq r=1, then the ladder goes on; a speculative r=2 result counts once r=1 is decided
+    assert objective.visited[3 + speculate:] == [Point(WQ, r, 0) for r in (1, 2, 4, 8) if not (speculate and r == 2)]
     assert stopper.reason == "done: every ladder stopped"
+    # the decisions are those of one worker that never ran ahead
+    assert stored_points(study)[1:] == (
+        [Point(WQV, r, 0) for r in (1, 2, 4)] + [Point(WQ, 2, 0)] * speculate
+        + [Point(WQ, r, 0) for r in (1, 2, 4, 8) if not (speculate and r == 2)])
 
 
 def test_failed_and_nan_trials_are_retried():
