@@ -91,14 +91,14 @@ def _opt(value: Any, kind: type) -> Any:
     return None if value is None else kind(value)
 
 
-def records_from_study(study: optuna.Study) -> list[TrialRecord]:
-    """One record per trial of ``study``, by trial number."""
+def records_from_study(study: optuna.Study, trials: list | None = None) -> list[TrialRecord]:
+    """One record per trial of ``study`` (or of ``trials``, a snapshot of them), by trial number."""
     if len(study.directions) != 1:
         raise RankSweepError(
             f"the study has {len(study.directions)} objectives; rank_sweep reads single-objective studies"
         )
     records = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    for t in sorted(study.get_trials(deepcopy=False) if trials is None else trials, key=lambda t: t.number):
         targets = _get(t, "targets")
         if isinstance(targets, (list, tuple)):
             targets = ",".join(targets)

@@ -115,9 +115,10 @@ def fail_stale_trials(study: optuna.Study, heartbeat_seconds: int) -> list[Froze
 def _records(study: optuna.Study) -> list:
     """Records with a point; a trial that has claimed a point but not yet suggested it counts as running it,
     so a second worker does not pick the same point in that gap."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    snapshot = study.get_trials(deepcopy=False)  # one read: other workers add trials meanwhile
+    trials = {t.number: t for t in snapshot}
     out = []
-    for rec in records_from_study(study):
+    for rec in records_from_study(study, trials=snapshot):
         claimed = trials[rec.number].system_attrs.get(POINT_ATTR)
         if not rec.targets and rec.state == "RUNNING" and claimed:
             rec = dataclasses.replace(rec, targets=claimed["targets"], r=claimed["r"], seed=claimed["seed"])
@@ -301,7 +302,7 @@ class Objective:
             seed = trial.suggest_categorical("seed", self.dists["seed"].choices)
         run = trial_config(self.cfg, targets, r, seed, **overrides)
         callbacks = [_pruning_callback(trial, f"val/{self.cfg.task.metric}")]
-        claim = trial.system_attrs.get(POINT_ATTR) or {}
+        claim = trial.study._storage.get_trial_system_attrs(trial._trial_id).get(POINT_ATTR) or {}
         if claim.get("speculative"):
             trial.set_user_attr("speculative", True)
             callbacks.append(PointlessCheck(trial, self.spec, ladder.Point(targets, r, seed)))

@@ -132,7 +132,8 @@ def start_run(client: MlflowClient, experiment_id: str, name: str, params: dict,
     all_tags = {**provenance(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=name, tags=all_tags)
+    # strings only: a tracking server's REST API rejects other types (a local SQL store would take them)
+    run = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
     log(client, run.info.run_id, params=params)
     return run.info.run_id
 
