@@ -63,12 +63,32 @@ def test_sweep_tiny_model_parent_child_summary_and_resume(tiny_model_dir, toy_da
     assert f"chosen: Wq,Wv r={k}" in chosen.stdout, chosen.stdout  # the cheapest within a loose tolerance
     out = tmp_path / "outputs/select/tiny_bert-toy-ladder"
     assert (out / "pareto.png").stat().st_size > 0
+    # the sweep kept no adapters: the last line says how to get the chosen one
+    assert chosen.stdout.strip().splitlines()[-1].endswith(
+        f"to get it: rank-sweep-trial --config-dir {out} experiment=selected_tiny_bert-toy-ladder save_adapter=true")
+    assert not (out / "adapter").exists()
+    # the same choice from the MLflow store alone (no Optuna storage given: it is not read)
+    from_mlflow = run("rank-sweep-select", args[:-1] + ["select.tolerance=1.0", "select.source=mlflow",
+                                                        f"search.storage=sqlite:///{tmp_path}/absent.db"], tmp_path)
+    assert from_mlflow.returncode == 0, from_mlflow.stderr[-3000:]
+    assert " trials read from MLflow sqlite:///" in from_mlflow.stdout.splitlines()[0]
+    assert from_mlflow.stdout.split("\n", 1)[1] == chosen.stdout.split("\n", 1)[1]
+    assert not (tmp_path / "absent.db").exists()
     # the written preset retrains the choice
     retrain = run("rank-sweep-trial", ["--config-dir", str(out), "experiment=selected_tiny_bert-toy-ladder",
                                        *toy_overrides(tiny_model_dir, toy_data_dir, tmp_path)], tmp_path)
     assert retrain.returncode == 0, retrain.stderr[-3000:]
     newest = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert (newest.data.params["targets"], newest.data.params["r"]) == ("Wq,Wv", str(k))
+
+
+def test_select_bad_source_is_one_line(tmp_path):
+    res = run("rank-sweep-select", ["select.source=optuna", f"output_dir={tmp_path}/outputs"], tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr[-3000:]
+    errors = [x for x in res.stderr.splitlines() if x.startswith("rank-sweep: error:")]
+    assert errors == ["rank-sweep: error: select.source='optuna' is not valid: choose one of study, mlflow, auto"]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "outputs/select").exists() and not (tmp_path / "optuna.db").exists()
 
 
 @pytest.mark.parametrize("override, message", [
