@@ -113,14 +113,14 @@ def fail_stale_trials(study: optuna.Study, heartbeat_seconds: int) -> list[Froze
 
 
 def _records(study: optuna.Study) -> list:
-    """Records with a point; a trial that has claimed a point but not yet suggested it counts as running it,
-    so a second worker does not pick the same point in that gap."""
+    """Records with a point; a running trial counts as running the point it claimed, also before (or while) it
+    suggests it as parameters, so a second worker does not pick the same point in that gap."""
     snapshot = study.get_trials(deepcopy=False)  # one read: other workers add trials meanwhile
     trials = {t.number: t for t in snapshot}
     out = []
     for rec in records_from_study(study, trials=snapshot):
         claimed = trials[rec.number].system_attrs.get(POINT_ATTR)
-        if not rec.targets and rec.state == "RUNNING" and claimed:
+        if rec.state == "RUNNING" and claimed:  # claimed, and maybe part-way through suggesting it
             rec = dataclasses.replace(rec, targets=claimed["targets"], r=claimed["r"], seed=claimed["seed"])
         if rec.targets:
             out.append(rec)
@@ -128,8 +128,9 @@ def _records(study: optuna.Study) -> list:
 
 
 def _point_of(t: FrozenTrial) -> ladder.Point | None:
-    """The point a trial runs: its parameters, or the point it has claimed and not yet suggested."""
-    p = t.params if "targets" in t.params else t.system_attrs.get(POINT_ATTR)
+    """The point a trial runs: the point it claimed (written before its first parameter: a trial part-way
+    through suggesting has only some parameters), else its parameters."""
+    p = t.system_attrs.get(POINT_ATTR) or t.params
     if not p or "seed" not in p:
         return None
     return ladder.Point(p["targets"], p["r"], p["seed"])

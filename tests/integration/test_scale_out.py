@@ -32,7 +32,7 @@ SEARCH = ["search.ladder=[1,2,4,8]", "search.target_sets=[[Wq],[Wq,Wv]]", "searc
 
 def worker_args(model_dir, data_dir, tmp, name, storage, uri) -> list[str]:
     return toy_overrides(model_dir, data_dir, tmp) + SEARCH + [
-        "trainer.epochs=2", "trainer.num_threads=1",
+        "trainer.num_threads=1",  # the toy default of 5 epochs: it learns, so ladders plateau and guesses get pruned
         f"search.storage={storage}", f"search.study_name={name}", f"tracking.uri={uri}", f"tracking.experiment={name}",
     ]
 

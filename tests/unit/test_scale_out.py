@@ -190,3 +190,17 @@ def test_concurrent_claims_never_share_a_point(tmp_path, kind):
     assert sorted(map(str, stored)) == sorted(map(str, kept.values()))
     # the first six are the rung itself, the last two are guesses
     assert sum(bool(c["speculative"]) for c in kept.values()) == 2
+
+
+def test_a_trial_part_way_through_suggesting_its_point_still_holds_it():
+    """Found by the three-worker test: a trial that had suggested `targets` but not yet `r` and `seed` looked
+    like no point at all, and another worker took the same point."""
+    s = spec(target_sets=[WQ, WQV])
+    study = optuna.create_study(direction="maximize")
+    b = study.ask()
+    study._storage.set_trial_system_attr(b._trial_id, POINT_ATTR, {"targets": WQ, "r": 1, "seed": 0,
+                                                                  "speculative": False})
+    b.suggest_categorical("targets", [WQ, WQV])  # `r` and `seed` not yet
+    assert [(r.targets, r.r, r.seed) for r in search._records(study)] == [(WQ, 1, 0)]
+    a_id, a_num = _running_trial(study)
+    assert claim_point(study, a_id, a_num, s, sleep=lambda _: None)["targets"] == WQV
