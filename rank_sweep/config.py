@@ -199,6 +199,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto: bf16-mixed where the hardware has it, else 32-true
     accelerator: str = "cpu"
     devices: Any = 1
+    strategy: str = "auto"  # Lightning's strategy for several devices in one trial (e.g. ddp_spawn); see docs/scale_out.md
     num_threads: int | None = None  # torch intra-op threads; None: all cores
     early_stopping_patience: int | None = None
     group_by_length: bool = True
@@ -336,6 +337,7 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "outputs"
     save_adapter: bool = False
+    worker: Any = None  # a label only: launchers that start N copies of one sweep sweep over it (worker=0,1,2,3)
 
 
 def build(cls: type, data: dict | None, where: str) -> Any:

@@ -312,7 +312,9 @@ class Objective:
                                parent_run_id=self.parent_run_id, callbacks=callbacks,
                                run_name=f"trial {trial.number}: {targets} r={r} seed={seed}",
                                learn_margin=self.cfg.search.learn_margin,
-                               tags={"optuna_trial": trial.number, "optuna_study": trial.study.study_name},
+                               tags={"optuna_trial": trial.number, "optuna_study": trial.study.study_name,
+                                     "worker": f"{socket.gethostname()}:{os.getpid()}"
+                                     + ("" if self.cfg.worker is None else f" ({self.cfg.worker})")},
                                on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         except optuna.TrialPruned:
             raise

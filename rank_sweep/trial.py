@@ -239,7 +239,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
                                                patience=cfg.trainer.early_stopping_patience))
         trainer = pl.Trainer(
             max_epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices, precision=resolve_precision(cfg), logger=False,
+            devices=cfg.trainer.devices, strategy=cfg.trainer.strategy, precision=resolve_precision(cfg), logger=False,
             enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
             enable_progress_bar=cfg.trainer.progress_bar, callbacks=all_callbacks,
         )

