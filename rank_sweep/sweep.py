@@ -174,7 +174,21 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
                               "records": records}
 
 
-def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder: str) -> list[str]:
+def _factors(client, output_dir: str, run_id: str, folder: str) -> str | None:
+    """The A factors of a trial: in this worker's output folder, else (another worker's trial, on another
+    machine) downloaded from its MLflow run's ``spectra/`` artifacts; None if neither has them."""
+    path = factors_path(output_dir, run_id)
+    if os.path.exists(path):
+        return path
+    if client is None:
+        return None
+    try:
+        return client.download_artifacts(run_id, f"spectra/{os.path.basename(path)}", folder)
+    except Exception:  # not logged, or the store has no artifacts here: the report skips this ladder
+        return None
+
+
+def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder: str, client=None) -> list[str]:
     """The LoRA paper's section 7 for each ladder: phi between the A factors at the plateau (or lowest)
     rank and the highest rank trained, averaged over layers per role; one heatmap per ladder."""
     lines = []
@@ -187,8 +201,10 @@ def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder:
         # the plateau rank against the top; a ladder that gained to its top: a rank <= top/4 (the paper: 8 vs 64)
         low = next((r for r in recs if r.r == decision["plateau_rank"] and r is not high), None)
         low = low or max((r for r in recs if r.r <= high.r // 4), key=lambda r: r.r, default=recs[0])
-        paths = [factors_path(cfg.output_dir, r.run_id) for r in (low, high)]
-        if low is high or not all(os.path.exists(p) for p in paths):
+        if low is high:
+            continue
+        paths = [_factors(client, cfg.output_dir, r.run_id, folder) for r in (low, high)]
+        if not all(paths):
             continue
         grids = spectra.ladder_similarity(*(torch.load(p) for p in paths))
         by_role: dict[str, list] = {}
@@ -210,7 +226,7 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
     text, info = summarize(study, spec, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            sub = subspace_report(info, spec, cfg, tmp)
+            sub = subspace_report(info, spec, cfg, tmp, client)
         except (OSError, ValueError, RuntimeError) as e:  # evidence, not a reason to lose the summary
             sub = [f"subspace similarity skipped: {e}"]
         if sub:

@@ -128,7 +128,8 @@ def test_kill_9_mid_trial_then_rerun_resumes_without_rerunning_finished_trials(t
     assert runs[1].data.tags["failure_reason"].startswith("worker lost")
 
 
-def test_running_trial_of_a_lost_worker_elsewhere_is_waited_for_then_failed_and_retried(toy_cfg, tmp_path, capsys):
+def test_running_trial_of_a_lost_worker_elsewhere_is_waited_for_then_failed_and_retried(toy_cfg, tmp_path, capsys,
+                                                                                       monkeypatch):
     """The heartbeat path: a RUNNING trial of a worker on another machine (so no local process check) whose
     heartbeat stops is waited for, not duplicated; once stale it is failed and its point retried."""
     url = f"sqlite:///{tmp_path}/optuna.db"
@@ -139,8 +140,14 @@ def test_running_trial_of_a_lost_worker_elsewhere_is_waited_for_then_failed_and_
     for name, dist in distributions(cfg, spec).items():
         trial.suggest_categorical(name, dist.choices)
     study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, {"host": "elsewhere", "pid": 1, "start": "1"})
-    study._storage.record_heartbeat(trial._trial_id)  # ... and then never again
+    study._storage.record_heartbeat(trial._trial_id)
+    optimize = sweep.optimize
 
+    def beat_then_optimize(*args, **kwargs):  # its last beat: just before this worker looks (a loaded machine
+        study._storage.record_heartbeat(trial._trial_id)  # may take over 2 s to load the model), then never again
+        return optimize(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "optimize", beat_then_optimize)
     t0 = time.time()
     run_study(cfg)
     out = capsys.readouterr().out
