@@ -216,6 +216,14 @@ class TrainerConfig:
             raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} is not valid: it must be in [0, 1)")
         _one_of("trainer.precision", self.precision, PRECISIONS)
         _one_of("trainer.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
+        if self.strategy != "auto":  # Lightning's names; imported only when one is asked for
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            names = [n for n in StrategyRegistry.available_strategies() if "xla" not in n and "tpu" not in n]
+            if self.strategy not in names:
+                short = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed_stage_2", "single_device")
+                raise ConfigError(f"trainer.strategy={self.strategy!r} is not valid: choose one of "
+                                  f"{', '.join(short)} (or another of Lightning's {len(names)} strategy names)")
 
 
 @dataclass

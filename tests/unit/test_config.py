@@ -255,9 +255,15 @@ def test_primary_metric_is_put_first_among_metrics():
 
 
 @pytest.mark.parametrize(("field", "value"), [("epochs", 0), ("lr", -1e-3), ("batch_size", 2.0),
-                                              ("warmup_ratio", 1.0), ("precision", "fp8"), ("accelerator", "tpu")])
+                                              ("warmup_ratio", 1.0), ("precision", "fp8"), ("accelerator", "tpu"),
+                                              ("strategy", "dpp")])
 def test_trainer_bad_values(field, value):
     assert f"trainer.{field}={value!r}" in error_of(TrainerConfig, **{field: value})
+
+
+def test_trainer_strategy_takes_lightnings_names():
+    assert TrainerConfig(strategy="ddp_spawn").strategy == "ddp_spawn"
+    assert "choose one of auto, ddp, ddp_spawn" in error_of(TrainerConfig, strategy="dpp")
 
 
 # ---------------------------------------------------------------------------- build_config
