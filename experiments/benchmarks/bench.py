@@ -1,20 +1,23 @@
 """Benchmark of ratios: every figure is two things measured in this run, on this machine.
 
-    make bench-quick     # python experiments/benchmarks/bench.py --quick   (< 15 min on 2 cores)
-    make bench           # python experiments/benchmarks/bench.py           (real numbers)
+    make bench-quick     # python experiments/benchmarks/bench.py --quick   (about 10 min on 2 idle cores)
+    make bench           # python experiments/benchmarks/bench.py           (about 15 min on 2 idle cores)
+    python3 experiments/benchmarks/bench.py --device cuda --model DIR --out $OUT/bench.json   # one GPU
+    python3 experiments/benchmarks/bench.py --smoke [--device cuda]   # checks the script runs (1-2 min)
 
-Writes bench.json and bench.md (a markdown table) in the working directory.
-Real model (all-MiniLM-L6-v2) and real data (SST-2 from $GLUE_DIR), subsampled as
-printed. Medians of several repeats, so a noisy machine moves numerator and
-denominator alike. The ladder-vs-grid pair runs the grid as a real study and
-replays the ladder's decisions on the grid's results (trials are seeded and
-deterministic, so the ladder would have trained exactly those points).
+Writes bench.json and bench.md (a markdown table) beside --out; bench.json is rewritten after each
+section, so a run cut short keeps what it measured. Real model (all-MiniLM-L6-v2, or --model) and real
+data (SST-2 from --glue-dir / $GLUE_DIR), subsampled as printed. Medians of several repeats, so a noisy
+machine moves numerator and denominator alike. The ladder-vs-grid pair runs the grid as a real study
+and replays the ladder's decisions on the grid's results (trials are seeded and deterministic, so the
+ladder would have trained exactly those points).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
@@ -31,37 +34,78 @@ sys.path.insert(0, ROOT)
 
 from rank_sweep import data as data_mod  # noqa: E402
 from rank_sweep import ladder, lora  # noqa: E402
-from rank_sweep.config import LoraConfig, RunConfig, SearchConfig, TaskConfig, TrainerConfig  # noqa: E402
+from rank_sweep.config import (  # noqa: E402
+    LoraConfig,
+    ModelConfig,
+    RunConfig,
+    SearchConfig,
+    TaskConfig,
+    TrainerConfig,
+)
+from rank_sweep.errors import RankSweepError  # noqa: E402
 from rank_sweep.records import records_from_study  # noqa: E402
 from rank_sweep.search import build_spec  # noqa: E402
 from rank_sweep.select import Budget, select  # noqa: E402
 from rank_sweep.trial import WorkerCache, prepare, run_trial  # noqa: E402
 
+# Subsamples per mode, chosen so that the trials learn (see README: "Choosing the quick mode").
+MODES = {
+    "quick": {"train": 2000, "eval": 872, "epochs": 1, "lr": 3e-3},
+    "full": {"train": 3000, "eval": 872, "epochs": 1, "lr": 2e-3},  # sized for ~2.5 min on one H200
+    "smoke": {"train": 64, "eval": 64, "epochs": 1, "lr": 3e-3, "grid_max_rank": 2},  # checks the script runs
+}
+MAX_SEQ_LENGTH, BATCH_SIZE, REPEATS = 64, 32, 3
+GRID_MAX_RANK = 64
 TARGETS = {"overhead_ratio": ("<=", 1.03), "setup_seconds": ("<=", 1.0), "lora_vs_full_step_ratio": ("<=", 0.65),
-           "merged_latency_ratio": ("<=", 1.02), "mfu": (">=", 0.5), "bf16_vs_fp32_step_ratio": ("<=", 0.65),
-           "ladder_vs_grid_compute": ("<=", 0.35)}
+           "merged_latency_ratio": ("<=", 1.02), "unmerged_latency_ratio": ("", None), "mfu": (">=", 0.5),
+           "bf16_vs_fp32_step_ratio": ("<=", 0.65), "bf16_vs_fp32_score_diff_points": ("abs <=", 0.5),
+           "ladder_vs_grid_compute": ("<=", 0.35), "ladder_vs_every_rank_grid_compute": ("<=", 0.35)}
 
 
 def base_cfg(args, tmp: str, **trainer) -> RunConfig:
-    task = TaskConfig(name="sst2", glue_name="SST-2", max_train_samples=args.train_samples,
-                      max_eval_samples=args.eval_samples, max_seq_length=64)
-    tr = TrainerConfig(epochs=args.epochs, lr=1e-3, progress_bar=False, **trainer)
-    cfg = RunConfig(task=task, trainer=tr, lora=LoraConfig(r=8, targets=["Wq", "Wv"]), output_dir=tmp)
+    task = TaskConfig(name="sst2", glue_name="SST-2", data_dir=os.path.join(args.glue_dir, "SST-2"),
+                      max_train_samples=args.train_samples, max_eval_samples=args.eval_samples,
+                      max_seq_length=MAX_SEQ_LENGTH)
+    tr = TrainerConfig(epochs=args.epochs, lr=args.lr, batch_size=BATCH_SIZE, progress_bar=False,
+                       accelerator="gpu" if args.device == "cuda" else "cpu", **trainer)
+    cfg = RunConfig(model=ModelConfig(name_or_path=args.model), task=task, trainer=tr,
+                    lora=LoraConfig(r=8, targets=["Wq", "Wv"]), output_dir=tmp)
     cfg.tracking.uri = f"sqlite:///{tmp}/mlflow.db"
     cfg.tracking.log_config_artifact = True
     return cfg
 
 
-def median_time(fn, repeats: int) -> float:
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats: int, device: str = "cpu") -> float:
     times = []
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def bare_loop(cfg: RunConfig, cache: WorkerCache) -> None:
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def adamw(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """The optimizer of rank_sweep.model.SequenceClassifier: no decay on biases and LayerNorm."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def bare_loop(cfg: RunConfig, cache: WorkerCache, device: str) -> None:
     """The same optimizer steps as a trial, in plain PyTorch + PEFT: the overhead's denominator."""
     from transformers import get_linear_schedule_with_warmup
 
@@ -69,18 +113,20 @@ def bare_loop(cfg: RunConfig, cache: WorkerCache) -> None:
 
     torch.manual_seed(cfg.seed)
     tok, model, tokenized, _, _, _ = prepare(cfg, cache)
+    model.to(device)
     dm = data_mod.GlueDataModule(tokenized, tok, batch_size=cfg.trainer.batch_size,
-                                 eval_batch_size=cfg.trainer.eval_batch_size, seed=cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+                                 eval_batch_size=cfg.trainer.eval_batch_size,
+                                 group_by_length=cfg.trainer.group_by_length, seed=cfg.seed)
+    opt = adamw(model, cfg.trainer.lr, cfg.trainer.weight_decay)
     steps = cfg.trainer.epochs * dm.steps_per_epoch
-    sched = get_linear_schedule_with_warmup(opt, int(0.06 * steps), steps)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), steps)
     bf16 = cfg.trainer.precision == "bf16-mixed"
     for _ in range(cfg.trainer.epochs):
         model.train()
         for batch in dm.train_dataloader():
             batch.pop("length", None)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            batch = to_device(batch, device)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                 loss = model(**batch).loss
             loss.backward()
             opt.step()
@@ -88,58 +134,89 @@ def bare_loop(cfg: RunConfig, cache: WorkerCache) -> None:
             opt.zero_grad(set_to_none=True)
         model.eval()
         preds, labels = [], []
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             for batch in dm.val_dataloader():
                 batch.pop("length", None)
                 labels.append(batch.pop("labels"))
-                preds.append(model(**batch).logits.float().argmax(-1))
+                preds.append(model(**to_device(batch, device)).logits.float().argmax(-1).cpu())
         compute_metrics(cfg.task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
 
 
-def fixed_batch(tok, n=32, length=64):
-    ids = torch.randint(1000, 20000, (n, length))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (n,))}
+def fixed_batch(tok, n=BATCH_SIZE, length=MAX_SEQ_LENGTH, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (n, length), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (n,), generator=g)}
+    return to_device(batch, device)
 
 
-def step_time(model, batch, bf16: bool, repeats: int) -> float:
+def step_time(model, batch, bf16: bool, repeats: int, device: str = "cpu") -> tuple[float, float | None]:
+    """Median seconds of one training step (forward, backward, AdamW) and, on cuda, the step's peak
+    allocated memory in MB with only this model on the GPU (weights, grads, optimizer state, activations)."""
+    if device == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    model.train()
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()  # warm-up
-    return median_time(step, repeats)
+    step()  # warm-up (and the optimizer's state)
+    t = median_time(step, repeats, device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    opt.state.clear()  # free the optimizer's state now (it holds device memory on cuda)
+    model.zero_grad(set_to_none=True)
+    if device == "cuda":
+        model.to("cpu")
+        torch.cuda.empty_cache()
+    return t, peak
 
 
-def peak_rss_mb(mode: str) -> float:
-    """Peak resident memory of one training step in a fresh process (LoRA or full)."""
-    code = (
-        "import resource, sys, torch; sys.path.insert(0, %r);"
-        "from experiments.benchmarks.bench import _one_step; _one_step(%r);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    ) % (ROOT, mode)
+def peak_rss_mb(mode: str, model_path: str) -> float:
+    """Peak resident memory of LoRA or full training steps, in a fresh process holding only the model."""
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from experiments.benchmarks.bench import _one_step; "
+            f"print(_one_step({mode!r}, {model_path!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _one_step(mode: str) -> None:
-    cache = WorkerCache()
-    cfg = RunConfig()
-    cfg.lora.full_finetune = mode == "full"
-    tok, model, *_ = prepare(cfg, cache)
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM")
+
+
+def _one_step(mode: str, model_path: str) -> float:
+    cfg = RunConfig(model=ModelConfig(name_or_path=model_path))
+    tok, model, _ = WorkerCache().tokenizer_and_model(cfg)
+    if mode == "full":
+        model = lora.freeze_for_full_finetune(model)
+    else:
+        model = lora.wrap(model, cfg.lora)
+    try:  # reset the high-water mark, so loading the model does not count (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     step_time(model, fixed_batch(tok), bf16=True, repeats=2)
+    return _vm_hwm_mb()
 
 
-def matmul_peak_flops(bf16: bool, n: int = 2048, repeats: int = 5) -> float:
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    return 2 * n**3 / median_time(lambda: a @ b, repeats)
+def matmul_peak_flops(device: str) -> tuple[float, int]:
+    """Peak bf16 matmul FLOP/s of this device: square products, warm-ups, median of timed repeats."""
+    n, warmups, repeats = (8192, 3, 10) if device == "cuda" else (2048, 1, 5)
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    for _ in range(warmups):
+        a @ b
+    return 2 * n**3 / median_time(lambda: a @ b, repeats, device), n
 
 
 def train_flops_per_token(model, seq: float, n_layers: int, d: int) -> float:
@@ -149,93 +226,193 @@ def train_flops_per_token(model, seq: float, n_layers: int, d: int) -> float:
     return 4 * n + 4 * 2 * n_layers * seq * d
 
 
+def machine(device: str) -> dict:
+    info = {"device": device, "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")),
+                           platform.machine())
+        info["cpu_bf16"] = [f for f in ("avx512_bf16", "amx_bf16") if f in text]
+    except OSError:
+        info["cpu"] = platform.processor() or platform.machine()
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+    try:
+        info["load_average_at_start"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
+
+
+def write(res: dict, out: str) -> None:
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2)
+
+
+def table(res: dict) -> str:
+    rows = ["| key | value | target | met |", "|---|---|---|---|"]
+    targets = dict(TARGETS, ladder_vs_grid_score_gap=("<=", res.get("plateau_tolerance")))
+    for key, (op, goal) in targets.items():
+        if key not in res:
+            continue
+        value = res[key]
+        if goal is None:
+            met = ""
+        elif op == "abs <=":
+            met = "yes" if abs(value) <= goal else "NO"
+        else:
+            met = "yes" if (value <= goal if op == "<=" else value >= goal) else "NO"
+        rows.append(f"| {key} | {value:.4g} | {op + ' ' + str(goal) if goal is not None else 'report'} | {met} |")
+    for key, value in res.items():  # the measurements behind the ratios
+        if key not in targets and isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append(f"| {key} | {value:.4g} | report | |")
+        elif isinstance(value, dict) and key.startswith("peak_"):
+            rows.append(f"| {key} | {', '.join(f'{k} {v:.0f}' for k, v in value.items())} | report | |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="quick mode (2,000 SST-2 examples, 1 epoch)")
+    ap.add_argument("--smoke", action="store_true", help="a 1-minute run that only checks the script works")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--model", default=os.environ.get("RANK_SWEEP_BENCH_MODEL", ModelConfig().name_or_path),
+                    help="model folder or hub id (default: $RANK_SWEEP_BENCH_MODEL, else the project's MiniLM-L6)")
+    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"), help="GLUE folder (default: $GLUE_DIR)")
+    ap.add_argument("--grid", choices=["pow2", "all"], default="pow2",
+                    help="grid ranks: powers of two 1..64 (default) or every rank 1..64 (192 trials)")
     ap.add_argument("--out", default="bench.json")
     args = ap.parse_args()
-    q = args.quick
-    args.train_samples, args.eval_samples, args.epochs = (512, 256, 2) if q else (4000, 872, 3)
-    repeats = 3 if q else 5
-    if not os.environ.get("GLUE_DIR"):
-        sys.exit("set GLUE_DIR to a GLUE folder (e.g. ../shared/glue)")
-    res: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                             "torch": torch.__version__, "threads": torch.get_num_threads()},
-                 "mode": "quick" if q else "full",
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    m = MODES[mode]
+    grid_max_rank = m.get("grid_max_rank", GRID_MAX_RANK)
+    args.train_samples, args.eval_samples, args.epochs, args.lr = m["train"], m["eval"], m["epochs"], m["lr"]
+    dev = args.device
+    if not args.glue_dir:
+        sys.exit("set GLUE_DIR or --glue-dir to a GLUE folder (e.g. ../shared/glue)")
+    if dev == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    t_start = time.perf_counter()
+    res: dict = {"machine": machine(dev), "mode": mode, "complete": False,
                  "subsample": {"task": "sst2", "train": args.train_samples, "eval": args.eval_samples,
-                               "epochs": args.epochs, "max_seq_length": 64, "batch_size": 32}}
+                               "epochs": args.epochs, "lr": args.lr, "max_seq_length": MAX_SEQ_LENGTH,
+                               "batch_size": BATCH_SIZE, "seeds": 1, "precision": "bf16-mixed"},
+                 "model": args.model}
+    print(f"bench {mode} on {dev}: {res['subsample']}", flush=True)
     tmp = tempfile.mkdtemp(prefix="rank_sweep_bench_")
     cache = WorkerCache()
     cfg = base_cfg(args, tmp, precision="bf16-mixed")
 
+    def section(name: str) -> None:
+        res.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t_start, 1)
+        res["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        write(res, args.out)
+
     # 1. overhead and set-up: trials after the first in one worker
     run_trial(cfg, cache=cache)  # warm: base model and tokenized data now cached
-    setups, trial_times = [], []
-    for _ in range(repeats):
+    setups, trial_times, bare_times, scores = [], [], [], []
+    for _ in range(REPEATS):  # interleaved, so a change of load hits numerator and denominator alike
+        sync(dev)
         t = time.perf_counter()
         r = run_trial(cfg, cache=cache)
         trial_times.append(time.perf_counter() - t)
         setups.append(r.setup_seconds)
-    bare = median_time(lambda: bare_loop(cfg, cache), repeats)
+        scores.append(r.score)
+        bare_times.append(median_time(lambda: bare_loop(cfg, cache, dev), 1, dev))
+    bare = statistics.median(bare_times)
     res["overhead_ratio"] = statistics.median(trial_times) / bare
     res["trial_seconds"], res["bare_loop_seconds"] = statistics.median(trial_times), bare
     res["setup_seconds"] = statistics.median(setups)
-    print(f"overhead {res['overhead_ratio']:.3f}, setup {res['setup_seconds']:.2f}s", flush=True)
+    res["train_steps_per_trial"] = r.train_steps
+    print(f"overhead {res['overhead_ratio']:.3f} (trial {res['trial_seconds']:.1f}s, bare {bare:.1f}s), "
+          f"setup {res['setup_seconds']:.2f}s; the grid will take about "
+          f"{res['trial_seconds'] * 3 * (grid_max_rank if args.grid == 'all' else grid_max_rank.bit_length()):.0f}s",
+          flush=True)
+    section("overhead")
 
-    # 2. LoRA vs full step, merged/unmerged latency, MFU, bf16 vs fp32 step
+    # 2. LoRA vs full step, memory peaks, merged/unmerged latency, MFU, bf16 vs fp32 step
     tok, lora_model, *_ = prepare(cfg, cache)
     full_cfg = copy.deepcopy(cfg)
     full_cfg.lora.full_finetune = True
     _, full_model, *_ = prepare(full_cfg, cache)
-    batch = fixed_batch(tok)
-    t_lora = step_time(lora_model, batch, True, repeats * 2)
-    t_full = step_time(full_model, batch, True, repeats * 2)
-    t_lora32 = step_time(lora_model, batch, False, repeats * 2)
-    res["lora_step_seconds"], res["full_step_seconds"] = t_lora, t_full
+    batch = fixed_batch(tok, device=dev)
+    runs: dict = {"lora": [], "full": [], "lora32": []}
+    inner = 20 if dev == "cuda" else 2  # timed steps per round, after a warm-up step
+    for _ in range(REPEATS):  # interleaved rounds
+        runs["lora"].append(step_time(lora_model, batch, True, inner, dev))
+        runs["full"].append(step_time(full_model, batch, True, inner, dev))
+        runs["lora32"].append(step_time(lora_model, batch, False, inner, dev))
+    del full_model
+    t_lora, t_full, t_lora32 = (statistics.median(t for t, _ in runs[k]) for k in ("lora", "full", "lora32"))
+    peak_lora, peak_full = (max(p or 0.0 for _, p in runs[k]) for k in ("lora", "full"))
+    res["lora_step_seconds"], res["full_step_seconds"], res["lora_fp32_step_seconds"] = t_lora, t_full, t_lora32
     res["lora_vs_full_step_ratio"] = t_lora / t_full
     res["bf16_vs_fp32_step_ratio"] = t_lora / t_lora32
-    res["peak_rss_mb"] = {"lora": peak_rss_mb("lora"), "full": peak_rss_mb("full")}
+    if dev == "cuda":
+        res["peak_cuda_allocated_mb"] = {"lora": peak_lora, "full": peak_full}
+    else:
+        res["peak_rss_mb"] = {"lora": peak_rss_mb("lora", args.model), "full": peak_rss_mb("full", args.model)}
+    section("steps")
 
     infer = {k: v for k, v in batch.items() if k != "labels"}
-    base = cache.tokenizer_and_model(cfg)[1].eval()
-    merged = lora.merged_copy(lora_model).eval()
-    lora_model.eval()
+    base = cache.tokenizer_and_model(cfg)[1]
+    merged = lora.merged_copy(lora_model.to("cpu"))
 
-    def latency(m):
-        with torch.no_grad():
-            m(**infer)
-            return median_time(lambda: m(**infer), repeats * 4)
-
-    t_base = latency(base)
-    res["merged_latency_ratio"] = latency(merged) / t_base
-    res["unmerged_latency_ratio"] = latency(lora_model) / t_base
+    models = {"base": base, "merged": merged, "unmerged": lora_model}
+    for model in models.values():
+        model.to(dev).eval()
+    times: dict = {k: [] for k in models}
+    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):  # the trials' precision
+        for model in models.values():
+            model(**infer)
+        for _ in range(REPEATS * 3):  # interleaved rounds, each model timed in each; ratios within a round
+            for name, model in models.items():
+                times[name].append(median_time(lambda m=model: m(**infer), inner + 1, dev))
+    for model in models.values():
+        model.to("cpu")
+    ratio = {k: statistics.median(t / b for t, b in zip(times[k], times["base"], strict=True)) for k in models}
+    res["merged_latency_ratio"], res["unmerged_latency_ratio"] = ratio["merged"], ratio["unmerged"]
+    res["base_latency_seconds"] = statistics.median(times["base"])
+    del merged
 
     tokens_per_batch = float(batch["attention_mask"].sum())
     mc = base.config
-    flops = train_flops_per_token(base, 64, mc.num_hidden_layers, mc.hidden_size) * tokens_per_batch
-    peak = matmul_peak_flops(bf16=True)
+    flops = train_flops_per_token(base, MAX_SEQ_LENGTH, mc.num_hidden_layers, mc.hidden_size) * tokens_per_batch
+    peak, n = matmul_peak_flops(dev)
     res["mfu"] = flops / t_lora / peak
     res["peak_matmul_tflops_bf16"] = peak / 1e12
-    print(f"lora/full {res['lora_vs_full_step_ratio']:.3f}, merged {res['merged_latency_ratio']:.3f}, "
-          f"mfu {res['mfu']:.3f}", flush=True)
+    res["peak_matmul_size"] = n
+    print(f"lora/full {res['lora_vs_full_step_ratio']:.3f}, bf16/fp32 {res['bf16_vs_fp32_step_ratio']:.3f}, "
+          f"merged {res['merged_latency_ratio']:.3f}, mfu {res['mfu']:.3f}", flush=True)
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    section("latency_mfu")
 
-    # 3. bf16 vs fp32 score difference: one trial each way
-    s16 = run_trial(cfg, cache=cache).score
+    # 3. bf16 vs fp32 score: the timed trials above were bf16 (seeded: the same score on CPU); one fp32 trial
+    s16 = statistics.median(scores)
     s32 = run_trial(base_cfg(args, tmp, precision="32-true"), cache=cache).score
+    res["bf16_score"], res["fp32_score"] = s16, s32
     res["bf16_vs_fp32_score_diff_points"] = 100 * (s16 - s32)
+    res["baseline_score"] = r.baseline_score
+    section("bf16_score")
 
     # 4. ladder vs grid: the grid as a real study, the ladder replayed on its results
     from rank_sweep.sweep import run_study
 
     gcfg = base_cfg(args, tmp, precision="bf16-mixed")
-    gcfg.search = SearchConfig(strategy="grid", max_rank=64, target_sets=[["Wq"], ["Wq", "Wv"]],
+    gcfg.search = SearchConfig(strategy="grid", max_rank=grid_max_rank, target_sets=[["Wq"], ["Wq", "Wv"]],
                                extend_target_sets=[["Wq", "Wk", "Wv", "Wo"]], study_name="bench-grid",
-                               storage=f"sqlite:///{tmp}/optuna.db")
+                               storage=f"sqlite:///{tmp}/optuna.db",
+                               ladder=list(range(1, grid_max_rank + 1)) if args.grid == "all" else None)
     study = run_study(gcfg, cache=cache)
     grid = [r for r in records_from_study(study) if r.usable]
     steps = {(t.params["targets"], t.params["r"]): t.user_attrs.get("train_steps", 0) for t in study.trials if t.params}
     lcfg = copy.deepcopy(gcfg)
-    lcfg.search.strategy = "ladder"
+    lcfg.search.strategy, lcfg.search.ladder = "ladder", None  # the ladder climbs powers of two
     spec = build_spec(lcfg)
     visited: list = []
     while True:  # replay: feed the ladder the grid's result for each point it asks for
@@ -244,27 +421,36 @@ def main() -> None:
             break
         point = p.pending[0]
         visited.append(next(r for r in grid if (r.targets, r.r, r.seed) == (point.targets, point.r, point.seed)))
-    res["ladder_vs_grid_compute"] = sum(steps[(r.targets, r.r)] for r in visited) / sum(steps.values())
+    ladder_steps = sum(steps[(r.targets, r.r)] for r in visited)
+    res["ladder_vs_grid_compute"] = ladder_steps / sum(steps.values())
+    # the issue's grid: every rank 1..64 x 3 target sets; every grid trial trains the same steps (no pruning)
+    per_trial = statistics.median(steps.values())
+    res["ladder_vs_every_rank_grid_compute"] = ladder_steps / (grid_max_rank * 3 * per_trial)
     tol = lcfg.search.min_delta
-    chosen = select(visited, Budget(), tolerance=tol).chosen
-    best = max(r.score for r in grid)
-    res["ladder_vs_grid_score_gap"] = best - chosen.mean
+    best = max(grid, key=lambda r: r.score)
+    try:
+        chosen = select(visited, Budget(), tolerance=tol).chosen
+        res["ladder_vs_grid_score_gap"] = best.score - chosen.mean
+        res["ladder_chosen"] = chosen.label
+    except RankSweepError as e:  # no visited point learned: nothing to choose, no gap to report
+        res["ladder_chosen"] = f"none: {e}"
+    res["grid_ranks"] = f"{'every rank' if args.grid == 'all' else 'powers of two'} 1..{grid_max_rank}"
+    res["ladder_vs_every_rank_grid_compute_is"] = "measured" if args.grid == "all" else \
+        f"counted: {grid_max_rank * 3} trials x the steps every grid trial trained"
     res["ladder_trials"], res["grid_trials"] = len(visited), len(grid)
-    res["ladder_chosen"] = chosen.label
+    res["ladder_points"] = [f"{r.targets} r={r.r}: {r.score:.4f}" for r in visited]
+    res["grid_scores"] = {f"{r.targets} r={r.r}": round(r.score, 4) for r in grid}
+    res["grid_best"] = f"{best.targets} r={best.r}"
     res["plateau_tolerance"] = tol
+    res["complete"] = True
+    section("ladder_vs_grid")
 
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
-    rows = ["| key | value | target | met |", "|---|---|---|---|"]
-    for key, value in res.items():
-        if isinstance(value, (int, float)):
-            op, goal = TARGETS.get(key, ("", None))
-            met = "" if goal is None else ("yes" if (value <= goal if op == "<=" else value >= goal) else "NO")
-            rows.append(f"| {key} | {value:.4g} | {op} {goal if goal is not None else 'report'} | {met} |")
-    table = "\n".join(rows)
+    text = table(res)
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(table + "\n")
-    print(table)
+        f.write(f"{mode} mode on {dev} ({res['machine'].get('gpu') or res['machine'].get('cpu')}, torch "
+                f"{torch.__version__}), {res['wall_seconds']:.0f} s; subsample {res['subsample']}\n\n{text}\n")
+    print(text)
+    print(f"wall {res['wall_seconds']:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
