@@ -365,8 +365,14 @@ def open_storage(url: str, heartbeat_seconds: int = 30):
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-        return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, heartbeat_seconds // 3),
-                                          grace_period=heartbeat_seconds)
+        for attempt in range(6):
+            try:
+                return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, heartbeat_seconds // 3),
+                                                  grace_period=heartbeat_seconds)
+            except Exception as e:  # workers starting together on a new database race to create its tables
+                if attempt == 5 or not any(k in str(e) for k in ("already exists", "duplicate key", "UniqueViolation")):
+                    raise
+                time.sleep(0.2 + random.random())
     except Exception as e:
         raise TrackingError(
             f"cannot open study storage {tracking.redact(url)!r}: {tracking.first_line(e)[:160]} "

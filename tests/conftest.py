@@ -9,6 +9,7 @@ import random
 import pytest
 
 MINILM = None
+TINY_MODEL_SEED = 0
 
 
 def minilm_path() -> str:
@@ -19,8 +20,10 @@ def minilm_path() -> str:
 
 def make_tiny_model(folder) -> str:
     """A 2-layer, 32-wide BERT (random weights) with MiniLM's tokenizer, saved like a hub folder."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
+    torch.manual_seed(TINY_MODEL_SEED)  # the same tiny model in every session: random ones do not all learn the toy
     tok = AutoTokenizer.from_pretrained(minilm_path())
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64)

@@ -204,3 +204,24 @@ def test_a_trial_part_way_through_suggesting_its_point_still_holds_it():
     assert [(r.targets, r.r, r.seed) for r in search._records(study)] == [(WQ, 1, 0)]
     a_id, a_num = _running_trial(study)
     assert claim_point(study, a_id, a_num, s, sleep=lambda _: None)["targets"] == WQV
+
+
+def test_workers_racing_to_create_a_new_databases_tables_retry(monkeypatch, tmp_path):
+    """Seen in CI: three workers opening a fresh PostgreSQL study database at once; all but one hit
+    `duplicate key value violates unique constraint` while creating Optuna's tables. They retry."""
+    calls = []
+    real = optuna.storages.RDBStorage
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) < 3:
+            raise RuntimeError('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint '
+                               '"pg_type_typname_nsp_index"')
+        return real(url, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(search.time, "sleep", lambda s: None)
+    assert open_storage(f"sqlite:///{tmp_path}/s.db") is not None and len(calls) == 3
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda url, **kw: (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(Exception, match="cannot open study storage"):  # other errors: at once, one line
+        open_storage(f"sqlite:///{tmp_path}/t.db")
