@@ -127,15 +127,6 @@ def _records(study: optuna.Study) -> list:
     return out
 
 
-def _point_of(t: FrozenTrial) -> ladder.Point | None:
-    """The point a trial runs: the point it claimed (written before its first parameter: a trial part-way
-    through suggesting has only some parameters), else its parameters."""
-    p = t.system_attrs.get(POINT_ATTR) or t.params
-    if not p or "seed" not in p:
-        return None
-    return ladder.Point(p["targets"], p["r"], p["seed"])
-
-
 def next_point(records: list, spec: ladder.LadderSpec) -> tuple[ladder.Point | None, bool]:
     """The point to run next and whether it is speculative: the plan's first pending point, else (a worker
     that would otherwise idle) the first rung above a running one."""
@@ -164,8 +155,8 @@ def claim_point(study: optuna.Study, trial_id: int, number: int, spec: ladder.La
             return None
         claim = {**asdict(point), "speculative": speculative}
         storage.set_trial_system_attr(trial_id, POINT_ATTR, claim)
-        rivals = [t.number for t in study.get_trials(deepcopy=False)
-                  if t._trial_id != trial_id and t.state != TrialState.FAIL and _point_of(t) == point]
+        rivals = [r.number for r in _records(study)  # read again, after the write
+                  if r.number != number and r.state != "FAIL" and ladder.Point(r.targets, r.r, r.seed) == point]
         if not rivals:
             return claim
         storage.set_trial_system_attr(trial_id, POINT_ATTR, None)  # withdraw, then look again
