@@ -19,9 +19,8 @@ import warnings
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from rank_sweep.config import CONF_DIR  # conf/ in the wheel, or at the top of an editable checkout
 from rank_sweep.errors import RankSweepError, redact_text
-
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 @contextlib.contextmanager
@@ -34,8 +33,9 @@ def user_errors():
         sys.exit(2)
 
 
-def quiet_libraries() -> None:
-    """Keep the console to Lightning's bar and our lines; the rest goes to logs."""
+def quiet_libraries(training: bool = True) -> None:
+    """Keep the console to Lightning's bar and our lines; the rest goes to logs. ``training=False`` (the
+    select command) quiets only what it imports: no torch, Lightning or transformers is loaded for it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -44,15 +44,17 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Precision bf16-mixed is not supported.*")
     try:
-        import datasets
-        import lightning.pytorch  # noqa: F401  (sets its loggers to INFO on import: import first, then quiet)
         import mlflow  # noqa: F401
         import optuna
-        import transformers
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        transformers.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
+        if training:
+            import datasets
+            import lightning.pytorch  # noqa: F401  (sets its loggers to INFO on import: import first, then quiet)
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+            datasets.disable_progress_bars()
     except ImportError:  # pragma: no cover
         pass
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "optuna", "alembic", "datasets", "peft",
@@ -71,7 +73,7 @@ def trial(cfg: DictConfig) -> float:
     """Train and record one LoRA trial; print its score and parameter counts."""
     quiet_libraries()
     with user_errors():
-        from rank_sweep.trial import run_trial
+        from rank_sweep.train.trial import run_trial
 
         run = _config(cfg)
         result = run_trial(run, learn_margin=run.search.learn_margin)
@@ -92,7 +94,7 @@ def sweep(cfg: DictConfig) -> None:
     """Run (or resume) the study that walks the rank ladder."""
     quiet_libraries()
     with user_errors():
-        from rank_sweep.sweep import run_study
+        from rank_sweep.study.run import run_study
 
         run_study(_config(cfg))
 
@@ -100,9 +102,11 @@ def sweep(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="select")
 def select(cfg: DictConfig) -> None:
     """Pick the best configuration of a finished study for a budget."""
-    quiet_libraries()
+    quiet_libraries(training=False)
     with user_errors():
-        from rank_sweep.choose import choose
+        from rank_sweep.config import SelectConfig, build, build_budget
+        from rank_sweep.results.command import choose
 
-        choose(_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("select", "budget")])),
-               cfg.get("select"), cfg.get("budget"))
+        tree = OmegaConf.to_container(cfg, resolve=True)
+        sweep = {k: v for k, v in tree.items() if k not in ("select", "budget")}  # the sweep's config finds the study
+        choose(_config(sweep), build(SelectConfig, tree.get("select"), "select"), build_budget(tree.get("budget"), "budget"))

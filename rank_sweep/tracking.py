@@ -2,8 +2,9 @@
 
 Everything goes through an explicit ``MlflowClient`` and run ids (no global
 "active run"), so a trial in another process can attach to the study's parent
-run by id. Metrics are logged once per epoch with ``log_batch``; nothing
-talks to the tracking store inside the training step.
+run by id. Metrics are logged once per epoch with ``log_batch``
+(:class:`rank_sweep.train.callbacks.EpochLogger`); nothing talks to the
+tracking store inside the training step. Imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from functools import lru_cache
 from importlib import metadata
 from urllib.parse import urlsplit
 
-import lightning.pytorch as pl
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from rank_sweep.config import sqlite_path
 from rank_sweep.errors import TrackingError, first_line, redact
 from rank_sweep.errors import redact_text as _redact_text
 
@@ -32,11 +33,11 @@ PACKAGES = ("rank_sweep", "torch", "transformers", "peft", "lightning", "optuna"
 def _init_lock(uri: str):
     """Serialize opening a sqlite store across processes: two workers starting together on a new file
     would otherwise both run MLflow's schema migrations and one would fail."""
-    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    path = sqlite_path(uri)
     try:
         import fcntl
 
-        f = open(path + ".lock", "a") if path and path != ":memory:" else None
+        f = open(path + ".lock", "a") if path else None
     except (ImportError, OSError):  # not POSIX, or an unwritable folder (the store itself will say so)
         f = None
     if f is None:
@@ -114,7 +115,7 @@ def provenance() -> dict[str, str]:
             tags[f"version.{pkg}"] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.abspath(__file__))  # git finds the checkout above an editable install
     try:
         sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
@@ -180,16 +181,3 @@ def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None =
     if reason:
         client.set_tag(run_id, "failure_reason" if status == "FAILED" else "status_reason", _redact_text(reason)[:4000])
     client.set_terminated(run_id, status=status)
-
-
-class EpochLogger(pl.Callback):
-    """Logs Lightning's epoch-level metrics (``val/*``, ``train/loss``) to one MLflow run."""
-
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client, self.run_id = client, run_id
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        # validation of this epoch has already run (callbacks see it before the module's hook does)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
-        if metrics:
-            log(self.client, self.run_id, metrics=metrics, step=trainer.current_epoch)

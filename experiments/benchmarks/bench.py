@@ -32,9 +32,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from rank_sweep import data as data_mod  # noqa: E402
-from rank_sweep import ladder, lora  # noqa: E402
 from rank_sweep.config import (  # noqa: E402
+    Budget,  # noqa: E402
     LoraConfig,
     ModelConfig,
     RunConfig,
@@ -43,10 +42,13 @@ from rank_sweep.config import (  # noqa: E402
     TrainerConfig,
 )
 from rank_sweep.errors import RankSweepError  # noqa: E402
-from rank_sweep.records import records_from_study  # noqa: E402
-from rank_sweep.search import build_spec  # noqa: E402
-from rank_sweep.select import Budget, select  # noqa: E402
-from rank_sweep.trial import WorkerCache, prepare, run_trial  # noqa: E402
+from rank_sweep.results.readers import records_from_study  # noqa: E402
+from rank_sweep.results.selection import select  # noqa: E402
+from rank_sweep.study import plan as ladder  # noqa: E402
+from rank_sweep.study.run import build_spec  # noqa: E402
+from rank_sweep.train import batches, lora  # noqa: E402
+from rank_sweep.train.loading import WorkerCache  # noqa: E402
+from rank_sweep.train.trial import prepare, run_trial  # noqa: E402
 
 # Subsamples per mode, chosen so that the trials learn (see README: "Choosing the quick mode").
 MODES = {
@@ -109,12 +111,12 @@ def bare_loop(cfg: RunConfig, cache: WorkerCache, device: str) -> None:
     """The same optimizer steps as a trial, in plain PyTorch + PEFT: the overhead's denominator."""
     from transformers import get_linear_schedule_with_warmup
 
-    from rank_sweep.metrics import compute_metrics
+    from rank_sweep.train.metrics import compute_metrics
 
     torch.manual_seed(cfg.seed)
     tok, model, tokenized, _, _, _ = prepare(cfg, cache)
     model.to(device)
-    dm = data_mod.GlueDataModule(tokenized, tok, batch_size=cfg.trainer.batch_size,
+    dm = batches.GlueDataModule(tokenized, tok, batch_size=cfg.trainer.batch_size,
                                  eval_batch_size=cfg.trainer.eval_batch_size,
                                  group_by_length=cfg.trainer.group_by_length, seed=cfg.seed)
     opt = adamw(model, cfg.trainer.lr, cfg.trainer.weight_decay)
@@ -401,7 +403,7 @@ def main() -> None:
     section("bf16_score")
 
     # 4. ladder vs grid: the grid as a real study, the ladder replayed on its results
-    from rank_sweep.sweep import run_study
+    from rank_sweep.study.run import run_study
 
     gcfg = base_cfg(args, tmp, precision="bf16-mixed")
     gcfg.search = SearchConfig(strategy="grid", max_rank=grid_max_rank, target_sets=[["Wq"], ["Wq", "Wv"]],

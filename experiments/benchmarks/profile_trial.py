@@ -32,9 +32,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from experiments.benchmarks.bench import MODES, base_cfg, fixed_batch, median_time, step_time  # noqa: E402
-from rank_sweep import data as data_mod  # noqa: E402
 from rank_sweep.config import ModelConfig  # noqa: E402
-from rank_sweep.trial import WorkerCache, prepare, run_trial  # noqa: E402
+from rank_sweep.train import batches  # noqa: E402
+from rank_sweep.train.loading import WorkerCache  # noqa: E402
+from rank_sweep.train.trial import prepare, run_trial  # noqa: E402
 
 NO_KERNEL = {f"aten::{n}" for n in ("view", "reshape", "_reshape_alias", "t", "transpose", "expand", "as_strided",
                                       "slice", "select", "unsqueeze", "squeeze", "permute", "detach", "alias",
@@ -106,7 +107,7 @@ def phases(args, out: dict) -> None:
     out["train_steps"] = r.train_steps
 
     tok, _, tokenized, *_ = prepare(cfg, cache)
-    dm = data_mod.GlueDataModule(tokenized, tok, batch_size=cfg.trainer.batch_size, seed=cfg.seed)
+    dm = batches.GlueDataModule(tokenized, tok, batch_size=cfg.trainer.batch_size, seed=cfg.seed)
 
     def load():
         for _ in dm.train_dataloader():

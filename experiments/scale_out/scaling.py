@@ -27,7 +27,7 @@ import optuna
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from rank_sweep.search import open_storage  # noqa: E402
+from rank_sweep.study.storage import open_storage  # noqa: E402
 from tests.conftest import make_tiny_model, make_toy_data, toy_overrides  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)

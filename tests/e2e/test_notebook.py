@@ -20,8 +20,8 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
 
-from rank_sweep.records import records_from_mlflow, records_from_study
-from tests.unit.test_records_mlflow import STUDY, log_study, trial
+from rank_sweep.results.readers import records_from_mlflow, records_from_study
+from tests.unit.results.test_readers_mlflow import STUDY, log_study, trial
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "rank_curves.ipynb"
 FALLBACK_KERNEL = "rank_sweep_test"
@@ -148,7 +148,7 @@ def test_notebook_code_on_a_study_that_never_learns(store, tmp_path, monkeypatch
 def test_mlflow_records_are_the_optuna_records_of_a_real_sweep(toy_cfg, tmp_path, monkeypatch):
     """A real two-trial study on the tiny model (seconds): records read from MLflow equal those
     read from Optuna, and the hand-built study above uses the names the sweep logs."""
-    from rank_sweep.sweep import run_study
+    from rank_sweep.study.run import run_study
 
     monkeypatch.chdir(tmp_path)  # a new experiment's artifacts go to ./mlruns: keep them out of the checkout
     cfg = toy_cfg

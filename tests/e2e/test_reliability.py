@@ -17,10 +17,17 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rank_sweep import search, sweep, tracking
+from rank_sweep import tracking
 from rank_sweep.errors import TrackingError
-from rank_sweep.search import WORKER_ATTR, build_spec, distributions, load_or_create_study
-from rank_sweep.sweep import run_study
+from rank_sweep.study import objective as study_objective
+from rank_sweep.study import report as study_report
+from rank_sweep.study import run as study_run
+from rank_sweep.study import storage as study_storage
+from rank_sweep.study import workers as study_workers
+from rank_sweep.study.objective import distributions
+from rank_sweep.study.run import build_spec, run_study
+from rank_sweep.study.storage import load_or_create_study
+from rank_sweep.study.workers import WORKER_ATTR
 from tests.conftest import toy_overrides
 from tests.e2e.test_cli import BIN, run
 
@@ -30,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _fast_parent_settle(monkeypatch):
-    monkeypatch.setattr(sweep, "PARENT_SETTLE_SECONDS", 0.05)  # in-process: one worker, no race to settle
+    monkeypatch.setattr(study_report, "PARENT_SETTLE_SECONDS", 0.05)  # in-process: one worker, no race to settle
 
 
 def sweep_args(model_dir, data_dir, tmp, *extra) -> list[str]:
@@ -141,13 +148,13 @@ def test_running_trial_of_a_lost_worker_elsewhere_is_waited_for_then_failed_and_
         trial.suggest_categorical(name, dist.choices)
     study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, {"host": "elsewhere", "pid": 1, "start": "1"})
     study._storage.record_heartbeat(trial._trial_id)
-    optimize = sweep.optimize
+    optimize = study_run.optimize
 
     def beat_then_optimize(*args, **kwargs):  # its last beat: just before this worker looks (a loaded machine
         study._storage.record_heartbeat(trial._trial_id)  # may take over 2 s to load the model), then never again
         return optimize(*args, **kwargs)
 
-    monkeypatch.setattr(sweep, "optimize", beat_then_optimize)
+    monkeypatch.setattr(study_run, "optimize", beat_then_optimize)
     t0 = time.time()
     run_study(cfg)
     out = capsys.readouterr().out
@@ -162,12 +169,12 @@ def test_running_trial_of_a_lost_worker_elsewhere_is_waited_for_then_failed_and_
 
 
 def test_worker_is_gone_only_for_a_dead_process_of_this_machine():
-    me = search.this_worker()
-    assert not search.worker_is_gone(me)
-    assert search.worker_is_gone({**me, "start": "0"})  # the pid now belongs to another process (or none)
-    assert search.worker_is_gone({**me, "pid": 2 ** 22 + 7})  # above pid_max: no such process
-    assert not search.worker_is_gone({**me, "pid": 2 ** 22 + 7, "host": "elsewhere"})  # the heartbeat decides
-    assert not search.worker_is_gone(None)
+    me = study_workers.this_worker()
+    assert not study_workers.worker_is_gone(me)
+    assert study_workers.worker_is_gone({**me, "start": "0"})  # the pid now belongs to another process (or none)
+    assert study_workers.worker_is_gone({**me, "pid": 2 ** 22 + 7})  # above pid_max: no such process
+    assert not study_workers.worker_is_gone({**me, "pid": 2 ** 22 + 7, "host": "elsewhere"})  # the heartbeat decides
+    assert not study_workers.worker_is_gone(None)
 
 
 # --- 2. failing trials ------------------------------------------------------------------------------------------
@@ -176,12 +183,12 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(toy
                                                                              capsys):
     """r=1 diverges (lr=1e30: NaN loss), r=2 raises inside the model, r=4 trains: both failures are FAIL in
     Optuna with fail_reason and FAILED in MLflow with failure_reason; the plateau rule skips them."""
-    from rank_sweep import model as model_mod
+    from rank_sweep.train import model as model_mod
 
     url = f"sqlite:///{tmp_path}/optuna.db"
     cfg = set_search(toy_cfg, url, ladder=[1, 2, 4], target_sets=[["Wq", "Wv"]], max_retries=0)
     cfg.task.max_train_samples, cfg.trainer.epochs = None, 5  # enough for r=4 to learn the toy task
-    real_config = search.trial_config
+    real_config = study_objective.trial_config
 
     def trial_config(cfg, targets, r, seed, **overrides):
         run = real_config(cfg, targets, r, seed, **overrides)
@@ -196,7 +203,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(toy
             raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (simulated error inside the model)")
         return real_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(search, "trial_config", trial_config)
+    monkeypatch.setattr(study_objective, "trial_config", trial_config)
     monkeypatch.setattr(model_mod.SequenceClassifier, "training_step", training_step)
     run_study(cfg)
     out = capsys.readouterr().out
@@ -223,7 +230,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(toy
 
 
 def test_consecutive_failures_stop_the_study_with_a_clear_message(toy_cfg, tmp_path, monkeypatch, capsys):
-    from rank_sweep import model as model_mod
+    from rank_sweep.train import model as model_mod
 
     def training_step(self, batch, batch_idx):
         raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
@@ -258,7 +265,7 @@ def test_two_workers_share_one_study_on_a_journal_file(tiny_model_dir, toy_data_
         assert p.returncode == 0, out[-2000:] + err[-3000:]
         assert "done: every ladder stopped" in out  # each worker's ladder saw the other's results
 
-    storage = search.open_storage(str(journal))
+    storage = study_storage.open_storage(str(journal))
     study = optuna.load_study(study_name="tiny_bert-toy-ladder", storage=storage)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert sorted(point(t) for t in done) == [("Wq", 1, 0), ("Wq", 2, 0), ("Wq,Wv", 1, 0), ("Wq,Wv", 2, 0)]
@@ -281,7 +288,7 @@ def test_workers_creating_the_parent_run_together_keep_exactly_one(toy_cfg, tmp_
 
     from mlflow.entities import ViewType
 
-    monkeypatch.setattr(sweep, "PARENT_SETTLE_SECONDS", 0.5)
+    monkeypatch.setattr(study_report, "PARENT_SETTLE_SECONDS", 0.5)
     cfg = set_search(toy_cfg, str(tmp_path / "study.journal"))
     spec = build_spec(cfg)
     barrier, chosen = threading.Barrier(2), []
@@ -290,7 +297,7 @@ def test_workers_creating_the_parent_run_together_keep_exactly_one(toy_cfg, tmp_
         client, exp = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
         study = load_or_create_study(cfg, spec, cfg.search.storage)
         barrier.wait()
-        chosen.append(sweep.parent_run(study, client, exp, cfg, spec))
+        chosen.append(study_report.parent_run(study, client, exp, cfg, spec))
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:
@@ -393,7 +400,7 @@ def test_credentials_in_store_urls_never_reach_mlflow_or_the_console(toy_cfg, tm
     cfg.tracking.uri = "https://alice:hunter2secret@mlflow.example"
     real_connect = tracking.connect
     monkeypatch.setattr(tracking, "connect", lambda uri, experiment: real_connect(local, experiment))
-    monkeypatch.setattr(sweep, "open_storage", lambda url, heartbeat_seconds: search.open_storage(storage))
+    monkeypatch.setattr(study_run, "open_storage", lambda url, heartbeat_seconds: study_storage.open_storage(storage))
     run_study(cfg)
     captured = capsys.readouterr()
     console = captured.out + captured.err
@@ -413,7 +420,7 @@ def test_credentials_in_store_urls_never_reach_mlflow_or_the_console(toy_cfg, tm
 
 
 def test_docs_start_servers_on_localhost_only():
-    sources = [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), ROOT / "rank_sweep" / "sweep.py"]
+    sources = [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), ROOT / "rank_sweep" / "study" / "run.py"]
     commands = [line for p in sources if p.exists() for line in p.read_text().splitlines()
                 if re.search(r"mlflow (ui|server)|optuna-dashboard", line)]
     assert commands, "the MLflow UI command is documented"

@@ -14,9 +14,13 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rank_sweep import ladder, search
 from rank_sweep.config import RunConfig, SearchConfig
-from rank_sweep.records import records_from_study
+from rank_sweep.results.readers import records_from_study
+from rank_sweep.study import plan as ladder
+from rank_sweep.study import run as study_run
+from rank_sweep.study import sampler as study_sampler
+from rank_sweep.study import storage as study_storage
+from rank_sweep.study import workers as study_workers
 from tests.conftest import toy_overrides
 from tests.e2e.test_cli import BIN
 
@@ -46,7 +50,7 @@ def decisions(study) -> tuple:
     """What the ladder decided: per ladder its rungs (rank, decision), reason and plateau rank; the extensions."""
     cfg = RunConfig()
     cfg.search = SearchConfig(ladder=[1, 2, 4, 8], target_sets=[["Wq"], ["Wq", "Wv"]], extend_max_rank=2)
-    p = ladder.plan(search._records(study), search.build_spec(cfg))
+    p = ladder.plan(study_sampler.trial_records(study), study_run.build_spec(cfg))
     return ([(lad.targets, [(g.r, g.decision) for g in lad.rungs], lad.reason.split(" (")[0], lad.plateau_rank)
              for lad in p.ladders], p.extensions, p.done)
 
@@ -69,8 +73,8 @@ def test_three_workers_on_postgresql_and_an_mlflow_server_match_one_worker(tiny_
         assert p.returncode == 0, out[-4000:]
         assert "done: every ladder stopped" in out, out[-2000:]
 
-    study = optuna.load_study(study_name=name, storage=search.open_storage(PG))
-    one = optuna.load_study(study_name="one", storage=search.open_storage(f"sqlite:///{ref_dir}/optuna.db"))
+    study = optuna.load_study(study_name=name, storage=study_storage.open_storage(PG))
+    one = optuna.load_study(study_name="one", storage=study_storage.open_storage(f"sqlite:///{ref_dir}/optuna.db"))
     # the ladder's decisions are those of the single worker
     assert decisions(study) == decisions(one)
     assert decisions(study)[2] is True
@@ -87,7 +91,7 @@ def test_three_workers_on_postgresql_and_an_mlflow_server_match_one_worker(tiny_
     assert all(t.user_attrs.get("pruned_reason", "").startswith("speculative rung no longer needed")
                for t in extra if t.state.name == "PRUNED")
     # the work was shared (a worker that starts late may find the study almost done, so not "all three")
-    assert len({t.system_attrs[search.WORKER_ATTR]["pid"] for t in study.trials if t.params}) >= 2
+    assert len({t.system_attrs[study_workers.WORKER_ATTR]["pid"] for t in study.trials if t.params}) >= 2
     # the scores match the single worker's, point by point (seeded, deterministic trials)
     ref_scores = {point(t): t.value for t in one.trials if t.state.name == "COMPLETE"}
     assert {p: v for p, v in ((point(t), t.value) for t in study.trials if t.state.name == "COMPLETE")

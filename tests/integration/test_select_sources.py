@@ -14,9 +14,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from rank_sweep.choose import adapter_dir, choose, read_study
 from rank_sweep.cli import CONF_DIR
 from rank_sweep.config import build_config
+from rank_sweep.results.command import adapter_dir, choose, read_study
 from tests.conftest import toy_overrides
 
 NAME = "tiny_bert-toy-ladder"
@@ -33,7 +33,7 @@ def make_cfg(tiny_model_dir, toy_data_dir, tmp, *extra):
 @pytest.fixture(scope="module")
 def study(tiny_model_dir, toy_data_dir, tmp_path_factory):
     """A two-rung ladder (r=1, r=2 on Wq,Wv) that kept its adapters; MLflow artifacts stay in tmp."""
-    from rank_sweep.sweep import run_study
+    from rank_sweep.study.run import run_study
 
     tmp = tmp_path_factory.mktemp("select_study")
     cfg = make_cfg(tiny_model_dir, toy_data_dir, tmp)

@@ -9,20 +9,20 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rank_sweep import sweep
-from rank_sweep.search import build_spec, study_name
-from rank_sweep.sweep import run_study, subspace_report, summarize
+from rank_sweep.study import report as study_report
+from rank_sweep.study.report import subspace_report, summarize
+from rank_sweep.study.run import build_spec, run_study
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
 def test_subspace_report_fetches_factors_from_mlflow_when_not_local(toy_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "PARENT_SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(study_report, "PARENT_SETTLE_SECONDS", 0.05)
     cfg = toy_cfg
     cfg.search.ladder, cfg.search.target_sets, cfg.search.extend = [1, 4], [["Wq", "Wv"]], False
     cfg.search.storage = f"sqlite:///{tmp_path}/optuna.db"
     study = run_study(cfg)
-    study = optuna.load_study(study_name=study_name(cfg), storage=cfg.search.storage)
+    study = optuna.load_study(study_name=cfg.study_name(), storage=cfg.search.storage)
     _, info = summarize(study, build_spec(cfg), cfg)
     client = MlflowClient(cfg.tracking.resolved_uri())
     for d in "abc":

@@ -7,7 +7,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rank_sweep.errors import ConfigError
-from rank_sweep.trial import WorkerCache, run_trial
+from rank_sweep.train.loading import WorkerCache
+from rank_sweep.train.trial import run_trial
 
 PARAMS = {"model", "task", "r", "targets", "alpha", "alpha_policy", "lr", "epochs", "batch_size", "seed",
           "max_seq_length"}

@@ -14,8 +14,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rank_sweep import search
 from rank_sweep.errors import RankSweepError
+from rank_sweep.study import objective as study_objective
 from tests.conftest import toy_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -133,7 +133,7 @@ def test_bad_input_fails_in_one_line_before_training(tiny_model_dir, data_dir, t
 
     from rank_sweep.cli import CONF_DIR
     from rank_sweep.config import build_config
-    from rank_sweep.sweep import run_study
+    from rank_sweep.study.run import run_study
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -145,7 +145,7 @@ def test_bad_input_fails_in_one_line_before_training(tiny_model_dir, data_dir, t
         pytest.fail("training started")  # a BaseException: Optuna does not catch it
 
     monkeypatch.setattr(pl.Trainer, "fit", no_training)
-    monkeypatch.setattr(search, "run_trial", no_training)
+    monkeypatch.setattr(study_objective, "run_trial", no_training)
     fill = {"tmp": str(tmp_path), "data": str(data_dir)}
     base = toy_overrides(tiny_model_dir, str(data_dir), tmp_path) + SWEEP + [
         f"search.storage=sqlite:///{tmp_path}/optuna.db"]

@@ -76,8 +76,37 @@ def test_every_option_composes_and_builds(group, option):
 
 
 def test_default_config_matches_the_dataclass_defaults():
-    # conf/config.yaml's defaults and the dataclass defaults must not drift apart
+    # the dataclasses read their defaults from conf/: composing with Hydra and building in Python agree
     assert build_config(compose_tree("config")) == RunConfig()
+
+
+def test_a_default_has_one_home_the_yaml(tmp_path, monkeypatch):
+    """Edit a default in a copy of conf/ and every dataclass follows: no second copy to drift."""
+    import shutil
+
+    from rank_sweep.config import LoraConfig, SearchConfig, SelectConfig, base
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    lora = conf / "lora" / "default.yaml"
+    lora.write_text(lora.read_text().replace("r: 8", "r: 5"))
+    (conf / "config.yaml").write_text((conf / "config.yaml").read_text().replace("search: ladder", "search: grid"))
+    sel = conf / "select.yaml"
+    sel.write_text(sel.read_text().replace("tolerance: 0.005", "tolerance: 0.02"))
+    monkeypatch.setattr(base, "CONF_DIR", str(conf))
+    for cached in (base._yaml, base.option_defaults):
+        cached.cache_clear()
+    monkeypatch.setattr(base, "_yaml", base._yaml)  # cleared again below, after the monkeypatch is undone
+    try:
+        assert LoraConfig().r == 5
+        assert LoraConfig().lora_alpha == 10.0  # alpha_k (2) * r: derived from the YAML default
+        assert SearchConfig().strategy == "grid"  # the option config.yaml picks for the group
+        assert SelectConfig().tolerance == 0.02
+    finally:
+        monkeypatch.undo()
+        base._yaml.cache_clear()
+        base.option_defaults.cache_clear()
+    assert LoraConfig().r == 8
 
 
 @pytest.mark.parametrize("source", ["csv", "jsonl"])

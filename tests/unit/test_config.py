@@ -9,7 +9,7 @@ import pytest
 
 from rank_sweep.config import (
     ALPHA_POLICIES,
-    BudgetConfig,
+    Budget,
     LoraConfig,
     RunConfig,
     SearchConfig,
@@ -179,7 +179,7 @@ def test_other_search_numbers(field, value):
 
 def test_budget_from_dict_and_bad_budget():
     s = SearchConfig(budget={"max_lora_params": 1000, "max_seconds": 60})
-    assert s.budget == BudgetConfig(max_lora_params=1000, max_seconds=60)
+    assert s.budget == Budget(max_lora_params=1000, max_seconds=60)
     assert "search.budget.max_trials=0" in error_of(SearchConfig, budget={"max_trials": 0})
     msg = error_of(SearchConfig, budget={"max_params": 5})
     assert "search.budget.max_params" in msg and "max_lora_params" in msg

@@ -1,0 +1,1 @@
+"""Looking inside adapters and results: singular spectra, subspace similarity, plots."""

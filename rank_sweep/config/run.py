@@ -1,0 +1,185 @@
+"""The whole config of a run (:class:`RunConfig`), the study's search settings, and building both from a
+composed Hydra tree with unknown keys refused by name."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from rank_sweep.config.base import (
+    FULL,
+    PRUNERS,
+    STRATEGIES,
+    check_rank,
+    default,
+    one_of,
+    option_defaults,
+    positive,
+    sqlite_path,
+)
+from rank_sweep.config.budget import Budget, build_budget
+from rank_sweep.config.sections import LoraConfig, ModelConfig, TaskConfig, TrackingConfig, TrainerConfig
+from rank_sweep.errors import ConfigError
+
+
+@dataclass
+class SearchConfig:
+    """How the study walks the recipe (see ``rank_sweep.search``)."""
+
+    strategy: str = default("search", "strategy")
+    study_name: str | None = default("search", "study_name")  # None: derived from model, task and strategy
+    storage: str | None = default("search", "storage")  # None: sqlite file beside mlflow.db
+    target_sets: list[list[str]] = default("search", "target_sets")
+    start_rank: int = default("search", "start_rank")
+    max_rank: int = default("search", "max_rank")
+    ladder: list[int] | None = default("search", "ladder")  # explicit ranks; None: doubling from start_rank
+    seeds: int = default("search", "seeds")
+    patience: int = default("search", "patience")
+    min_delta: float = default("search", "min_delta")
+    noise_k: float = default("search", "noise_k")
+    learn_margin: float = default("search", "learn_margin")  # score must beat the trivial baseline by this to count as learning
+    extend: bool = default("search", "extend")
+    extend_target_sets: list[list[str]] = default("search", "extend_target_sets")
+    extend_max_rank: int = default("search", "extend_max_rank")  # "a low rank": plateau ranks up to this trigger the extension step
+    include_full_finetune: bool = default("search", "include_full_finetune")
+    pruner: str = default("search", "pruner")
+    n_trials: int | None = default("search", "n_trials")  # tpe only: trials to sample
+    max_retries: int = default("search", "max_retries")
+    max_consecutive_failures: int = default("search", "max_consecutive_failures")
+    # a RUNNING trial whose worker sent no heartbeat for this long is failed and retried (RDB storage only)
+    heartbeat_seconds: int = default("search", "heartbeat_seconds")
+    # with several workers on one study: how many rungs above a running rung an idle worker may start ahead
+    # of its decision (0: idle workers wait); the decisions stay those of one worker
+    speculate: int = default("search", "speculate")
+    budget: Budget = field(default_factory=lambda: Budget(where="search.budget", **option_defaults("search")["budget"]))
+
+    def __post_init__(self) -> None:
+        one_of("search.strategy", self.strategy, STRATEGIES)
+        one_of("search.pruner", self.pruner, PRUNERS)
+        if isinstance(self.budget, dict):
+            self.budget = build_budget(self.budget, "search.budget")
+        check_rank(self.start_rank, "search.start_rank")
+        check_rank(self.max_rank, "search.max_rank")
+        if self.ladder is not None:
+            if not self.ladder:
+                raise ConfigError("search.ladder=[] is not valid: give increasing ranks, e.g. [1,2,4,8]")
+            for r in self.ladder:
+                check_rank(r, "search.ladder")
+            if any(b <= a for a, b in zip(self.ladder, self.ladder[1:], strict=False)):
+                raise ConfigError(f"search.ladder={list(self.ladder)} is not valid: ranks must be strictly increasing")
+        elif self.start_rank > self.max_rank:
+            raise ConfigError(
+                f"search.start_rank={self.start_rank} is not valid: it must be <= search.max_rank={self.max_rank}"
+            )
+        if not self.target_sets or any(not ts for ts in self.target_sets):
+            raise ConfigError(f"search.target_sets={self.target_sets!r} is not valid: each target set needs >= 1 role")
+        for name in ("target_sets", "extend_target_sets"):
+            if any(isinstance(ts, str) for ts in getattr(self, name) or []):
+                raise ConfigError(
+                    f"search.{name}={getattr(self, name)!r} is not valid: give a list of target sets, "
+                    f"e.g. [[Wq],[Wq,Wv]]"
+                )
+        positive("search.seeds", self.seeds, integer=True)
+        positive("search.patience", self.patience, integer=True)
+        positive("search.min_delta", self.min_delta, allow_zero=True)
+        positive("search.noise_k", self.noise_k, allow_zero=True)
+        positive("search.learn_margin", self.learn_margin, allow_zero=True)
+        positive("search.max_retries", self.max_retries, allow_zero=True, integer=True)
+        positive("search.max_consecutive_failures", self.max_consecutive_failures, integer=True)
+        positive("search.heartbeat_seconds", self.heartbeat_seconds, integer=True)
+        positive("search.speculate", self.speculate, allow_zero=True, integer=True)
+        if self.heartbeat_seconds < 2:
+            raise ConfigError(
+                f"search.heartbeat_seconds={self.heartbeat_seconds} is not valid: it must be >= 2 (a live worker "
+                f"beats every heartbeat_seconds/3 s, at least every second)"
+            )
+        check_rank(self.extend_max_rank, "search.extend_max_rank")
+
+    @property
+    def ranks(self) -> list[int]:
+        if self.ladder is not None:
+            return list(self.ladder)
+        out, r = [], self.start_rank
+        while r <= self.max_rank:
+            out.append(r)
+            r *= 2
+        return out
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    seed: int = default(None, "seed")
+    output_dir: str = default(None, "output_dir")
+    save_adapter: bool = default(None, "save_adapter")
+    worker: Any = default(None, "worker")  # a label only: launchers that start N copies of one sweep sweep over it (worker=0,1,2,3)
+
+    def storage_url(self) -> str:
+        """The Optuna storage: ``search.storage``, else ``optuna.db`` beside a sqlite ``mlflow.db``."""
+        if self.search.storage:
+            return self.search.storage
+        db = sqlite_path(self.tracking.resolved_uri())
+        folder = os.path.dirname(db) if db and db.endswith(".db") else ""
+        return f"sqlite:///{folder + '/' if folder else ''}optuna.db"
+
+    def study_name(self) -> str:
+        return self.search.study_name or f"{self.model.name}-{self.task.name}-{self.search.strategy}"
+
+
+def trial_config(cfg: RunConfig, targets: str, r: int, seed: int, **overrides) -> RunConfig:
+    """``cfg`` for one point: target set (or :data:`FULL`), rank, seed, and ``section.key`` overrides."""
+    run = copy.deepcopy(cfg)
+    run.seed = seed
+    if targets == FULL:
+        run.lora.full_finetune = True
+    else:
+        run.lora.targets, run.lora.r = targets.split(","), r
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        setattr(getattr(run, section), name, value)
+    return run
+
+
+def build(cls: type, data: dict | None, where: str) -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys by name."""
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]} is not a known key: valid keys are {', '.join(sorted(names))}")
+    try:
+        return cls(**data)
+    except TypeError as e:  # pragma: no cover - unknown keys are caught above
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def build_config(tree: Any) -> RunConfig:
+    """Turn a composed Hydra/OmegaConf tree (or a plain dict) into a RunConfig."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(tree, DictConfig):
+        tree = OmegaConf.to_container(tree, resolve=True)
+    tree = {k: v for k, v in dict(tree).items() if k not in ("hydra", "experiment")}
+    sections = {
+        "model": ModelConfig,
+        "task": TaskConfig,
+        "lora": LoraConfig,
+        "trainer": TrainerConfig,
+        "tracking": TrackingConfig,
+        "search": SearchConfig,
+    }
+    kwargs: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key in sections:
+            kwargs[key] = build(sections[key], value, key)
+        else:
+            kwargs[key] = value
+    return build(RunConfig, kwargs, "config")

@@ -1,0 +1,205 @@
+"""The sections of a trial's config: model, task, LoRA adapter, trainer, tracking.
+
+Each ``__post_init__`` rejects a bad value with a one-line :class:`~rank_sweep.errors.ConfigError` that
+names it and what is valid; defaults come from ``conf/`` (:func:`rank_sweep.config.base.default`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rank_sweep.config.base import (
+    ALPHA_POLICIES,
+    INITS,
+    METRICS,
+    PRECISIONS,
+    TASK_SOURCES,
+    check_rank,
+    default,
+    one_of,
+    positive,
+)
+from rank_sweep.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained model to adapt. ``name_or_path``: hub id or local folder;
+    ``pkg:<module>/<subdir>`` points inside an installed Python package."""
+
+    name: str = default("model", "name")
+    name_or_path: str = default("model", "name_or_path")
+    family: str | None = default("model", "family")  # auto-detected from config.model_type when None
+    trust_remote_code: bool = default("model", "trust_remote_code")
+
+    def __post_init__(self) -> None:
+        if not self.name_or_path or not isinstance(self.name_or_path, str):
+            raise ConfigError(f"model.name_or_path={self.name_or_path!r} is not valid: give a hub id or a local folder")
+
+
+@dataclass
+class TaskConfig:
+    """A classification or regression task and where its data lives."""
+
+    name: str = default("task", "name")
+    source: str = default("task", "source")  # glue | csv | jsonl | hub
+    glue_name: str | None = default("task", "glue_name")  # folder under GLUE_DIR
+    hub_path: str | None = default("task", "hub_path")
+    hub_config: str | None = default("task", "hub_config")
+    data_dir: str | None = default("task", "data_dir")  # GLUE folder (else $GLUE_DIR), or folder of csv/jsonl files
+    train_file: str | None = default("task", "train_file")
+    validation_file: str | None = default("task", "validation_file")
+    text_fields: list[str] = default("task", "text_fields")
+    label_field: str = default("task", "label_field")
+    labels: list[str] | None = default("task", "labels")  # None: regression
+    metric: str = default("task", "metric")  # the primary metric: the study's objective
+    metrics: list[str] = default("task", "metrics")
+    max_seq_length: int = default("task", "max_seq_length")
+    max_train_samples: int | None = default("task", "max_train_samples")
+    max_eval_samples: int | None = default("task", "max_eval_samples")
+
+    def __post_init__(self) -> None:
+        one_of("task.source", self.source, TASK_SOURCES)
+        if not self.text_fields or len(self.text_fields) > 2:
+            raise ConfigError(
+                f"task.text_fields={self.text_fields!r} is not valid: give one or two column names"
+            )
+        for m in [self.metric, *self.metrics]:
+            one_of("task.metric", m, METRICS)
+        if self.metric not in self.metrics:
+            self.metrics = [self.metric, *self.metrics]
+        if self.labels is not None:
+            self.labels = [str(x) for x in self.labels]
+            if len(self.labels) < 2:
+                raise ConfigError(f"task.labels={self.labels!r} is not valid: a classification task needs >= 2 labels")
+        else:
+            for m in self.metrics:
+                if m not in ("pearson", "spearman"):
+                    key = "task.metric" if m == self.metric else "task.metrics"
+                    raise ConfigError(f"{key} contains {m!r}, not valid for a regression task: use pearson or spearman")
+        positive("task.max_seq_length", self.max_seq_length, integer=True)
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                positive(f"task.{name}", getattr(self, name), integer=True)
+        if self.source in ("csv", "jsonl") and not (self.train_file and self.validation_file):
+            raise ConfigError(
+                f"task.source={self.source} needs task.train_file and task.validation_file "
+                f"(got {self.train_file!r}, {self.validation_file!r})"
+            )
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def direction(self) -> str:
+        """Every supported metric is better when higher."""
+        return "maximize"
+
+    def resolved_data_dir(self) -> str | None:
+        if self.data_dir:
+            return self.data_dir
+        glue = os.environ.get("GLUE_DIR")
+        if self.source == "glue" and glue:
+            return os.path.join(glue, self.glue_name or "")
+        return None
+
+
+@dataclass
+class LoraConfig:
+    """The adapter. ``alpha_policy`` is the named rule that derives alpha from r:
+    ``fixed`` (alpha constant, the LoRA paper), ``scaled`` (alpha = alpha_k * r,
+    constant alpha/r), ``rslora`` (alpha constant, scale alpha/sqrt(r))."""
+
+    r: int = default("lora", "r")
+    targets: list[str] = default("lora", "targets")
+    alpha_policy: str = default("lora", "alpha_policy")
+    alpha: float = default("lora", "alpha")  # used by fixed and rslora
+    alpha_k: float = default("lora", "alpha_k")  # used by scaled
+    dropout: float = default("lora", "dropout")
+    init: str = default("lora", "init")
+    full_finetune: bool = default("lora", "full_finetune")  # reference row: train every weight, no adapter
+
+    def __post_init__(self) -> None:
+        if not self.full_finetune:
+            check_rank(self.r)
+        one_of("lora.alpha_policy", self.alpha_policy, ALPHA_POLICIES)
+        one_of("lora.init", self.init, INITS)
+        positive("lora.alpha", self.alpha)
+        positive("lora.alpha_k", self.alpha_k)
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout={self.dropout!r} is not valid: it must be in [0, 1)")
+        if not self.full_finetune:
+            if isinstance(self.targets, str):
+                self.targets = [t for t in self.targets.split(",") if t]
+            if not self.targets:
+                raise ConfigError("lora.targets=[] is not valid: name at least one role (Wq, Wk, Wv, Wo, Wup, Wdown) or module name")
+
+    @property
+    def lora_alpha(self) -> float:
+        """The alpha handed to PEFT, derived from r by the policy."""
+        if self.alpha_policy == "scaled":
+            return float(self.alpha_k * self.r)
+        return float(self.alpha)
+
+    @property
+    def scale(self) -> float:
+        """The factor on BA: alpha/r, or alpha/sqrt(r) for rsLoRA."""
+        if self.alpha_policy == "rslora":
+            return self.lora_alpha / math.sqrt(self.r)
+        return self.lora_alpha / self.r
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = default("trainer", "epochs")
+    lr: float = default("trainer", "lr")
+    batch_size: int = default("trainer", "batch_size")
+    eval_batch_size: int = default("trainer", "eval_batch_size")
+    weight_decay: float = default("trainer", "weight_decay")
+    warmup_ratio: float = default("trainer", "warmup_ratio")
+    precision: str = default("trainer", "precision")  # auto: bf16-mixed where the hardware has it, else 32-true
+    accelerator: str = default("trainer", "accelerator")
+    devices: Any = default("trainer", "devices")
+    strategy: str = default("trainer", "strategy")  # Lightning's strategy for several devices in one trial (e.g. ddp_spawn); see docs/scale_out.md
+    num_threads: int | None = default("trainer", "num_threads")  # torch intra-op threads; None: all cores
+    early_stopping_patience: int | None = default("trainer", "early_stopping_patience")
+    group_by_length: bool = default("trainer", "group_by_length")
+    progress_bar: bool = default("trainer", "progress_bar")
+    max_steps: int = default("trainer", "max_steps")  # for benchmarks; -1 means epochs decide
+
+    def __post_init__(self) -> None:
+        positive("trainer.epochs", self.epochs, integer=True)
+        positive("trainer.lr", self.lr)
+        positive("trainer.batch_size", self.batch_size, integer=True)
+        positive("trainer.eval_batch_size", self.eval_batch_size, integer=True)
+        positive("trainer.weight_decay", self.weight_decay, allow_zero=True)
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} is not valid: it must be in [0, 1)")
+        one_of("trainer.precision", self.precision, PRECISIONS)
+        one_of("trainer.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
+        if self.strategy != "auto":  # Lightning's names; imported only when one is asked for
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            names = [n for n in StrategyRegistry.available_strategies() if "xla" not in n and "tpu" not in n]
+            if self.strategy not in names:
+                short = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed_stage_2", "single_device")
+                raise ConfigError(f"trainer.strategy={self.strategy!r} is not valid: choose one of "
+                                  f"{', '.join(short)} (or another of Lightning's {len(names)} strategy names)")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = default("tracking", "uri")  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = default("tracking", "experiment")
+    log_config_artifact: bool = default("tracking", "log_config_artifact")
+
+    def resolved_uri(self) -> str:
+        return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"

@@ -1,0 +1,226 @@
+"""The select command: read a finished study, choose for a budget, explain, reproduce.
+
+    rank-sweep-select task=mrpc budget.max_lora_params=50000 select.tolerance=0.005
+    rank-sweep-select task=mrpc select.source=mlflow    # only the MLflow store is at hand
+
+Reads the study from its Optuna storage (``select.source=study``, the default; the
+same storage as ``rank-sweep``), from the MLflow tracking store it logged to
+(``select.source=mlflow``: the parent run tagged ``kind=study`` and its child runs,
+e.g. a store copied from a cluster without the Optuna database), or from the
+storage if the study is there and else from MLflow (``select.source=auto``). The
+output does not depend on the source: it prints the choice with its reasons, the
+runners-up and the Pareto front, draws the plots, writes a Hydra experiment preset
+that retrains the choice (``rank-sweep-trial --config-dir <printed dir>
+experiment=<printed name>``), and copies the chosen trial's adapter next to it if
+the study kept it (``save_adapter=true``), else says how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import optuna
+
+from rank_sweep import tracking
+from rank_sweep.analysis import plots
+from rank_sweep.config import SOURCES, RunConfig, SelectConfig, build, build_budget, one_of, sqlite_path, trial_config
+from rank_sweep.errors import RankSweepError, first_line
+from rank_sweep.results.readers import load_mlflow_study, records_from_study
+from rank_sweep.results.records import TrialRecord
+from rank_sweep.results.selection import Selection, select
+from rank_sweep.results.tables import format_selection
+from rank_sweep.study.storage import open_storage
+
+__all__ = ["SOURCES", "choose", "read_study", "adapter_dir", "Choice", "StudyRecords"]
+
+
+class StudyNotFound(RankSweepError):
+    """The study storage has no such study (or no storage file at all): ``auto`` then tries MLflow."""
+
+
+@dataclass
+class StudyRecords:
+    """A finished study as the select command needs it, whichever store it was read from."""
+
+    name: str
+    records: list[TrialRecord]
+    direction: str
+    parent_run_id: str | None  # the study's MLflow parent run, for the select artifacts
+    where: str  # printed: the store it was read from
+
+
+@dataclass
+class Choice:
+    """What :func:`choose` printed and wrote."""
+
+    study: StudyRecords
+    selection: Selection
+    trial: TrialRecord  # the chosen configuration's best seed: what the preset retrains
+    output_dir: str
+    preset: str  # the written experiment file
+    plots: list[str]
+    adapter: str | None  # <output_dir>/adapter when the trial's adapter was kept, else None
+    report: str  # the printed text
+
+
+def load_study(cfg: RunConfig, name: str | None = None) -> optuna.Study:
+    """The study from its Optuna storage; :class:`StudyNotFound` if it is not there (a missing
+    sqlite file is not created)."""
+    url = cfg.storage_url()
+    name = name or cfg.study_name()
+    db = sqlite_path(url)
+    if db is not None and not os.path.exists(db):
+        raise StudyNotFound(f"no study named {name!r}: no study storage at {os.path.abspath(db)} "
+                            f"(from {tracking.redact(url)!r})")
+    storage = open_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        raise StudyNotFound(
+            f"no study named {name!r} in {tracking.redact(url)}: studies there are {', '.join(names) or '(none)'}"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def from_storage(cfg: RunConfig, name: str) -> StudyRecords:
+    study = load_study(cfg, name)
+    return StudyRecords(study.study_name, records_from_study(study), study.direction.name.lower(),
+                        study.user_attrs.get("mlflow_parent_run_id"),
+                        f"study storage {tracking.redact(cfg.storage_url())}")
+
+
+def from_mlflow(cfg: RunConfig, name: str) -> StudyRecords:
+    uri = cfg.tracking.resolved_uri()
+    study = load_mlflow_study(uri, name, cfg.tracking.experiment, history=True)
+    # every metric rank_sweep scores is maximized (TaskConfig.direction): the study was created with it
+    return StudyRecords(study.name, study.records, cfg.task.direction, study.run_id,
+                        f"MLflow {tracking.redact(uri)} (parent run {study.run_id})")
+
+
+def read_study(cfg: RunConfig, source: str, name: str | None = None) -> StudyRecords:
+    """The study's records from ``source`` (one of :data:`SOURCES`); one-line errors if it is absent or empty."""
+    one_of("select.source", source, SOURCES)
+    name = name or cfg.study_name()
+    if source == "mlflow":
+        study = from_mlflow(cfg, name)
+    else:
+        try:
+            study = from_storage(cfg, name)
+        except StudyNotFound as e:
+            if source == "study":
+                raise StudyNotFound(f"{e} (to read it from the MLflow store instead: select.source=mlflow)") from None
+            try:
+                study = from_mlflow(cfg, name)
+            except RankSweepError as e2:
+                raise RankSweepError(f"{e}; nor in MLflow: {e2}") from None
+    if not study.records:
+        raise RankSweepError(f"the study {study.name!r} has no trials ({study.where})")
+    return study
+
+
+def experiment_yaml(cfg: RunConfig, rec) -> str:
+    """A ``# @package _global_`` preset that sets everything the chosen trial depended on."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    run = trial_config(cfg, rec.targets, rec.r, rec.seed)
+    if rec.lr is not None:
+        run.trainer.lr = rec.lr
+    tree = {k: v for k, v in asdict(run).items() if k in ("model", "task", "lora", "trainer", "seed")}
+    head = f"# @package _global_\n# written by rank-sweep-select: trial {rec.number} ({rec.targets} r={rec.r})\n"
+    return head + OmegaConf.to_yaml(OmegaConf.create(tree))
+
+
+def adapter_dir(output_dir: str, run_id: str) -> str:
+    """Where ``save_adapter=true`` leaves a trial's PEFT adapter (rank_sweep.train.trial.run_trial)."""
+    return os.path.join(output_dir, "adapters", run_id, "adapter")
+
+
+def _mlflow_adapter(cfg: RunConfig, run_id: str, dest: str) -> tuple[bool, bool]:
+    """Download the run's ``adapter/`` artifact to ``dest``: ``(copied, logged)``, where ``logged``
+    says the run recorded an export although its artifact could not be read here."""
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        client = MlflowClient(tracking_uri=cfg.tracking.resolved_uri())
+        if client.list_artifacts(run_id, "adapter"):
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(dest)) as tmp:
+                shutil.move(client.download_artifacts(run_id, "adapter", tmp), dest)
+            return True, True
+        return False, any(k.startswith("export/") for k in client.get_run(run_id).data.metrics)
+    except Exception:  # no store, no such run, unreadable artifacts: report as not kept
+        return False, False
+
+
+def save_chosen_adapter(cfg: RunConfig, rec: TrialRecord, out: str, retrain: str) -> tuple[str | None, str]:
+    """Copy the trial's adapter to ``<out>/adapter`` from ``<output_dir>/adapters/<run id>/`` or its MLflow
+    artifact ``adapter/``; return the copy (None if the study did not keep it) and the line to print."""
+    dest = os.path.join(out, "adapter")
+    if os.path.isdir(dest):  # a previous choice's adapter must not pass for this one
+        shutil.rmtree(dest)
+    if rec.run_id:
+        local = adapter_dir(cfg.output_dir, rec.run_id)
+        if os.path.isfile(os.path.join(local, "adapter_config.json")):
+            shutil.copytree(local, dest)
+            return dest, f"adapter of trial {rec.number}: {os.path.abspath(dest)} (copied from {local})"
+        copied, logged = _mlflow_adapter(cfg, rec.run_id, dest)
+        if copied:
+            return dest, (f"adapter of trial {rec.number}: {os.path.abspath(dest)} "
+                          f"(from MLflow run {rec.run_id}, artifact adapter/)")
+        if logged:
+            why = (f"trial {rec.number} saved an adapter, but neither {local} nor the MLflow artifact adapter/ of "
+                   f"run {rec.run_id} is readable here (copy the study's output_dir or its MLflow artifacts here)")
+        else:
+            why = f"trial {rec.number} kept no adapter (the study ran with save_adapter=false)"
+    else:
+        why = f"trial {rec.number} has no MLflow run, so no adapter"
+    return None, f"adapter: {why}; to get it: {retrain} save_adapter=true"
+
+
+def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget_cfg=None) -> Choice:
+    """The select command (``rank-sweep-select``): read, choose, print, plot, write the preset, copy the adapter.
+    ``select_cfg``/``budget_cfg``: the ``select.*`` and ``budget.*`` config (dataclasses or mappings)."""
+    if not isinstance(select_cfg, SelectConfig):
+        select_cfg = build(SelectConfig, {k: v for k, v in dict(select_cfg or {}).items() if v is not None}, "select")
+    budget = budget_cfg if not isinstance(budget_cfg, dict | None) else build_budget(budget_cfg, "budget")
+    study = read_study(cfg, select_cfg.source, select_cfg.study_name)
+    records, direction = study.records, study.direction
+    selection = select(records, budget, float(select_cfg.tolerance), direction)
+    report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", format_selection(selection)]
+    print("\n".join(report), flush=True)
+    out = os.path.join(select_cfg.output_dir or cfg.output_dir, "select", study.name)
+    os.makedirs(out, exist_ok=True)
+    summaries = [s for s, _ in selection.runners_up] + [selection.chosen]
+    paths = [plots.plot_rank_curves(summaries, os.path.join(out, "rank_curves.png"), cfg.task.metric),
+             plots.plot_pareto(summaries, os.path.join(out, "pareto.png"), cfg.task.metric, front=selection.pareto,
+                               direction=direction),
+             plots.plot_learning_curves(records, os.path.join(out, "learning_curves.png"), cfg.task.metric)]
+    chosen = selection.chosen
+    best_trial = max((r for r in records if r.usable and r.targets == chosen.targets and r.r == chosen.r),
+                     key=lambda r: r.score if direction == "maximize" else -r.score)
+    # the preset goes in <out>/experiment/, a config group Hydra finds through --config-dir
+    name = f"selected_{study.name}".replace("/", "_")
+    os.makedirs(os.path.join(out, "experiment"), exist_ok=True)
+    preset = os.path.join(out, "experiment", name + ".yaml")
+    with open(preset, "w") as f:
+        f.write(experiment_yaml(cfg, best_trial))
+    retrain = f"rank-sweep-trial --config-dir {os.path.abspath(out)} experiment={name}"
+    adapter, adapter_line = save_chosen_adapter(cfg, best_trial, out, retrain)
+    tail = [f"plots: {', '.join(str(p) for p in paths)}", f"retrain the choice: {retrain}", adapter_line]
+    print("\n" + "\n".join(tail), flush=True)
+    report += [""] + tail
+    if study.parent_run_id:
+        try:
+            client, _ = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
+            for p in paths:
+                client.log_artifact(study.parent_run_id, str(p), "select")
+            client.set_tag(study.parent_run_id, "selected", f"{chosen.label} (trial {best_trial.number})")
+        except Exception as e:  # e.g. a store copied from a cluster, whose artifact folder is not here
+            note = f"note: plots not logged to MLflow: {first_line(e)[:200]}"
+            print(note)
+            report.append(note)
+    return Choice(study, selection, best_trial, out, preset, [str(p) for p in paths], adapter, "\n".join(report))

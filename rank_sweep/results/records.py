@@ -1,0 +1,110 @@
+"""A trial as plain data, and one configuration's statistic over its seeds.
+
+Everything downstream of a study (the ladder, ``select``, plots, notebooks) works on
+these records, never on Optuna or MLflow objects, so it can be tested on hand-made
+lists. :mod:`rank_sweep.results.readers` builds them from a study's storage or its
+MLflow runs::
+
+    summaries = aggregate(records_from_study(study))
+
+A trial that failed before its parameters were set (Optuna FAIL trials often
+have none) keeps ``targets=""``, ``r=-1``, ``seed=-1``: it is still counted, so
+"all N trials failed" can say how many.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rank_sweep.config import FULL
+
+UNKNOWN = -1  # r or seed of a trial that never got its parameters
+__all__ = ["FULL", "UNKNOWN", "TrialRecord", "ConfigSummary", "aggregate"]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial: its configuration, outcome and cost, as the study stored them."""
+
+    number: int
+    targets: str  # roles joined by commas ("Wq,Wv"), or "full" for full fine-tuning
+    r: int  # 0 for full fine-tuning
+    seed: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING (or WAITING)
+    score: float | None
+    lora_params: int | None
+    trainable_params: int | None
+    train_seconds: float | None
+    not_learning: bool = False
+    baseline_score: float | None = None
+    alpha: float | None = None
+    lr: float | None = None
+    run_id: str | None = None
+    intermediate: tuple[float, ...] = ()  # validation score per epoch
+
+    @property
+    def usable(self) -> bool:
+        """COMPLETE with a finite score: the only trials that count in a summary."""
+        return self.state == "COMPLETE" and self.score is not None and math.isfinite(self.score)
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    """The seeds of one (targets, r) pooled: mean and sample std of the score."""
+
+    targets: str
+    r: int
+    n: int  # completed seeds with a finite score
+    mean: float | None
+    std: float  # sample std over seeds; 0.0 for one seed
+    lora_params: int | None
+    trainable_params: int | None
+    train_seconds: float | None  # mean over seeds that logged it
+    not_learning: bool = False  # every completed seed stayed at the trivial baseline
+    numbers: tuple[int, ...] = ()  # trial numbers, in record order
+    n_not_learning: int = 0  # seeds among n that did not learn
+
+    @property
+    def label(self) -> str:
+        """How plots and reports name a configuration: ``Wq,Wv r=4`` or ``full``."""
+        return self.targets if self.targets == FULL or self.r == 0 else f"{self.targets} r={self.r}"
+
+
+def _first(values: Iterable[Any]) -> Any:
+    # Seeds of one configuration have the same parameter counts; if a log
+    # disagrees, the largest is the one a budget must respect.
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def aggregate(records: Iterable[TrialRecord]) -> list[ConfigSummary]:
+    """Pool the usable seeds of each (targets, r), sorted by targets then rank."""
+    groups: dict[tuple[str, int], list[TrialRecord]] = {}
+    for rec in records:
+        if rec.usable:
+            groups.setdefault((rec.targets, rec.r), []).append(rec)
+    out = []
+    for (targets, r), recs in sorted(groups.items()):
+        scores = [rec.score for rec in recs]
+        seconds = [rec.train_seconds for rec in recs if rec.train_seconds is not None]
+        n_bad = sum(rec.not_learning for rec in recs)
+        out.append(
+            ConfigSummary(
+                targets=targets,
+                r=r,
+                n=len(recs),
+                mean=statistics.fmean(scores),
+                std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                lora_params=_first(rec.lora_params for rec in recs),
+                trainable_params=_first(rec.trainable_params for rec in recs),
+                train_seconds=statistics.fmean(seconds) if seconds else None,
+                not_learning=n_bad == len(recs),
+                numbers=tuple(rec.number for rec in recs),
+                n_not_learning=n_bad,
+            )
+        )
+    return out

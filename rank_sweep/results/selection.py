@@ -1,0 +1,205 @@
+"""Pick one configuration from a sweep: the cheapest that scores as well as the best.
+
+Pure functions, no I/O: records (or summaries) and a budget in, a
+:class:`Selection` with its reasons out::
+
+    sel = select(records_from_study(study), Budget(max_lora_params=300_000), tolerance=0.005)
+    print(format_selection(sel))
+
+The rule: among configurations that fit the budget, learn, and have their
+metrics, *best* has the best mean score (ties: fewer trainable params, then
+lower r). Every configuration whose mean is within ``tolerance`` of the best is
+a candidate, and the cheapest candidate by trainable params is chosen (ties:
+lower r, then better score). Set ``tolerance`` to the seed noise: the LoRA paper
+reports seed stds of 0.2-1.2 points on GLUE, and a difference below that is no
+reason to pay for a larger rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rank_sweep.config import FULL, Budget
+from rank_sweep.errors import RankSweepError
+from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate
+
+DIRECTIONS = ("maximize", "minimize")
+__all__ = ["Budget", "Selection", "select", "pareto_front", "count_text", "score_text"]
+
+
+def count_text(x: float | None) -> str:
+    if x is None:
+        return "?"
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
+
+
+def score_text(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4g}"
+
+
+@dataclass
+class Selection:
+    chosen: ConfigSummary
+    best: ConfigSummary
+    reason: str
+    runners_up: list[tuple[ConfigSummary, str]] = field(default_factory=list)
+    pareto: list[ConfigSummary] = field(default_factory=list)
+    tolerance: float = 0.0
+    direction: str = "maximize"
+    budget: Budget = field(default_factory=Budget)
+
+
+def _has_metrics(s: ConfigSummary) -> bool:
+    return s.mean is not None and math.isfinite(s.mean) and s.trainable_params is not None
+
+
+def _key(direction: str):
+    sign = -1.0 if direction == "maximize" else 1.0
+    return lambda s: sign * s.mean  # smaller is better
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise RankSweepError(f"direction={direction!r} is not valid: choose maximize or minimize")
+
+
+def pareto_front(summaries: Sequence[ConfigSummary], direction: str = "maximize") -> list[ConfigSummary]:
+    """Configurations no other beats on both score and trainable params, cheapest first."""
+    _check_direction(direction)
+    bad = _key(direction)
+    pts = [s for s in summaries if _has_metrics(s)]
+    front = [
+        s
+        for s in pts
+        if not any(
+            bad(o) <= bad(s)
+            and o.trainable_params <= s.trainable_params
+            and (bad(o) < bad(s) or o.trainable_params < s.trainable_params)
+            for o in pts
+        )
+    ]
+    return sorted(front, key=lambda s: (s.trainable_params, bad(s), s.r))
+
+
+def as_summaries(items: Sequence[TrialRecord | ConfigSummary]) -> list[ConfigSummary]:
+    items = list(items)
+    if not items or not isinstance(items[0], TrialRecord):
+        return items
+    summaries = aggregate(items)
+    if not summaries:
+        states = sorted({r.state for r in items})
+        if set(states) <= {"FAIL", "PRUNED"}:
+            raise RankSweepError(f"all {len(items)} trials failed or were pruned")
+        counts = ", ".join(f"{sum(r.state == s for r in items)} {s}" for s in states)
+        raise RankSweepError(f"none of the {len(items)} trials completed with a finite score ({counts})")
+    return summaries
+
+
+def _no_fit_error(budget: Budget, pool: list[ConfigSummary]) -> RankSweepError:
+    for name, unit, attr in [
+        ("max_lora_params", "LoRA params", "lora_params"),
+        ("max_trainable_params", "trainable params", "trainable_params"),
+        ("max_train_seconds", "s of training", "train_seconds"),
+        ("max_rank", "", "r"),
+    ]:
+        limit = getattr(budget, name)
+        known = [s for s in pool if getattr(s, attr) is not None and not (attr == "r" and s.r <= 0)]
+        if limit is None or not known:
+            continue
+        cheap = min(known, key=lambda s: (getattr(s, attr), s.r))
+        if getattr(cheap, attr) > limit and attr == "r":
+            return RankSweepError(f"the budget max_rank={limit} is below the lowest rank tried: {cheap.label}")
+        if getattr(cheap, attr) > limit:
+            what = f"{cheap.label} with {count_text(getattr(cheap, attr))} {unit}"
+            return RankSweepError(f"the budget {name}={count_text(limit)} is below the cheapest trial: {what}")
+    return RankSweepError(f"no configuration fits the budget {budget}")
+
+
+def select(
+    records_or_summaries: Sequence[TrialRecord | ConfigSummary],
+    budget: Budget | None = None,
+    tolerance: float = 0.0,
+    direction: str = "maximize",
+) -> Selection:
+    """Choose a configuration; see the module docstring for the rule."""
+    _check_direction(direction)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise RankSweepError(f"tolerance={tolerance!r} is not valid: give a score difference >= 0")
+    budget = budget or Budget()
+    if not records_or_summaries:
+        raise RankSweepError("the study has no trials")
+    summaries = as_summaries(records_or_summaries)
+
+    # (category, summary, why): categories order the runners-up after the eligible ones
+    excluded: list[tuple[int, ConfigSummary, str]] = []
+    with_metrics = [s for s in summaries if _has_metrics(s)]
+    excluded += [(4, s, "missing metrics") for s in summaries if not _has_metrics(s)]
+    if not with_metrics:
+        raise RankSweepError(f"none of the {len(summaries)} configurations has a score and a trainable-parameter count")
+    fitting = []
+    for s in with_metrics:
+        ok, why = budget.fits(s)
+        if ok:
+            fitting.append(s)
+        else:
+            excluded.append((2, s, why))
+    if not fitting:
+        raise _no_fit_error(budget, with_metrics)
+    eligible = [s for s in fitting if not s.not_learning]
+    excluded += [(3, s, "not learning") for s in fitting if s.not_learning]
+    if not eligible:
+        raise RankSweepError(f"no configuration within the budget is learning: all {len(fitting)} stay at the baseline")
+
+    bad = _key(direction)
+    best = min(eligible, key=lambda s: (bad(s), s.trainable_params, s.r))
+    slack = tolerance + 1e-9 * max(1.0, abs(best.mean))  # a tie in print is a tie
+    candidates = {id(s) for s in eligible if bad(s) <= bad(best) + slack}
+    chosen = min((s for s in eligible if id(s) in candidates), key=lambda s: (s.trainable_params, s.r, bad(s)))
+
+    side = "below" if direction == "maximize" else "above"
+    ranked: list[tuple[int, float, ConfigSummary, str]] = []
+    for s in eligible:
+        if s is chosen:
+            continue
+        if id(s) in candidates:
+            if s.trainable_params > chosen.trainable_params:
+                why = f"costs {count_text(s.trainable_params)} trainable params, more than the chosen {count_text(chosen.trainable_params)}"
+            elif s.r > chosen.r:
+                why = f"same cost, higher rank r={s.r} than the chosen r={chosen.r}"
+            else:
+                why = f"same cost and rank, scores {score_text(s.mean)} against the chosen {score_text(chosen.mean)}"
+            ranked.append((0, bad(s), s, why))
+        else:
+            ranked.append((1, bad(s), s, f"scores {score_text(s.mean)}, more than {tolerance:g} {side} the best"))
+    ranked += [(cat, bad(s) if _has_metrics(s) else math.inf, s, why) for cat, s, why in excluded]
+    ranked.sort(key=lambda t: (t[0], t[1], t[2].trainable_params or 0, t[2].r))
+
+    return Selection(
+        chosen=chosen,
+        best=best,
+        reason=_reason(chosen, best, tolerance),
+        runners_up=[(s, why) for _, _, s, why in ranked],
+        pareto=pareto_front([s for s in with_metrics if not s.not_learning], direction),
+        tolerance=tolerance,
+        direction=direction,
+        budget=budget,
+    )
+
+
+def cost_text(s: ConfigSummary) -> str:
+    if s.lora_params is None or s.targets == FULL:
+        return f"{count_text(s.trainable_params)} trainable params"
+    extra = "" if s.trainable_params == s.lora_params else f" ({count_text(s.trainable_params)} trainable)"
+    return f"{count_text(s.lora_params)} LoRA params{extra}"
+
+
+def _reason(chosen: ConfigSummary, best: ConfigSummary, tolerance: float) -> str:
+    if chosen is best:
+        tail = f" (nothing cheaper within {tolerance:g})" if tolerance > 0 else ""
+        return f"best score in budget: {chosen.label} scores {score_text(chosen.mean)} with {cost_text(chosen)}{tail}"
+    return (
+        f"cheapest configuration within {tolerance:g} of the best in budget ({best.label}: {score_text(best.mean)}): "
+        f"{chosen.label} scores {score_text(chosen.mean)} with {cost_text(chosen)}"
+    )

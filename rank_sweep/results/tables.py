@@ -1,0 +1,79 @@
+"""Tables of a study's configurations and of a selection, as markdown (console, ``summary.md``)
+or CSV (``summary.csv``).
+
+    print(summary_table(records))            # one row per (targets, r)
+    print(format_selection(select(records, Budget(max_lora_params=50_000))))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+from rank_sweep.errors import RankSweepError
+from rank_sweep.results.records import ConfigSummary, TrialRecord
+from rank_sweep.results.selection import Selection, as_summaries, cost_text, count_text, score_text
+
+
+def _rows(summaries: Sequence[ConfigSummary]) -> list[list[str]]:
+    return [
+        [s.targets, str(s.r), score_text(s.mean), f"{s.std:.3g}", str(s.n), count_text(s.lora_params), count_text(s.trainable_params)]
+        for s in summaries
+    ]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+HEADER = ["targets", "r", "mean", "std", "n", "LoRA params", "trainable params"]
+
+
+def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "markdown") -> str:
+    """One row per (targets, r): mean score, seed std, seeds, LoRA and trainable params."""
+    summaries = as_summaries(items)
+    if fmt == "markdown":
+        notes = [
+            "not learning"
+            if s.not_learning
+            else f"{s.n_not_learning} of {s.n} seeds not learning"
+            if s.n_not_learning
+            else ""
+            for s in summaries
+        ]
+        rows = [row + [note] for row, note in zip(_rows(summaries), notes, strict=True)]
+        return _markdown(HEADER + ["note"], rows)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["targets", "r", "mean", "std", "n", "lora_params", "trainable_params", "not_learning"])
+        for s in summaries:
+            w.writerow([s.targets, s.r, s.mean, s.std, s.n, s.lora_params, s.trainable_params, s.not_learning])
+        return buf.getvalue()
+    raise RankSweepError(f"fmt={fmt!r} is not valid: choose markdown or csv")
+
+
+def format_selection(selection: Selection) -> str:
+    """A text report: the choice, why, the runners-up and the Pareto front."""
+    c = selection.chosen
+    lines = [
+        f"chosen: {c.label} ({selection.direction}, budget: {selection.budget}, tolerance {selection.tolerance:g})",
+        f"  score {score_text(c.mean)} +/- {c.std:.3g} over {c.n} seed(s), {cost_text(c)}",
+        f"why: {selection.reason}",
+        "",
+        "runners-up:",
+        _markdown(
+            ["config", "mean", "std", "n", "trainable params", "why not"],
+            [
+                [s.label, score_text(s.mean), f"{s.std:.3g}", str(s.n), count_text(s.trainable_params), why]
+                for s, why in selection.runners_up
+            ],
+        )
+        if selection.runners_up
+        else "  (none)",
+        "",
+        "Pareto front (score vs trainable params, learning configurations):",
+        _markdown(HEADER, _rows(selection.pareto)),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The objective: one point of the plan trained as a trial, a child MLflow run of the study.
+
+:class:`Objective` suggests the point (the ladder's claim, or TPE's draw), runs
+:func:`rank_sweep.train.trial.run_trial` and stores the trial's numbers on the Optuna
+trial; :class:`PointlessCheck` prunes a speculative trial once its ladder has stopped below it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+from lightning.pytorch.callbacks import Callback
+from optuna.distributions import CategoricalDistribution
+
+from rank_sweep.config import FULL, RunConfig, trial_config
+from rank_sweep.errors import TrackingError
+from rank_sweep.study import plan as ladder
+from rank_sweep.study.sampler import POINT_ATTR, trial_records
+from rank_sweep.study.workers import claim_for_this_worker
+from rank_sweep.train.trial import run_trial
+
+
+class PointlessCheck(Callback):
+    """Lightning callback for a speculative trial: after each validation, prune it when the rung under it
+    has ended its ladder (:func:`ladder.pointless`), so an idle worker's guess costs at most an epoch more."""
+
+    def __init__(self, trial: optuna.Trial, spec: ladder.LadderSpec, point: ladder.Point):
+        self.trial, self.spec, self.point = trial, spec, point
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        others = [r for r in trial_records(self.trial.study) if r.number != self.trial.number]
+        why = ladder.pointless(others, self.spec, self.point)
+        if why:
+            self.trial.set_user_attr("pruned_reason", why)
+            raise optuna.TrialPruned(why)
+
+
+def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, CategoricalDistribution]:
+    sets = spec.target_sets + [s for s in spec.extend_sets if s not in spec.target_sets]
+    ranks = list(spec.ranks)
+    if spec.include_full:
+        sets, ranks = sets + [FULL], [0, *ranks]
+    return {"targets": CategoricalDistribution(sets), "r": CategoricalDistribution(ranks),
+            "seed": CategoricalDistribution(spec.seeds)}
+
+
+class Objective:
+    """Runs one point as a trial (a child MLflow run) and stores its numbers on the Optuna trial."""
+
+    def __init__(self, cfg, spec, cache, client, experiment_id, parent_run_id):
+        self.cfg, self.spec, self.cache = cfg, spec, cache
+        self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
+        self.dists = distributions(cfg, spec)
+        self.fatal: TrackingError | None = None  # the tracking store failed: the study must stop, not go on
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.cfg.search.strategy == "tpe":  # the ladder sampler has claimed the trial already
+            claim_for_this_worker(trial.study, trial._trial_id)
+        overrides = {}
+        if self.cfg.search.strategy == "tpe":
+            targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
+            r = trial.suggest_categorical("r", self.dists["r"].choices)
+            seed = self.cfg.seed
+            overrides = {"trainer.lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
+                         "lora.alpha_k": trial.suggest_float("alpha_k", 0.5, 8.0, log=True)}
+        else:
+            targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
+            r = trial.suggest_categorical("r", self.dists["r"].choices)
+            seed = trial.suggest_categorical("seed", self.dists["seed"].choices)
+        run = trial_config(self.cfg, targets, r, seed, **overrides)
+        callbacks = [_pruning_callback(trial, f"val/{self.cfg.task.metric}")]
+        claim = trial.study._storage.get_trial_system_attrs(trial._trial_id).get(POINT_ATTR) or {}
+        if claim.get("speculative"):
+            trial.set_user_attr("speculative", True)
+            callbacks.append(PointlessCheck(trial, self.spec, ladder.Point(targets, r, seed)))
+        try:
+            result = run_trial(run, cache=self.cache, client=self.client, experiment_id=self.experiment_id,
+                               parent_run_id=self.parent_run_id, callbacks=callbacks,
+                               run_name=f"trial {trial.number}: {targets} r={r} seed={seed}",
+                               learn_margin=self.cfg.search.learn_margin,
+                               tags={"optuna_trial": trial.number, "optuna_study": trial.study.study_name,
+                                     "worker": f"{socket.gethostname()}:{os.getpid()}"
+                                     + ("" if self.cfg.worker is None else f" ({self.cfg.worker})")},
+                               on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        except optuna.TrialPruned:
+            raise
+        except TrackingError as e:
+            self.fatal = e
+            trial.set_user_attr("fail_reason", str(e)[:500])
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            raise
+        c = result.counts
+        for key, value in {**c.as_metrics(), "train_seconds": result.train_seconds, "mlflow_run_id": result.run_id,
+                           "not_learning": result.not_learning, "baseline_score": result.baseline_score,
+                           "alpha": run.lora.lora_alpha, "lr": run.trainer.lr, "train_steps": result.train_steps,
+                           "score_metric": result.metric}.items():
+            trial.set_user_attr(key, value)
+        return result.score
+
+
+def _pruning_callback(trial, monitor):
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    return PyTorchLightningPruningCallback(trial, monitor=monitor)

@@ -1,0 +1,271 @@
+"""The recipe as a pure function of the trial history: which points to run next,
+and why each ladder stopped.
+
+A *point* is (target set, rank, seed). :func:`plan` reads only the records of
+the trials in storage (never an object's memory), so a resumed or shared study
+continues exactly where the storage says it is:
+
+    p = plan(records, spec)      # p.pending: points to run now; p.done; p.ladders
+
+Per target set the ladder climbs ``spec.ranks``. A rung is decided when all its
+seeds are finished. A rung whose seeds all fail to learn (or were pruned, or
+failed) is neither a gain nor a plateau signal. A learning rung is a *gain*
+when its mean beats the best lower learning rung by more than
+``max(min_delta, noise_k * pooled seed std)``; ``patience`` rungs in a row
+without a gain stop the ladder (plateau). Ladders also stop at the last rank
+or when the next rung would break the parameter budget. When a ladder's
+plateau rank is low (``<= extend_max_rank``), the extension step adapts more
+matrices at that rank.
+
+With several workers, ``p.speculative`` lists the next ``spec.speculate`` rungs
+of every ladder whose current rung is still running: an idle worker runs them
+ahead of the decision. A speculative result only counts once the ladder
+reaches its rung, so the decisions are those of a single worker; when the
+ladder stops below it, :func:`pointless` says so and the trial is pruned.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rank_sweep.results.records import FULL, TrialRecord
+
+
+@dataclass(frozen=True)
+class Point:
+    targets: str  # roles joined by commas, or "full"
+    r: int
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.targets} r={self.r} seed={self.seed}"
+
+
+@dataclass
+class LadderSpec:
+    target_sets: list[str]
+    ranks: list[int]
+    seeds: list[int]
+    patience: int = 1
+    min_delta: float = 0.005
+    noise_k: float = 1.0
+    direction: str = "maximize"
+    extend: bool = True
+    extend_sets: list[str] = field(default_factory=list)
+    extend_max_rank: int = 4
+    include_full: bool = False
+    max_retries: int = 2
+    # (targets, r) -> (lora_params, trainable_params); None: no parameter budget
+    cost: Callable[[str, int], tuple[int, int]] | None = None
+    max_lora_params: int | None = None
+    max_trainable_params: int | None = None
+    rank_limit: int | None = None  # search.budget.max_rank
+    grid: bool = False
+    speculate: int = 1  # rungs above a running rung that idle workers may start ahead of its decision
+
+
+@dataclass
+class Rung:
+    r: int
+    n: int
+    mean: float | None
+    std: float
+    decision: str  # first | gain | no gain | not learning | failed | pruned
+    detail: str
+
+
+@dataclass
+class LadderState:
+    targets: str
+    rungs: list[Rung] = field(default_factory=list)
+    finished: bool = False
+    reason: str = "running"
+    plateau_rank: int | None = None
+    threshold: float = 0.0
+
+
+@dataclass
+class Plan:
+    pending: list[Point]
+    done: bool
+    ladders: list[LadderState]
+    extensions: list[str]
+    speculative: list[Point] = field(default_factory=list)  # only for idle workers: see the module doc
+
+
+def _better(a: float, b: float, direction: str) -> float:
+    """How much a beats b (positive = better) under the study direction."""
+    return a - b if direction == "maximize" else b - a
+
+
+def over_budget(spec: LadderSpec, targets: str, r: int) -> str | None:
+    if targets == FULL:
+        return None
+    if spec.rank_limit is not None and r > spec.rank_limit:
+        return f"r={r} > budget max_rank {spec.rank_limit}"
+    if spec.cost is None:
+        return None
+    lora_params, trainable = spec.cost(targets, r)
+    if spec.max_lora_params is not None and lora_params > spec.max_lora_params:
+        return f"r={r} needs {lora_params:,} LoRA params > budget {spec.max_lora_params:,}"
+    if spec.max_trainable_params is not None and trainable > spec.max_trainable_params:
+        return f"r={r} needs {trainable:,} trainable params > budget {spec.max_trainable_params:,}"
+    return None
+
+
+class _History:
+    """Records indexed by point: what finished, what failed, what runs now."""
+
+    def __init__(self, records: list[TrialRecord], max_retries: int):
+        self.by_point: dict[Point, list[TrialRecord]] = {}
+        for rec in records:
+            self.by_point.setdefault(Point(rec.targets, rec.r, rec.seed), []).append(rec)
+        self.max_retries = max_retries
+
+    def status(self, p: Point) -> str:
+        recs = self.by_point.get(p, [])
+        states = [r.state for r in recs]
+        if "COMPLETE" in states:
+            return "complete"
+        if "PRUNED" in states:
+            return "pruned"
+        if "RUNNING" in states:
+            return "running"
+        if states.count("FAIL") > self.max_retries:
+            return "failed"
+        return "pending"
+
+    def learning_score(self, p: Point) -> float | None:
+        for rec in self.by_point.get(p, []):
+            if rec.state == "COMPLETE" and rec.score is not None and math.isfinite(rec.score):
+                return None if rec.not_learning else rec.score
+        return None
+
+
+def _pooled_std(rungs: list[tuple[int, float]]) -> float:
+    """sqrt(sum((n_i-1) s_i^2) / sum(n_i-1)) over rungs with >= 2 seeds."""
+    dof = sum(n - 1 for n, _ in rungs if n >= 2)
+    if dof == 0:
+        return 0.0
+    return math.sqrt(sum((n - 1) * s * s for n, s in rungs if n >= 2) / dof)
+
+
+def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Point],
+                speculative: list[Point] | None = None) -> LadderState:
+    state = LadderState(targets)
+    best: float | None = None
+    stale = 0
+    spread: list[tuple[int, float]] = []
+    for r in spec.ranks:
+        why = over_budget(spec, targets, r)
+        if why:
+            state.finished, state.reason = True, f"budget: next rung {why}"
+            break
+        points = [Point(targets, r, s) for s in spec.seeds]
+        statuses = [hist.status(p) for p in points]
+        todo = [p for p, s in zip(points, statuses, strict=False) if s in ("pending", "running")]
+        if todo:
+            pending.extend(p for p in todo if hist.status(p) == "pending")
+            if speculative is not None and "running" in statuses:
+                above = [x for x in spec.ranks if x > r][:spec.speculate]
+                for x in above:
+                    if over_budget(spec, targets, x):
+                        break
+                    speculative.extend(q for q in (Point(targets, x, s) for s in spec.seeds)
+                                       if hist.status(q) == "pending")
+            break
+        scores = [s for s in (hist.learning_score(p) for p in points) if s is not None]
+        if not scores:
+            kind = "failed" if all(s == "failed" for s in statuses) else (
+                "pruned" if all(s == "pruned" for s in statuses) else "not learning")
+            state.rungs.append(Rung(r, 0, None, 0.0, kind, "no learning seed: not a plateau signal"))
+            continue
+        mean = statistics.fmean(scores)
+        std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        spread.append((len(scores), std))
+        threshold = max(spec.min_delta, spec.noise_k * _pooled_std(spread))
+        state.threshold = threshold
+        if best is None:
+            state.rungs.append(Rung(r, len(scores), mean, std, "first", f"first learning rung: {mean:.4f}"))
+            best = mean
+            continue
+        gain = _better(mean, best, spec.direction)
+        detail = f"mean {mean:.4f} vs best lower {best:.4f}: gain {gain:+.4f}, threshold {threshold:.4f}"
+        if gain > threshold + 1e-12:  # a float difference equal to the threshold is no gain
+            stale = 0
+            state.rungs.append(Rung(r, len(scores), mean, std, "gain", detail))
+        else:
+            stale += 1
+            state.rungs.append(Rung(r, len(scores), mean, std, "no gain", detail))
+        if gain > 0:
+            best = mean
+        if stale >= spec.patience and not spec.grid:
+            state.finished = True
+            state.reason = f"plateau: {stale} rung(s) without a gain above {threshold:.4f} (last r={r})"
+            break
+    else:
+        state.finished = True
+        state.reason = f"max_rank reached (r={spec.ranks[-1]})"
+    learned = [g for g in state.rungs if g.mean is not None]
+    if state.finished and not learned and any(g.decision != "failed" for g in state.rungs):
+        state.reason = (
+            "not learning: no rung beat the trivial baseline; training is too short or the learning rate "
+            "too low for this target set (raise trainer.epochs or trainer.lr), so no plateau rank is reported"
+        )
+    elif learned and best is not None:
+        near = [g.r for g in learned if _better(g.mean, best, spec.direction) >= -state.threshold - 1e-12]
+        state.plateau_rank = min(near)
+    return state
+
+
+def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
+    hist = _History([r for r in records if r.targets], spec.max_retries)
+    pending: list[Point] = []
+    speculative: list[Point] = []
+    ladders = [walk_ladder(ts, spec, hist, pending, speculative) for ts in spec.target_sets]
+    extensions: list[str] = []
+    if spec.grid:
+        sets = spec.target_sets + [s for s in spec.extend_sets if s not in spec.target_sets]
+        pending = [Point(ts, r, s) for ts in sets for r in spec.ranks for s in spec.seeds
+                   if not over_budget(spec, ts, r) and hist.status(Point(ts, r, s)) == "pending"]
+        ladders = [walk_ladder(ts, spec, hist, []) for ts in sets]
+        speculative = []
+    elif spec.extend:
+        for lad in ladders:
+            if lad.finished and lad.plateau_rank is not None and lad.plateau_rank <= spec.extend_max_rank:
+                for ext in spec.extend_sets:
+                    if ext in spec.target_sets or over_budget(spec, ext, lad.plateau_rank):
+                        continue
+                    note = (f"{ext} at r={lad.plateau_rank} ({lad.targets} was already within the threshold of its best "
+                            f"at r={lad.plateau_rank})")
+                    if note not in extensions:
+                        extensions.append(note)
+                    for s in spec.seeds:
+                        p = Point(ext, lad.plateau_rank, s)
+                        if hist.status(p) == "pending" and p not in pending:
+                            pending.append(p)
+    if spec.include_full:
+        pending.extend(p for p in (Point(FULL, 0, s) for s in spec.seeds) if hist.status(p) == "pending")
+    running = any(s == "RUNNING" for recs in hist.by_point.values() for s in (r.state for r in recs))
+    done = not pending and not running and all(lad.finished for lad in ladders)
+    return Plan(pending, done, ladders, extensions, speculative)
+
+
+def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str | None:
+    """Why running ``point`` no longer helps the study (its ladder stopped below its rung), or None.
+
+    A speculative rung becomes pointless when the rung under it ends its ladder; points of a ladder that
+    is still climbing, of the grid, of an extension or of full fine-tuning are never pointless."""
+    if spec.grid or point.targets not in spec.target_sets:
+        return None
+    hist = _History([r for r in records if r.targets], spec.max_retries)
+    state = walk_ladder(point.targets, spec, hist, [])
+    if not state.finished:
+        return None
+    decided = max((g.r for g in state.rungs), default=0)
+    if point.r <= decided:
+        return None
+    return f"speculative rung no longer needed: {point.targets} stopped below r={point.r} ({state.reason})"

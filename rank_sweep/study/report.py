@@ -1,0 +1,210 @@
+"""What a study tells: its MLflow parent run, a console line per trial, the summary with each
+ladder's decisions, the subspace similarity of each ladder, and the artifacts of the parent run.
+
+    text, info = summarize(study, spec, cfg)     # the table and the verdicts, also for a finished study
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict
+
+import numpy as np
+import optuna
+import torch
+
+from rank_sweep import tracking
+from rank_sweep.analysis import plots, spectra
+from rank_sweep.config import RunConfig
+from rank_sweep.errors import RankSweepError, TrackingError
+from rank_sweep.results.readers import records_from_study
+from rank_sweep.results.records import aggregate
+from rank_sweep.results.tables import summary_table
+from rank_sweep.study import plan as ladder
+from rank_sweep.study.sampler import trial_records
+from rank_sweep.train.trial import factors_path
+
+PARENT_ATTR = "mlflow_parent_run_id"
+
+PARENT_SETTLE_SECONDS = 1.0  # two workers creating the parent run together both see the study attr within this
+
+
+def _usable_run(client, run_id: str | None) -> bool:
+    if not run_id:
+        return False
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except Exception:  # the tracking store was reset: make a new parent
+        return False
+
+
+def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, spec: ladder.LadderSpec) -> str:
+    """The study's MLflow parent run: created once, found again on resume through the study.
+
+    Workers that start together may each create one: each writes its id to the study attr unless another
+    worker already did, waits :data:`PARENT_SETTLE_SECONDS`, re-reads the attr, and deletes its own run if
+    another id is stored (the last write wins, and every worker reads it after the writes), so exactly one
+    parent survives."""
+    stored = study.user_attrs.get(PARENT_ATTR)
+    if _usable_run(client, stored):
+        client.update_run(stored, status="RUNNING")
+        return stored
+    s = cfg.search
+    params = {"study_name": study.study_name, "strategy": s.strategy, "ladder": spec.ranks,
+              "target_sets": spec.target_sets, "extend_target_sets": spec.extend_sets, "seeds": spec.seeds,
+              "patience": s.patience, "min_delta": s.min_delta, "noise_k": s.noise_k, "learn_margin": s.learn_margin,
+              "extend_max_rank": s.extend_max_rank, "pruner": s.pruner, "task": cfg.task.name,
+              "model": cfg.model.name, "alpha_policy": cfg.lora.alpha_policy, "epochs": cfg.trainer.epochs,
+              "lr": cfg.trainer.lr, **{f"budget.{k}": v for k, v in asdict(s.budget).items()}}
+    run_id = tracking.start_run(client, experiment_id, f"study {study.study_name}", params,
+                                tags={"kind": "study", "study_name": study.study_name})
+    latest = study.user_attrs.get(PARENT_ATTR)
+    if latest == stored:  # no other worker has written since we looked
+        study.set_user_attr(PARENT_ATTR, run_id)
+        time.sleep(PARENT_SETTLE_SECONDS)
+        latest = study.user_attrs.get(PARENT_ATTR)
+    if latest != run_id:  # another worker's parent won: use it, drop ours (it has no children yet)
+        client.delete_run(run_id)
+        client.update_run(latest, status="RUNNING")
+        return latest
+    return run_id
+
+
+def trial_line(spec: ladder.LadderSpec, metric: str):
+    def line(study, trial):
+        state = trial.state.name
+        p = trial.params
+        if not p:
+            return
+        decision = ""
+        if state == "COMPLETE":
+            lads = {lad.targets: lad for lad in ladder.plan(trial_records(study), spec).ladders}
+            lad = lads.get(p["targets"])
+            rung = next((g for g in lad.rungs if g.r == p["r"]), None) if lad else None
+            decision = f"[{rung.decision}: {rung.detail}]" if rung else ""
+            if trial.user_attrs.get("not_learning"):
+                decision = "[not learning] " + decision
+        score = f"{metric}={trial.value:.4f}" if trial.value is not None else state.lower()
+        if state == "FAIL":
+            decision = f"[{trial.user_attrs.get('fail_reason', 'failed')}]"
+        lp = trial.user_attrs.get("lora_params")
+        print(f"trial {trial.number:3d}  {p['targets']:<12} r={p['r']:<3} seed={p.get('seed', '-')}  {score}  "
+              f"lora_params={lp if lp is None else f'{lp:,}'}  {decision}", flush=True)
+    return line
+
+
+def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> tuple[str, dict]:
+    records = records_from_study(study)
+    summaries = aggregate(records)
+    p = ladder.plan(trial_records(study), spec)
+    lines = [f"study {study.study_name}: {len(records)} trials, metric {cfg.task.metric} ({cfg.task.direction})", ""]
+    lines.append(summary_table(summaries) if summaries else "(no completed trial)")
+    lines.append("")
+    decisions = {}
+    for lad in p.ladders:
+        plateau = f"plateau rank r={lad.plateau_rank}" if lad.plateau_rank else "no plateau rank"
+        lines.append(f"ladder {lad.targets}: {plateau}; stopped: {lad.reason}")
+        for g in lad.rungs:
+            lines.append(f"    r={g.r:<3} {g.decision:<12} {g.detail}")
+        decisions[lad.targets] = {"plateau_rank": lad.plateau_rank, "reason": lad.reason,
+                                  "rungs": [asdict(g) for g in lad.rungs]}
+    for ext in p.extensions:
+        lines.append(f"extension: {ext}")
+    return "\n".join(lines), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
+                              "records": records}
+
+
+def _factors(client, output_dir: str, run_id: str, folder: str) -> str | None:
+    """The A factors of a trial: in this worker's output folder, else (another worker's trial, on another
+    machine) downloaded from its MLflow run's ``spectra/`` artifacts; None if neither has them."""
+    path = factors_path(output_dir, run_id)
+    if os.path.exists(path):
+        return path
+    if client is None:
+        return None
+    try:
+        return client.download_artifacts(run_id, f"spectra/{os.path.basename(path)}", folder)
+    except Exception:  # not logged, or the store has no artifacts here: the report skips this ladder
+        return None
+
+
+def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder: str, client=None) -> list[str]:
+    """The LoRA paper's section 7 for each ladder: phi between the A factors at the plateau (or lowest)
+    rank and the highest rank trained, averaged over layers per role; one heatmap per ladder."""
+    lines = []
+    for targets, decision in info["ladders"].items():
+        recs = sorted((r for r in info["records"] if r.usable and not r.not_learning and r.targets == targets
+                       and r.seed == spec.seeds[0] and r.run_id), key=lambda r: r.r)
+        if len(recs) < 2:
+            continue
+        high = recs[-1]
+        # the plateau rank against the top; a ladder that gained to its top: a rank <= top/4 (the paper: 8 vs 64)
+        low = next((r for r in recs if r.r == decision["plateau_rank"] and r is not high), None)
+        low = low or max((r for r in recs if r.r <= high.r // 4), key=lambda r: r.r, default=recs[0])
+        if low is high:
+            continue
+        paths = [_factors(client, cfg.output_dir, r.run_id, folder) for r in (low, high)]
+        if not all(paths):
+            continue
+        grids = spectra.ladder_similarity(*(torch.load(p) for p in paths))
+        by_role: dict[str, list] = {}
+        for name, grid in grids.items():
+            by_role.setdefault(name.rsplit(".", 1)[-1], []).append(grid)
+        mean = {f"{role} (mean of {len(g)} layers)": np.mean(g, axis=0) for role, g in by_role.items()}
+        safe = targets.replace(",", "_")
+        plots.plot_similarity_heatmap(mean, low.r, high.r, os.path.join(folder, f"subspace_{safe}.png"),
+                                        title=f"{targets}: phi(A r={low.r}, A r={high.r})")
+        for role, grid in mean.items():
+            k, phi = spectra.reading(grid)
+            head = (f"the top {k} direction(s) learned at r={low.r} reappear at r={high.r} (phi({k},{k}) = {phi:.2f})"
+                    if k else f"no top direction learned at r={low.r} reappears at r={high.r} with phi >= 0.5")
+            lines.append(f"subspace {targets} {role}: {head}; phi(1,1) = {grid[0, 0]:.2f}")
+    return lines
+
+
+def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
+    text, info = summarize(study, spec, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            sub = subspace_report(info, spec, cfg, tmp, client)
+        except (OSError, ValueError, RuntimeError) as e:  # evidence, not a reason to lose the summary
+            sub = [f"subspace similarity skipped: {e}"]
+        if sub:
+            text += "\n\n" + "\n".join(sub)
+        with open(os.path.join(tmp, "summary.md"), "w") as f:
+            f.write(text + "\n")
+        if info["summaries"]:
+            with open(os.path.join(tmp, "summary.csv"), "w") as f:
+                f.write(summary_table(info["summaries"], fmt="csv"))
+            try:
+                plots.plot_rank_curves(info["summaries"], os.path.join(tmp, "rank_curves.png"), cfg.task.metric)
+                plots.plot_pareto(info["summaries"], os.path.join(tmp, "pareto.png"), cfg.task.metric)
+                plots.plot_learning_curves(info["records"], os.path.join(tmp, "learning_curves.png"), cfg.task.metric)
+            except RankSweepError:
+                pass
+        with open(os.path.join(tmp, "decisions.json"), "w") as f:
+            json.dump({"ladders": info["ladders"], "extensions": info["extensions"], "stop": stop}, f, indent=2)
+        client.log_artifacts(run_id, tmp)
+    tags = {"decision": "; ".join(f"{k}: r={v['plateau_rank']}" for k, v in info["ladders"].items())[:4000],
+            "stop_reason": stop or "interrupted"}
+    tracking.log(client, run_id, metrics={"n_trials": len(info["records"])}, tags=tags)
+    return text
+
+
+def wrap_up(study, client, run_id, spec, cfg, stop, status, t0) -> TrackingError | None:
+    """Log the summary to the parent run and close it; print the summary even if the store is gone
+    (and return that failure)."""
+    error = None
+    try:
+        text = finish(study, client, run_id, spec, cfg, stop)
+        client.set_terminated(run_id, status=status)
+    except Exception as e:
+        error = tracking.store_failed(cfg.tracking.resolved_uri(), "logging the study's summary", e)
+        text = summarize(study, spec, cfg)[0] + f"\n\n(summary not logged to MLflow: {error})"
+    print("\n" + text + f"\n\n{stop or 'interrupted'}; wall time {time.perf_counter() - t0:.0f}s; "
+          f"mlflow ui --backend-store-uri {tracking.redact(cfg.tracking.resolved_uri())} --host 127.0.0.1",
+          flush=True)
+    return error

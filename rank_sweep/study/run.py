@@ -1,0 +1,230 @@
+"""Run (or resume) a whole study: validate, open the stores, optimize, summarize.
+
+    rank-sweep experiment=quickstart
+    rank-sweep task=mrpc search.seeds=3
+
+Everything that can reject the input (model, data, every target set, every rank, the
+budget, the stores) is checked before the first trial trains. The flow of one trial:
+:func:`optimize` -> ``study.optimize`` -> :class:`~rank_sweep.study.sampler.LadderSampler`
+claims a point -> :class:`~rank_sweep.study.objective.Objective` trains it
+(:mod:`rank_sweep.train.trial`, logged by :mod:`rank_sweep.tracking`) -> :class:`StopWhenDone`
+prints its line (:mod:`rank_sweep.study.report`) and stops the study when the plan is done.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import TrialState
+
+from rank_sweep import tracking
+from rank_sweep.config import FULL, RunConfig, targets_key
+from rank_sweep.errors import ConfigError, TrackingError
+from rank_sweep.study import plan as ladder
+from rank_sweep.study.objective import Objective
+from rank_sweep.study.report import parent_run, trial_line, wrap_up
+from rank_sweep.study.sampler import next_point, trial_records
+from rank_sweep.study.storage import load_or_create_study, open_storage
+from rank_sweep.study.workers import fail_stale_trials
+from rank_sweep.train import lora
+from rank_sweep.train.loading import WorkerCache, check_output_dir
+
+
+class CostModel:
+    """(targets, r) -> (LoRA params, trainable params) from the closed form, before training."""
+
+    def __init__(self, base, cfg: RunConfig, total_params: int):
+        self.base, self.family, self.total = base, cfg.model.family, total_params
+        self.head = sum(p.numel() for n in lora.head_names(base) for p in getattr(base, n).parameters())
+        self._plans: dict[str, lora.TargetPlan] = {}
+
+    def plan(self, targets: str) -> lora.TargetPlan:
+        if targets not in self._plans:
+            self._plans[targets] = lora.plan_targets(self.base, targets.split(","), self.family)
+        return self._plans[targets]
+
+    def __call__(self, targets: str, r: int) -> tuple[int, int]:
+        if targets == FULL:
+            return 0, self.total
+        n = self.plan(targets).lora_params(r)
+        return n, n + self.head
+
+
+def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
+    tok, base, total = cache.tokenizer_and_model(cfg)
+    cache.splits(cfg, tok)
+    cost = CostModel(base, cfg, total)
+    spec = build_spec(cfg, cost)
+    sets = spec.target_sets + spec.extend_sets
+    for targets in sets:
+        lora.check_rank_fits(cost.plan(targets), spec.ranks[0])
+    top = max(spec.ranks)
+    for targets in sets:
+        try:
+            lora.check_rank_fits(cost.plan(targets), top)
+        except ConfigError as e:
+            raise ConfigError(f"search.max_rank/ladder: {e}") from None
+    if spec.rank_limit is not None and spec.rank_limit < spec.ranks[0]:
+        raise ConfigError(f"search.budget.max_rank={spec.rank_limit} is below the first rung r={spec.ranks[0]}: "
+                          f"raise it or lower search.start_rank / search.ladder")
+    cheapest = min(((cost(t, spec.ranks[0]), t) for t in spec.target_sets), key=lambda x: x[0][1])
+    (lp, tp), targets = cheapest
+    if ladder.over_budget(spec, targets, spec.ranks[0]):
+        raise ConfigError(
+            f"the budget is below the cheapest trial: {targets} r={spec.ranks[0]} needs {lp:,} LoRA params and "
+            f"{tp:,} trainable params (search.budget.max_lora_params={spec.max_lora_params}, "
+            f"max_trainable_params={spec.max_trainable_params})"
+        )
+    return spec
+
+
+def build_spec(cfg: RunConfig, cost=None) -> ladder.LadderSpec:
+    s = cfg.search
+    return ladder.LadderSpec(
+        target_sets=[targets_key(t) for t in s.target_sets], ranks=s.ranks,
+        seeds=[cfg.seed + i for i in range(s.seeds)], patience=s.patience, min_delta=s.min_delta,
+        noise_k=s.noise_k, direction=cfg.task.direction, extend=s.extend,
+        extend_sets=[targets_key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
+        include_full=s.include_full_finetune, max_retries=s.max_retries, cost=cost,
+        max_lora_params=s.budget.max_lora_params, max_trainable_params=s.budget.max_trainable_params,
+        rank_limit=s.budget.max_rank,
+        grid=s.strategy == "grid", speculate=s.speculate,
+    )
+
+
+class StopWhenDone:
+    """Callback: stop the study when the plan is complete, a budget is spent, or trials keep failing."""
+
+    def __init__(self, spec: ladder.LadderSpec, cfg: RunConfig, printer):
+        self.spec, self.cfg, self.printer = spec, cfg, printer
+        self.reason: str | None = None
+
+    def __call__(self, study, trial):
+        self.printer(study, trial)
+        reason = stop_reason(study, self.spec, self.cfg)
+        if reason:
+            self.reason = reason
+            study.stop()
+
+
+def stop_reason(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> str | None:
+    all_trials = study.get_trials(deepcopy=False)
+    trials = [t for t in all_trials if t.params]
+    finished = [t for t in trials if t.state.is_finished()]
+    budget = cfg.search.budget
+    k = cfg.search.max_consecutive_failures
+    # a trial that failed before it got its parameters counts too (else such failures would loop for ever);
+    # a trial pruned for having no point to run does not
+    last = sorted((t for t in all_trials if t.state.is_finished() and (t.params or t.state == TrialState.FAIL)),
+                  key=lambda t: t.number)[-k:]
+    if len(last) == k and all(t.state == TrialState.FAIL for t in last):
+        why = last[-1].user_attrs.get("fail_reason", "see the MLflow runs")
+        return f"stopped: the last {k} trials failed (search.max_consecutive_failures={k}); last error: {why}"
+    if budget.max_trials is not None and len(finished) >= budget.max_trials:
+        return f"budget: search.budget.max_trials={budget.max_trials} trials run"
+    spent = sum((t.duration.total_seconds() for t in finished if t.duration), 0.0)
+    if budget.max_seconds is not None and spent >= budget.max_seconds:
+        return f"budget: search.budget.max_seconds={budget.max_seconds:g} spent ({spent:.0f}s of trials)"
+    if cfg.search.strategy == "tpe":
+        n = cfg.search.n_trials or 20
+        return f"tpe: {n} trials run" if len(finished) >= n else None
+    if ladder.plan(trial_records(study), spec).done:
+        return "done: every ladder stopped"
+    return None
+
+
+def _running(study: optuna.Study) -> list:
+    return [r for r in trial_records(study) if r.state == "RUNNING"]
+
+
+def housekeeping(study, client, experiment_id, parent_run_id, cfg) -> list:
+    """Fail the trials of killed workers and close their MLflow runs (FAILED, with the reason)."""
+    failed = fail_stale_trials(study, cfg.search.heartbeat_seconds)
+    for t in failed:
+        print(f"trial {t.number:3d}  {t.params.get('targets', '?'):<12} r={t.params.get('r', '?'):<3} "
+              f"seed={t.params.get('seed', '-')}  fail  [{t.user_attrs.get('fail_reason')}]", flush=True)
+    try:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        tracking.close_orphan_runs(client, experiment_id, parent_run_id, trials)
+    except Exception as e:
+        raise tracking.store_failed(cfg.tracking.resolved_uri(), "closing the runs of failed trials", e) from e
+    return failed
+
+
+def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.LadderSpec, cfg: RunConfig,
+             tidy, sleep=time.sleep) -> str:
+    """Run trials one at a time until a stop reason; return it.
+
+    Before each trial the trials of killed workers are failed (``tidy``). When the plan has nothing to run
+    but trials are RUNNING (another worker's, or a killed one whose heartbeat is not yet stale), wait and
+    look again, rather than asking Optuna for trials that have no point to run. A worker that would wait
+    for a running rung's decision starts the rung above it instead (``search.speculate``)."""
+    grace = cfg.search.heartbeat_seconds
+    poll = min(5.0, max(1.0, grace / 3))
+    if is_heartbeat_enabled(study._storage):
+        lost = f"a killed one whose heartbeat goes stale in <= {grace}s"
+    else:
+        lost = "a killed one: this storage has no heartbeat, so only a dead worker of this machine is noticed"
+    waiting_for = None
+    while True:
+        tidy()
+        stop = stop_reason(study, spec, cfg)
+        if stop:
+            return stop
+        if cfg.search.strategy != "tpe" and next_point(trial_records(study), spec)[0] is None:
+            running = sorted(r.number for r in _running(study))
+            if not running:  # nothing to run and nothing running: every ladder has stopped
+                return "done: every ladder stopped"
+            if running != waiting_for:
+                print(f"waiting for {len(running)} running trial(s) {running} (another worker, or {lost})", flush=True)
+                waiting_for = running
+            sleep(poll)
+            continue
+        waiting_for = None
+        study.optimize(objective, n_trials=1, callbacks=[stopper], catch=(Exception,), gc_after_trial=True)
+        if objective.fatal is not None:
+            raise objective.fatal
+        if stopper.reason:
+            return stopper.reason
+
+
+def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
+    cache = cache or WorkerCache()
+    t0 = time.perf_counter()
+    # the cheap checks first: output folder, tracking store, study storage; then model, data, ranks, budget
+    check_output_dir(cfg.output_dir)
+    client, experiment_id = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
+    storage_url = cfg.storage_url()
+    storage = open_storage(storage_url, cfg.search.heartbeat_seconds)
+    spec = validate(cfg, cache)
+    study = load_or_create_study(cfg, spec, storage_url, storage=storage)
+    try:
+        run_id = parent_run(study, client, experiment_id, cfg, spec)
+    except Exception as e:
+        raise tracking.store_failed(cfg.tracking.resolved_uri(), "creating the study's parent run", e) from e
+    print(f"study {cfg.study_name()}: storage {tracking.redact(storage_url)}, mlflow "
+          f"{tracking.redact(cfg.tracking.resolved_uri())} (parent run {run_id})\n"
+          f"ladder {spec.ranks} x target sets {spec.target_sets} x seeds {spec.seeds}", flush=True)
+    stopper = StopWhenDone(spec, cfg, trial_line(spec, cfg.task.metric))
+    objective = Objective(cfg, spec, cache, client, experiment_id, run_id)
+    stop, status = None, "FINISHED"
+    try:
+        stop = optimize(study, objective, stopper, spec, cfg,
+                        tidy=lambda: housekeeping(study, client, experiment_id, run_id, cfg))
+    except TrackingError as e:
+        wrap_up(study, client, run_id, spec, cfg, stop, "FAILED", t0)
+        kept = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+        raise TrackingError(
+            f"{e}; the study stopped: its {kept} finished trial(s) are kept in the study storage "
+            f"{tracking.redact(storage_url)}; rerun the same command to resume once the store is back"
+        ) from e
+    except BaseException as e:
+        wrap_up(study, client, run_id, spec, cfg, stop, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+                 t0)
+        raise
+    error = wrap_up(study, client, run_id, spec, cfg, stop, status, t0)
+    if error is not None:
+        raise error
+    return study

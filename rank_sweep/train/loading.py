@@ -1,0 +1,129 @@
+"""Load what a trial trains on, once per worker: the pretrained model, its tokenizer, the
+tokenized splits; and the settings resolved from the machine (model folder, precision).
+
+    cache = WorkerCache()
+    tokenizer, base, total_params = cache.tokenizer_and_model(cfg)
+    tokenized, (train_labels, val_labels) = cache.splits(cfg, tokenizer)
+
+Every load failure is a one-line :class:`~rank_sweep.errors.ConfigError`: a missing
+folder, a package not installed, a hub that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import tempfile
+from dataclasses import asdict
+
+import torch
+
+from rank_sweep.config import RunConfig
+from rank_sweep.errors import ConfigError, first_line
+from rank_sweep.train import data as data_mod
+from rank_sweep.train import lora
+from rank_sweep.train.batches import tokenize_splits
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``pkg:<module>/<subdir>`` -> a folder inside an installed package; else unchanged."""
+    if not name_or_path.startswith("pkg:"):
+        return name_or_path
+    module, _, sub = name_or_path[4:].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r}: Python package {module!r} is not installed "
+            f"(pip install {module.replace('_', '-')})"
+        )
+    return os.path.join(os.path.dirname(spec.origin), sub)
+
+
+def bf16_available(accelerator: str) -> bool:
+    if accelerator in ("gpu", "cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def resolve_precision(cfg: RunConfig) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if bf16_available(cfg.trainer.accelerator) else "32-true"
+
+
+class WorkerCache:
+    """Per-process cache: tokenizer, pristine base model and tokenized splits."""
+
+    def __init__(self):
+        self._models: dict = {}
+        self._data: dict = {}
+
+    def tokenizer_and_model(self, cfg: RunConfig):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        key = (cfg.model.name_or_path, cfg.task.num_labels)
+        if key not in self._models:
+            path = resolve_model_path(cfg.model.name_or_path)
+            if path.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(path)):
+                raise ConfigError(
+                    f"model.name_or_path={cfg.model.name_or_path!r} is not valid: folder {path!r} does not exist "
+                    f"(give a local model folder or a Hugging Face Hub id)"
+                )
+            try:
+                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code
+                )
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot load model {cfg.model.name_or_path!r} (not a local folder, and the Hugging Face Hub "
+                    f"is unreachable or has no such model): {first_line(e)[:160]}; "
+                    f"set model.name_or_path to a local folder"
+                ) from None
+            if tok.pad_token is None:  # decoder-only families ship without one
+                tok.pad_token = tok.eos_token
+            model.config.pad_token_id = tok.pad_token_id
+            self._models[key] = (tok, model, lora.num_params(model))
+        return self._models[key]
+
+    def splits(self, cfg: RunConfig, tokenizer):
+        key = json.dumps(asdict(cfg.task), sort_keys=True) + cfg.model.name_or_path
+        if key not in self._data:
+            raw = data_mod.load_splits(cfg.task)
+            tokenized = tokenize_splits(raw, tokenizer, cfg.task)
+            self._data[key] = (tokenized, data_mod.label_arrays(raw))
+        return self._data[key]
+
+DEFAULT_CACHE = WorkerCache()
+
+
+def fresh_model(base: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of the pristine base with its (newly initialized) head re-drawn from ``seed``."""
+    model = copy.deepcopy(base)
+    torch.manual_seed(seed)
+    for name in lora.head_names(model):
+        for module in getattr(model, name).modules():
+            model._init_weights(module)
+    return model
+
+
+def check_output_dir(path: str) -> None:
+    """Create ``output_dir`` and prove it writable now, not after a trial has trained (root ignores
+    permission bits, so this writes a probe file rather than trusting ``os.access``)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"output_dir={path!r} is not writable ({e.strerror or type(e).__name__}): set output_dir to a folder "
+            f"you can write"
+        ) from None

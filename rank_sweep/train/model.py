@@ -1,0 +1,85 @@
+"""The LightningModule: an HF sequence classifier (with or without a PEFT adapter),
+AdamW with linear warm-up/decay, validation metrics named ``val/<metric>``.
+
+Validation predictions are gathered over the epoch and scored once with
+``rank_sweep.metrics`` (scikit-learn / scipy), so every metric is exact on the
+whole dev split rather than a mean of per-batch values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from rank_sweep.config import TaskConfig, TrainerConfig
+from rank_sweep.train.metrics import compute_metrics
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class SequenceClassifier(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, task: TaskConfig, trainer_cfg: TrainerConfig):
+        super().__init__()
+        self.model = model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
+        self.task = task
+        self.cfg = trainer_cfg
+        self._preds: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self.last_metrics: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []  # one entry per validation epoch
+        self.constant_predictions = False
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def training_step(self, batch, batch_idx):
+        batch = {k: v for k, v in batch.items() if k != "length"}
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        batch = {k: v for k, v in batch.items() if k != "length"}
+        labels = batch.pop("labels")
+        logits = self.model(**batch).logits.float()
+        preds = logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
+        self._preds.append(preds.detach().cpu().numpy())
+        self._labels.append(labels.detach().cpu().numpy())
+
+    def on_validation_epoch_end(self):
+        if not self._preds:
+            return
+        preds, labels = np.concatenate(self._preds), np.concatenate(self._labels)
+        self._preds, self._labels = [], []
+        metrics = compute_metrics(self.task, preds, labels)
+        self.constant_predictions = bool(np.all(preds == preds[0])) if not self.task.is_regression else bool(
+            np.std(preds) < 1e-8
+        )
+        self.last_metrics = metrics
+        if not self.trainer.sanity_checking:
+            self.history.append({"epoch": self.current_epoch, **metrics})
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == self.task.metric)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.cfg.lr,
+        )
+        total = self.trainer.estimated_stepping_batches
+        if not total or math.isinf(total):
+            total = max(1, self.cfg.max_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.cfg.warmup_ratio * total), int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

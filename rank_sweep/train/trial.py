@@ -1,0 +1,212 @@
+"""One trial: wire a config into a Lightning run, fit, record, return the result.
+
+    rank-sweep-trial task=sst2 lora.r=4 lora.targets=[Wq,Wv]
+
+Order matters for "nothing half-done": everything that can reject the input
+(model path, data files, labels, target roles, rank) is checked *before* the
+MLflow run is created, so a bad input leaves no RUNNING run behind. Inside one
+worker, :class:`WorkerCache` keeps the pristine base model and the tokenized
+data, so later trials skip loading and tokenizing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import lightning.pytorch as pl
+import torch
+
+from rank_sweep import tracking
+from rank_sweep.analysis import spectra
+from rank_sweep.config import RunConfig, targets_key
+from rank_sweep.train import lora
+from rank_sweep.train.batches import GlueDataModule
+from rank_sweep.train.callbacks import EpochLogger
+from rank_sweep.train.export import export_adapter
+from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
+from rank_sweep.train.metrics import baseline_score
+from rank_sweep.train.model import SequenceClassifier
+
+
+@dataclass
+class TrialResult:
+    score: float
+    metric: str
+    metrics: dict[str, float]
+    counts: lora.ParamCounts
+    train_seconds: float
+    setup_seconds: float
+    baseline_score: float
+    not_learning: bool
+    constant_predictions: bool
+    history: list[dict] = field(default_factory=list)
+    run_id: str | None = None
+    train_steps: int = 0
+
+
+
+
+
+
+
+
+
+def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
+    """Load, validate and build everything a trial needs; raises before any run is recorded."""
+    cache = cache or DEFAULT_CACHE
+    tok, base, total = cache.tokenizer_and_model(cfg)
+    (tokenized, (train_labels, val_labels)) = cache.splits(cfg, tok)
+    model = fresh_model(base, cfg.seed)
+    plan = None
+    if cfg.lora.full_finetune:
+        model = lora.freeze_for_full_finetune(model)
+    else:
+        plan = lora.plan_targets(model, cfg.lora.targets, cfg.model.family)
+        lora.check_rank_fits(plan, cfg.lora.r)
+        model = lora.wrap(model, cfg.lora, cfg.model.family, plan)
+    counts = lora.count_parameters(model, total)
+    baseline = baseline_score(cfg.task, train_labels, val_labels)
+    return tok, model, tokenized, counts, baseline, plan
+
+
+def trial_params(cfg: RunConfig) -> dict:
+    """The MLflow params every trial carries (a contract: later parts rely on these names)."""
+    full = cfg.lora.full_finetune
+    return {
+        "model": cfg.model.name,
+        "model_path": cfg.model.name_or_path,
+        "task": cfg.task.name,
+        "r": 0 if full else cfg.lora.r,
+        "targets": "full" if full else targets_key(cfg.lora.targets),
+        "alpha": None if full else cfg.lora.lora_alpha,
+        "alpha_policy": cfg.lora.alpha_policy,
+        "lr": cfg.trainer.lr,
+        "epochs": cfg.trainer.epochs,
+        "batch_size": cfg.trainer.batch_size,
+        "seed": cfg.seed,
+        "max_seq_length": cfg.task.max_seq_length,
+        "max_train_samples": cfg.task.max_train_samples,
+        "lora_dropout": cfg.lora.dropout,
+        "lora_init": cfg.lora.init,
+        "weight_decay": cfg.trainer.weight_decay,
+        "warmup_ratio": cfg.trainer.warmup_ratio,
+        "precision": resolve_precision(cfg),
+        "metric": cfg.task.metric,
+    }
+
+
+def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, experiment_id: str | None = None,
+              parent_run_id: str | None = None, callbacks: list | None = None, run_name: str | None = None,
+              learn_margin: float | None = None, tags: dict | None = None,
+              on_run: Callable[[str], None] | None = None) -> TrialResult:
+    """Train one configuration and record it as an MLflow run (a child run when ``parent_run_id`` is set).
+
+    ``on_run(run_id)`` is called as soon as the run exists (the study stores the id on its trial then, so a
+    killed worker's run can be found and closed). A tracking store that stops answering raises
+    :class:`TrackingError`, not the training's error: the trial is not to blame."""
+    t0 = time.perf_counter()
+    check_output_dir(cfg.output_dir)
+    if client is None:  # the cheap checks first: an unreachable store fails before the model is loaded
+        client, experiment_id = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    tok, model, tokenized, counts, baseline, plan = prepare(cfg, cache)
+    params = trial_params(cfg)
+    name = run_name or f"{params['targets']} r={params['r']} seed={cfg.seed}"
+    uri = cfg.tracking.resolved_uri()
+    try:
+        run_id = tracking.start_run(client, experiment_id, name, params, tags={"kind": "trial", **(tags or {})},
+                                    parent_run_id=parent_run_id)
+    except Exception as e:
+        raise tracking.store_failed(uri, f"creating the run of {name}", e) from e
+    try:
+        if on_run is not None:
+            on_run(run_id)
+        if cfg.tracking.log_config_artifact:
+            client.log_dict(run_id, _config_dict(cfg), "config.json")
+        tracking.log(client, run_id, metrics={**counts.as_metrics(), "rank": params["r"], "baseline_score": baseline})
+        datamodule = GlueDataModule(
+            tokenized, tok, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
+            group_by_length=cfg.trainer.group_by_length, seed=cfg.seed,
+        )
+        module = SequenceClassifier(model, cfg.task, cfg.trainer)
+        all_callbacks = [EpochLogger(client, run_id), *(callbacks or [])]
+        if cfg.trainer.early_stopping_patience:
+            from lightning.pytorch.callbacks import EarlyStopping
+
+            all_callbacks.append(EarlyStopping(f"val/{cfg.task.metric}", mode="max",
+                                               patience=cfg.trainer.early_stopping_patience))
+        trainer = pl.Trainer(
+            max_epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices, strategy=cfg.trainer.strategy, precision=resolve_precision(cfg), logger=False,
+            enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+            enable_progress_bar=cfg.trainer.progress_bar, callbacks=all_callbacks,
+        )
+        setup_seconds = time.perf_counter() - t0
+        t_fit = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        train_seconds = time.perf_counter() - t_fit
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        if not module.last_metrics:  # max_steps ended training before the first epoch's validation
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = dict(module.last_metrics)
+        score = metrics[cfg.task.metric]
+        margin = 0.02 if learn_margin is None else learn_margin
+        not_learning = module.constant_predictions or not score > baseline + margin
+        final = {"score": score, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
+                 "not_learning": float(not_learning), "train_steps": trainer.global_step,
+                 **{f"final/{k}": v for k, v in metrics.items()}}
+        if plan is not None:
+            final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
+        if cfg.save_adapter and plan is not None:
+            out = os.path.join(cfg.output_dir, "adapters", run_id)
+            fresh = (cache or DEFAULT_CACHE).tokenizer_and_model(cfg)[1]
+            final.update(export_adapter(model, fresh, next(iter(datamodule.val_dataloader())), out))
+            client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
+        tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
+                                                          "not_learning": str(not_learning).lower()})
+    except BaseException as e:
+        pruned = type(e).__name__ == "TrialPruned"
+        try:
+            tracking.end_run(client, run_id, "KILLED" if pruned else "FAILED", f"{type(e).__name__}: {e}")
+        except Exception as store_error:  # the store itself is gone: that is the error to report
+            if isinstance(e, Exception):
+                raise tracking.store_failed(uri, f"recording {name}", store_error) from e
+        raise
+    try:
+        tracking.end_run(client, run_id, "FINISHED")
+    except Exception as e:
+        raise tracking.store_failed(uri, f"closing the run of {name}", e) from e
+    return TrialResult(score, cfg.task.metric, metrics, counts, train_seconds, setup_seconds, baseline,
+                       not_learning, module.constant_predictions, module.history, run_id, trainer.global_step)
+
+
+def factors_path(output_dir: str, run_id: str) -> str:
+    return os.path.join(output_dir, "factors", f"{run_id}.pt")
+
+
+def record_spectra(model, plan: lora.TargetPlan, client, run_id: str, output_dir: str) -> dict[str, float]:
+    """Singular spectra of every learned update (metrics + per-layer CSV) and the A factors
+    (kept for the ladder's subspace similarity); a few ms for small models."""
+    rows = spectra.adapter_spectra(model, role_of=lambda n: plan.role_of.get(n, n.rsplit(".", 1)[-1]))
+    path = factors_path(output_dir, run_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(spectra.lora_A_factors(model), path)
+    with tempfile.TemporaryDirectory() as tmp:
+        spectra.write_spectra_csv(rows, os.path.join(tmp, "spectra.csv"))
+        client.log_artifact(run_id, os.path.join(tmp, "spectra.csv"), "spectra")
+    client.log_artifact(run_id, path, "spectra")
+    return spectra.summarize_spectra(rows)
+
+
+def _config_dict(cfg: RunConfig) -> dict:
+    d = asdict(cfg)
+    d["tracking"]["uri"] = tracking.redact(cfg.tracking.resolved_uri())
+    d["search"]["storage"] = tracking.redact(d["search"]["storage"])
+    return d
