@@ -191,8 +191,22 @@ def load_mlflow_study(tracking_uri: str, study_name: str | None = None, experime
         raise RankSweepError(f"no study{which} in experiment {experiment!r} of {redact_text(tracking_uri)}: "
                              f"studies there are {', '.join(names) or '(none): run rank-sweep first'}")
     parent = max(parents, key=lambda p: p.info.start_time or 0)
-    children = _search_all(client, exp.experiment_id,
-                           f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.kind = 'trial'")
+    metric, records = _child_records(client, exp.experiment_id, parent.info.run_id, history)
+    return MlflowStudy(
+        name=parent.data.tags.get("study_name", ""),
+        run_id=parent.info.run_id,
+        metric=metric,
+        params=dict(parent.data.params),
+        tags={k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")},
+        records=sorted(records, key=lambda rec: rec.number),
+        start_time=parent.info.start_time,
+    )
+
+
+def _child_records(client: Any, experiment_id: str, parent_run_id: str, history: bool) -> tuple[str | None, list]:
+    """The score metric's name and one record per child trial run of ``parent_run_id``."""
+    children = _search_all(client, experiment_id,
+                           f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.kind = 'trial'")
     metric = next((c.data.tags.get("score_metric") or c.data.params.get("metric") for c in children
                    if c.data.tags.get("score_metric") or c.data.params.get("metric")), None)
     numbered = [(trial_number(c), c) for c in children]
@@ -205,15 +219,7 @@ def load_mlflow_study(tracking_uri: str, study_name: str | None = None, experime
         if history and key in run.data.metrics:
             curve = [h.value for h in sorted(client.get_metric_history(run.info.run_id, key), key=lambda h: h.step)]
         records.append(record_from_run(run, next(spare) if number is None else number, curve))
-    return MlflowStudy(
-        name=parent.data.tags.get("study_name", ""),
-        run_id=parent.info.run_id,
-        metric=metric,
-        params=dict(parent.data.params),
-        tags={k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")},
-        records=sorted(records, key=lambda rec: rec.number),
-        start_time=parent.info.start_time,
-    )
+    return metric, records
 
 
 def records_from_mlflow(tracking_uri: str, study_name: str | None = None,

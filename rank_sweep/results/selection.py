@@ -131,8 +131,27 @@ def select(
     if not records_or_summaries:
         raise RankSweepError("the study has no trials")
     summaries = as_summaries(records_or_summaries)
+    with_metrics, eligible, excluded = _eligible(summaries, budget)
+    bad = _key(direction)
+    best = min(eligible, key=lambda s: (bad(s), s.trainable_params, s.r))
+    slack = tolerance + 1e-9 * max(1.0, abs(best.mean))  # a tie in print is a tie
+    candidates = [s for s in eligible if bad(s) <= bad(best) + slack]
+    chosen = min(candidates, key=lambda s: (s.trainable_params, s.r, bad(s)))
+    return Selection(
+        chosen=chosen,
+        best=best,
+        reason=_reason(chosen, best, tolerance),
+        runners_up=_runners_up(eligible, candidates, chosen, excluded, bad, tolerance, direction),
+        pareto=pareto_front([s for s in with_metrics if not s.not_learning], direction),
+        tolerance=tolerance,
+        direction=direction,
+        budget=budget,
+    )
 
-    # (category, summary, why): categories order the runners-up after the eligible ones
+
+def _eligible(summaries: list[ConfigSummary], budget: Budget):
+    """(with metrics, eligible, excluded): eligible ones have metrics, fit the budget and learn; each excluded
+    one is (category, summary, why), the category ordering the runners-up after the eligible ones."""
     excluded: list[tuple[int, ConfigSummary, str]] = []
     with_metrics = [s for s in summaries if _has_metrics(s)]
     excluded += [(4, s, "missing metrics") for s in summaries if not _has_metrics(s)]
@@ -151,21 +170,21 @@ def select(
     excluded += [(3, s, "not learning") for s in fitting if s.not_learning]
     if not eligible:
         raise RankSweepError(f"no configuration within the budget is learning: all {len(fitting)} stay at the baseline")
+    return with_metrics, eligible, excluded
 
-    bad = _key(direction)
-    best = min(eligible, key=lambda s: (bad(s), s.trainable_params, s.r))
-    slack = tolerance + 1e-9 * max(1.0, abs(best.mean))  # a tie in print is a tie
-    candidates = {id(s) for s in eligible if bad(s) <= bad(best) + slack}
-    chosen = min((s for s in eligible if id(s) in candidates), key=lambda s: (s.trainable_params, s.r, bad(s)))
 
+def _runners_up(eligible, candidates, chosen, excluded, bad, tolerance: float, direction: str):
+    """Every configuration but the chosen one with why it lost: cheaper-or-equal candidates first, then the
+    ones scoring outside the tolerance, then the excluded ones."""
     side = "below" if direction == "maximize" else "above"
     ranked: list[tuple[int, float, ConfigSummary, str]] = []
     for s in eligible:
         if s is chosen:
             continue
-        if id(s) in candidates:
+        if any(s is c for c in candidates):
             if s.trainable_params > chosen.trainable_params:
-                why = f"costs {count_text(s.trainable_params)} trainable params, more than the chosen {count_text(chosen.trainable_params)}"
+                why = (f"costs {count_text(s.trainable_params)} trainable params, more than the chosen "
+                       f"{count_text(chosen.trainable_params)}")
             elif s.r > chosen.r:
                 why = f"same cost, higher rank r={s.r} than the chosen r={chosen.r}"
             else:
@@ -175,17 +194,7 @@ def select(
             ranked.append((1, bad(s), s, f"scores {score_text(s.mean)}, more than {tolerance:g} {side} the best"))
     ranked += [(cat, bad(s) if _has_metrics(s) else math.inf, s, why) for cat, s, why in excluded]
     ranked.sort(key=lambda t: (t[0], t[1], t[2].trainable_params or 0, t[2].r))
-
-    return Selection(
-        chosen=chosen,
-        best=best,
-        reason=_reason(chosen, best, tolerance),
-        runners_up=[(s, why) for _, _, s, why in ranked],
-        pareto=pareto_front([s for s in with_metrics if not s.not_learning], direction),
-        tolerance=tolerance,
-        direction=direction,
-        budget=budget,
-    )
+    return [(s, why) for _, _, s, why in ranked]
 
 
 def cost_text(s: ConfigSummary) -> str:

@@ -130,47 +130,8 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         if cfg.tracking.log_config_artifact:
             client.log_dict(run_id, _config_dict(cfg), "config.json")
         tracking.log(client, run_id, metrics={**counts.as_metrics(), "rank": params["r"], "baseline_score": baseline})
-        datamodule = GlueDataModule(
-            tokenized, tok, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
-            group_by_length=cfg.trainer.group_by_length, seed=cfg.seed,
-        )
-        module = SequenceClassifier(model, cfg.task, cfg.trainer)
-        all_callbacks = [EpochLogger(client, run_id), *(callbacks or [])]
-        if cfg.trainer.early_stopping_patience:
-            from lightning.pytorch.callbacks import EarlyStopping
-
-            all_callbacks.append(EarlyStopping(f"val/{cfg.task.metric}", mode="max",
-                                               patience=cfg.trainer.early_stopping_patience))
-        trainer = pl.Trainer(
-            max_epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices, strategy=cfg.trainer.strategy, precision=resolve_precision(cfg), logger=False,
-            enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-            enable_progress_bar=cfg.trainer.progress_bar, callbacks=all_callbacks,
-        )
-        setup_seconds = time.perf_counter() - t0
-        t_fit = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
-        train_seconds = time.perf_counter() - t_fit
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        if not module.last_metrics:  # max_steps ended training before the first epoch's validation
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        metrics = dict(module.last_metrics)
-        score = metrics[cfg.task.metric]
-        margin = 0.02 if learn_margin is None else learn_margin
-        not_learning = module.constant_predictions or not score > baseline + margin
-        final = {"score": score, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
-                 "not_learning": float(not_learning), "train_steps": trainer.global_step,
-                 **{f"final/{k}": v for k, v in metrics.items()}}
-        if plan is not None:
-            final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
-        if cfg.save_adapter and plan is not None:
-            out = os.path.join(cfg.output_dir, "adapters", run_id)
-            fresh = (cache or DEFAULT_CACHE).tokenizer_and_model(cfg)[1]
-            final.update(export_adapter(model, fresh, next(iter(datamodule.val_dataloader())), out))
-            client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
-        tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
-                                                          "not_learning": str(not_learning).lower()})
+        fit = _fit(cfg, model, tok, tokenized, EpochLogger(client, run_id), callbacks, t0)
+        score, not_learning = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id, cache)
     except BaseException as e:
         pruned = type(e).__name__ == "TrialPruned"
         try:
@@ -183,8 +144,70 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         tracking.end_run(client, run_id, "FINISHED")
     except Exception as e:
         raise tracking.store_failed(uri, f"closing the run of {name}", e) from e
-    return TrialResult(score, cfg.task.metric, metrics, counts, train_seconds, setup_seconds, baseline,
-                       not_learning, module.constant_predictions, module.history, run_id, trainer.global_step)
+    return TrialResult(score, cfg.task.metric, fit.metrics, counts, fit.train_seconds, fit.setup_seconds, baseline,
+                       not_learning, fit.module.constant_predictions, fit.module.history, run_id, fit.steps)
+
+
+@dataclass
+class _Fit:
+    """What one Lightning fit left: the module (its history), the data, the last validation, the times."""
+
+    module: SequenceClassifier
+    datamodule: GlueDataModule
+    metrics: dict[str, float]
+    train_seconds: float
+    setup_seconds: float
+    steps: int
+
+
+def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: list | None, t0: float) -> _Fit:
+    datamodule = GlueDataModule(
+        tokenized, tok, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
+        group_by_length=cfg.trainer.group_by_length, seed=cfg.seed,
+    )
+    module = SequenceClassifier(model, cfg.task, cfg.trainer)
+    all_callbacks = [logger, *(callbacks or [])]
+    if cfg.trainer.early_stopping_patience:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        all_callbacks.append(EarlyStopping(f"val/{cfg.task.metric}", mode="max",
+                                           patience=cfg.trainer.early_stopping_patience))
+    trainer = pl.Trainer(
+        max_epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices, strategy=cfg.trainer.strategy, precision=resolve_precision(cfg), logger=False,
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=cfg.trainer.progress_bar, callbacks=all_callbacks,
+    )
+    setup_seconds = time.perf_counter() - t0
+    t_fit = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_seconds = time.perf_counter() - t_fit
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if not module.last_metrics:  # max_steps ended training before the first epoch's validation
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return _Fit(module, datamodule, dict(module.last_metrics), train_seconds, setup_seconds, trainer.global_step)
+
+
+def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margin: float | None, client,
+            run_id: str, cache: WorkerCache | None) -> tuple[float, bool]:
+    """Log the trial's outcome (score, learning flag, spectra, the exported adapter); return score and flag."""
+    score = fit.metrics[cfg.task.metric]
+    margin = 0.02 if learn_margin is None else learn_margin
+    not_learning = fit.module.constant_predictions or not score > baseline + margin
+    final = {"score": score, "train_seconds": fit.train_seconds, "setup_seconds": fit.setup_seconds,
+             "not_learning": float(not_learning), "train_steps": fit.steps,
+             **{f"final/{k}": v for k, v in fit.metrics.items()}}
+    if plan is not None:
+        final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
+    if cfg.save_adapter and plan is not None:
+        out = os.path.join(cfg.output_dir, "adapters", run_id)
+        fresh = (cache or DEFAULT_CACHE).tokenizer_and_model(cfg)[1]
+        final.update(export_adapter(model, fresh, next(iter(fit.datamodule.val_dataloader())), out))
+        client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
+    tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
+                                                      "not_learning": str(not_learning).lower()})
+    return score, not_learning
 
 
 def factors_path(output_dir: str, run_id: str) -> str:
