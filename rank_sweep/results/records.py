@@ -23,7 +23,7 @@ from typing import Any
 from rank_sweep.config import FULL
 
 UNKNOWN = -1  # r or seed of a trial that never got its parameters
-__all__ = ["FULL", "UNKNOWN", "TrialRecord", "ConfigSummary", "aggregate"]
+__all__ = ["FULL", "UNKNOWN", "TrialRecord", "ConfigSummary", "aggregate", "statistic", "one_per_seed", "config_key"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class TrialRecord:
     lr: float | None = None
     run_id: str | None = None
     intermediate: tuple[float, ...] = ()  # validation score per epoch
+    tuned: tuple[tuple[str, float], ...] = ()  # values a TPE study drew for this trial, e.g. (("lr", 1e-3),)
 
     @property
     def usable(self) -> bool:
@@ -67,11 +68,14 @@ class ConfigSummary:
     not_learning: bool = False  # every completed seed stayed at the trivial baseline
     numbers: tuple[int, ...] = ()  # trial numbers, in record order
     n_not_learning: int = 0  # seeds among n that did not learn
+    tuned: tuple[tuple[str, float], ...] = ()  # the tuned values shared by these trials (TPE), else ()
 
     @property
     def label(self) -> str:
-        """How plots and reports name a configuration: ``Wq,Wv r=4`` or ``full``."""
-        return self.targets if self.targets == FULL or self.r == 0 else f"{self.targets} r={self.r}"
+        """How plots and reports name a configuration: ``Wq,Wv r=4``, ``full``, or with its tuned values
+        ``Wq r=4 lr=0.0012 alpha_k=2.5``."""
+        base = self.targets if self.targets == FULL or self.r == 0 else f"{self.targets} r={self.r}"
+        return " ".join([base, *(f"{k}={v:.3g}" for k, v in self.tuned)])
 
 
 def _first(values: Iterable[Any]) -> Any:
@@ -81,30 +85,53 @@ def _first(values: Iterable[Any]) -> Any:
     return max(present) if present else None
 
 
-def aggregate(records: Iterable[TrialRecord]) -> list[ConfigSummary]:
-    """Pool the usable seeds of each (targets, r), sorted by targets then rank."""
-    groups: dict[tuple[str, int], list[TrialRecord]] = {}
-    for rec in records:
-        if rec.usable:
-            groups.setdefault((rec.targets, rec.r), []).append(rec)
-    out = []
-    for (targets, r), recs in sorted(groups.items()):
-        scores = [rec.score for rec in recs]
-        seconds = [rec.train_seconds for rec in recs if rec.train_seconds is not None]
-        n_bad = sum(rec.not_learning for rec in recs)
-        out.append(
-            ConfigSummary(
-                targets=targets,
-                r=r,
-                n=len(recs),
-                mean=statistics.fmean(scores),
-                std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                lora_params=_first(rec.lora_params for rec in recs),
-                trainable_params=_first(rec.trainable_params for rec in recs),
-                train_seconds=statistics.fmean(seconds) if seconds else None,
-                not_learning=n_bad == len(recs),
-                numbers=tuple(rec.number for rec in recs),
-                n_not_learning=n_bad,
-            )
-        )
+def config_key(rec: TrialRecord) -> tuple:
+    """What makes trials the same configuration: target set, rank and any tuned values (never the seed)."""
+    return rec.targets, rec.r, rec.tuned
+
+
+def statistic(recs: list[TrialRecord]) -> ConfigSummary:
+    """The one statistic of a configuration, from its usable trials (one per seed): mean and sample std of
+    the score over every seed, how many seeds did not learn. A seed that did not learn is a real outcome
+    of the configuration and is counted in the mean (a rung where 2 of 3 seeds stay at the baseline is
+    not judged by its one lucky seed); the configuration is *not learning* only when no seed learned.
+    The ladder, the summary table and ``rank-sweep-select`` all score a configuration with this."""
+    if not recs or not all(rec.usable for rec in recs):
+        raise ValueError("statistic() takes usable records (COMPLETE with a finite score), at least one")
+    scores = [rec.score for rec in recs]
+    seconds = [rec.train_seconds for rec in recs if rec.train_seconds is not None]
+    n_bad = sum(rec.not_learning for rec in recs)
+    return ConfigSummary(
+        targets=recs[0].targets,
+        r=recs[0].r,
+        n=len(recs),
+        mean=statistics.fmean(scores),
+        std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        lora_params=_first(rec.lora_params for rec in recs),
+        trainable_params=_first(rec.trainable_params for rec in recs),
+        train_seconds=statistics.fmean(seconds) if seconds else None,
+        not_learning=n_bad == len(recs),
+        numbers=tuple(rec.number for rec in recs),
+        n_not_learning=n_bad,
+        tuned=recs[0].tuned,
+    )
+
+
+def one_per_seed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The usable records, the first (lowest trial number) of each configuration and seed: a point that
+    two workers happened to both finish counts once, as it does in the ladder."""
+    seen, out = set(), []
+    for rec in sorted(records, key=lambda rec: rec.number):
+        key = (*config_key(rec), rec.seed)
+        if rec.usable and key not in seen:
+            seen.add(key)
+            out.append(rec)
     return out
+
+
+def aggregate(records: Iterable[TrialRecord]) -> list[ConfigSummary]:
+    """:func:`statistic` of each configuration, sorted by targets, rank, then tuned values."""
+    groups: dict[tuple, list[TrialRecord]] = {}
+    for rec in one_per_seed(records):
+        groups.setdefault(config_key(rec), []).append(rec)
+    return [statistic(recs) for _, recs in sorted(groups.items())]

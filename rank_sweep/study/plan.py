@@ -8,9 +8,11 @@ continues exactly where the storage says it is:
     p = plan(records, spec)      # p.pending: points to run now; p.done; p.ladders
 
 Per target set the ladder climbs ``spec.ranks``. A rung is decided when all its
-seeds are finished. A rung whose seeds all fail to learn (or were pruned, or
-failed) is neither a gain nor a plateau signal. A learning rung is a *gain*
-when its mean beats the best lower learning rung by more than
+seeds are finished. Its score is :func:`rank_sweep.results.records.statistic`
+of its seeds, the statistic the summary and ``rank-sweep-select`` report: a
+seed that did not learn counts in the mean. A rung none of whose seeds learned
+(or that was pruned, or failed) is neither a gain nor a plateau signal. A
+learning rung is a *gain* when its mean beats the best lower learning rung by more than
 ``max(min_delta, noise_k * pooled seed std)``; ``patience`` rungs in a row
 without a gain stop the ladder (plateau). Ladders also stop at the last rank
 or when the next rung would break the parameter budget. When a ladder's
@@ -27,11 +29,10 @@ ladder stops below it, :func:`pointless` says so and the trial is pruned.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rank_sweep.results.records import FULL, TrialRecord
+from rank_sweep.results.records import FULL, TrialRecord, statistic
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,9 @@ class _History:
             return "failed"
         return "pending"
 
-    def learning_score(self, p: Point) -> float | None:
-        for rec in self.by_point.get(p, []):
-            if rec.state == "COMPLETE" and rec.score is not None and math.isfinite(rec.score):
-                return None if rec.not_learning else rec.score
-        return None
+    def completed(self, p: Point) -> TrialRecord | None:
+        """The point's first usable record (COMPLETE, finite score), or None."""
+        return next((rec for rec in self.by_point.get(p, []) if rec.usable), None)
 
 
 def _pooled_std(rungs: list[tuple[int, float]]) -> float:
@@ -177,29 +176,29 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
                     speculative.extend(q for q in (Point(targets, x, s) for s in spec.seeds)
                                        if hist.status(q) == "pending")
             break
-        scores = [s for s in (hist.learning_score(p) for p in points) if s is not None]
-        if not scores:
+        done = [rec for rec in (hist.completed(p) for p in points) if rec is not None]
+        if not done or statistic(done).not_learning:
             kind = "failed" if all(s == "failed" for s in statuses) else (
                 "pruned" if all(s == "pruned" for s in statuses) else "not learning")
             state.rungs.append(Rung(r, 0, None, 0.0, kind, "no learning seed: not a plateau signal"))
             continue
-        mean = statistics.fmean(scores)
-        std = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        spread.append((len(scores), std))
+        rung = statistic(done)  # the same statistic the summary and select report: every seed counts
+        mean, std, n = rung.mean, rung.std, rung.n
+        spread.append((n, std))
         threshold = max(spec.min_delta, spec.noise_k * _pooled_std(spread))
         state.threshold = threshold
         if best is None:
-            state.rungs.append(Rung(r, len(scores), mean, std, "first", f"first learning rung: {mean:.4f}"))
+            state.rungs.append(Rung(r, n, mean, std, "first", f"first learning rung: {mean:.4f}"))
             best = mean
             continue
         gain = _better(mean, best, spec.direction)
         detail = f"mean {mean:.4f} vs best lower {best:.4f}: gain {gain:+.4f}, threshold {threshold:.4f}"
         if gain > threshold + 1e-12:  # a float difference equal to the threshold is no gain
             stale = 0
-            state.rungs.append(Rung(r, len(scores), mean, std, "gain", detail))
+            state.rungs.append(Rung(r, n, mean, std, "gain", detail))
         else:
             stale += 1
-            state.rungs.append(Rung(r, len(scores), mean, std, "no gain", detail))
+            state.rungs.append(Rung(r, n, mean, std, "no gain", detail))
         if gain > 0:
             best = mean
         if stale >= spec.patience and not spec.grid:
@@ -227,8 +226,8 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
     speculative: list[Point] = []
     ladders = [walk_ladder(ts, spec, hist, pending, speculative) for ts in spec.target_sets]
     extensions: list[str] = []
-    if spec.grid:
-        sets = spec.target_sets + [s for s in spec.extend_sets if s not in spec.target_sets]
+    if spec.grid:  # every rank of every target set, and of the extension sets only when extend is on
+        sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
         pending = [Point(ts, r, s) for ts in sets for r in spec.ranks for s in spec.seeds
                    if not over_budget(spec, ts, r) and hist.status(Point(ts, r, s)) == "pending"]
         ladders = [walk_ladder(ts, spec, hist, []) for ts in sets]

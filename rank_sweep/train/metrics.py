@@ -1,9 +1,12 @@
 """Task metrics from scikit-learn / scipy, and the trivial-predictor baseline.
 
-``compute_metrics(task, preds, labels)`` returns every metric in
-``task.metrics``; ``baseline_score`` is the primary metric of the predictor
-that ignores its input (majority training class, or the training mean).
-Degenerate inputs (constant predictions or labels) score 0.0, never nan.
+``compute_metrics(task, outputs, labels)`` returns every metric in
+``task.metrics``; ``outputs`` are logits (classification: ``loss`` is their
+cross-entropy), class indices, or floats (regression: ``loss`` is the MSE).
+``baseline_score`` is the primary metric of the predictor that ignores its input
+(majority training class with the training class frequencies as probabilities,
+or the training mean). Degenerate inputs (constant predictions or labels) score
+0.0, never nan.
 """
 
 from __future__ import annotations
@@ -39,8 +42,21 @@ def _as_arrays(task: TaskConfig, preds, labels) -> tuple[np.ndarray, np.ndarray]
     return preds.astype(int), labels.astype(int)
 
 
+def _loss(task: TaskConfig, outputs, labels) -> float:
+    """Cross-entropy of logits (mean over examples), or the MSE of regression outputs."""
+    outputs, labels = np.asarray(outputs, dtype=float), np.asarray(labels)
+    if task.is_regression:
+        return float(np.mean((outputs.reshape(len(outputs), -1)[:, 0] - labels.astype(float)) ** 2))
+    if outputs.ndim != 2:
+        raise ValueError("the loss needs logits (one row of class scores per example), not class indices")
+    shifted = outputs - outputs.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_probs[np.arange(len(labels)), labels.astype(int)]))
+
+
 def compute_metrics(task: TaskConfig, preds, labels) -> dict[str, float]:
-    """Every metric in ``task.metrics``; ``preds`` are class indices (or logits) or floats."""
+    """Every metric in ``task.metrics``; ``preds`` are logits, class indices or floats."""
+    raw = preds
     preds, labels = _as_arrays(task, preds, labels)
     if len(preds) != len(labels):
         raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
@@ -71,6 +87,8 @@ def compute_metrics(task: TaskConfig, preds, labels) -> dict[str, float]:
             out[name] = _correlation(pearsonr, preds.astype(float), labels.astype(float))
         elif name == "spearman":
             out[name] = _correlation(spearmanr, preds.astype(float), labels.astype(float))
+        elif name == "loss":
+            out[name] = _loss(task, raw, labels)
         else:  # pragma: no cover - TaskConfig rejects unknown names
             raise ConfigError(f"task.metric={name!r} is not valid")
     return out
@@ -81,7 +99,8 @@ def baseline_score(task: TaskConfig, train_labels, val_labels) -> float:
     train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
     if task.is_regression:
         preds = np.full(len(val_labels), float(np.mean(train_labels)))
-    else:
-        majority = int(np.bincount(train_labels.astype(int), minlength=task.num_labels).argmax())
-        preds = np.full(len(val_labels), majority)
+    else:  # log training frequencies as logits: argmax is the majority class, the loss its cross-entropy
+        counts = np.bincount(train_labels.astype(int), minlength=task.num_labels).astype(float)
+        logits = np.log(np.maximum(counts / counts.sum(), 1e-12))
+        preds = np.tile(logits, (len(val_labels), 1))
     return compute_metrics(task, preds, val_labels)[task.metric]

@@ -1,9 +1,11 @@
 """The LightningModule: an HF sequence classifier (with or without a PEFT adapter),
 AdamW with linear warm-up/decay, validation metrics named ``val/<metric>``.
 
-Validation predictions are gathered over the epoch and scored once with
-``rank_sweep.metrics`` (scikit-learn / scipy), so every metric is exact on the
-whole dev split rather than a mean of per-batch values.
+Validation outputs (logits, or regression values) are gathered over the epoch and
+scored once with :mod:`rank_sweep.train.metrics` (scikit-learn / scipy), so every
+metric is exact on the whole dev split rather than a mean of per-batch values; the
+last epoch's outputs stay on the module (``last_outputs``, ``last_labels``) in dev-set
+order, for the trial's per-example predictions.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class SequenceClassifier(pl.LightningModule):
         self._preds: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self.last_metrics: dict[str, float] = {}
+        self.last_outputs: np.ndarray | None = None  # logits (N x C) or regression outputs (N,), dev-set order
+        self.last_labels: np.ndarray | None = None
         self.history: list[dict[str, float]] = []  # one entry per validation epoch
         self.constant_predictions = False
 
@@ -50,20 +54,22 @@ class SequenceClassifier(pl.LightningModule):
         batch = {k: v for k, v in batch.items() if k != "length"}
         labels = batch.pop("labels")
         logits = self.model(**batch).logits.float()
-        preds = logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
-        self._preds.append(preds.detach().cpu().numpy())
+        outputs = logits.squeeze(-1) if self.task.is_regression else logits
+        self._preds.append(outputs.detach().cpu().numpy())
         self._labels.append(labels.detach().cpu().numpy())
 
     def on_validation_epoch_end(self):
         if not self._preds:
             return
-        preds, labels = np.concatenate(self._preds), np.concatenate(self._labels)
+        outputs, labels = np.concatenate(self._preds), np.concatenate(self._labels)
         self._preds, self._labels = [], []
-        metrics = compute_metrics(self.task, preds, labels)
-        self.constant_predictions = bool(np.all(preds == preds[0])) if not self.task.is_regression else bool(
-            np.std(preds) < 1e-8
-        )
-        self.last_metrics = metrics
+        metrics = compute_metrics(self.task, outputs, labels)
+        if self.task.is_regression:
+            self.constant_predictions = bool(np.std(outputs) < 1e-8)
+        else:
+            classes = outputs.argmax(-1)
+            self.constant_predictions = bool(np.all(classes == classes[0]))
+        self.last_metrics, self.last_outputs, self.last_labels = metrics, outputs, labels
         if not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, **metrics})
         for name, value in metrics.items():

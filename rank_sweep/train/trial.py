@@ -25,7 +25,7 @@ from rank_sweep.analysis import spectra
 from rank_sweep.config import RunConfig, targets_key
 from rank_sweep.train import lora
 from rank_sweep.train.batches import GlueDataModule
-from rank_sweep.train.callbacks import EpochLogger
+from rank_sweep.train.callbacks import BestEpoch, EpochLogger
 from rank_sweep.train.export import export_adapter
 from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
 from rank_sweep.train.metrics import baseline_score
@@ -150,14 +150,16 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
 
 @dataclass
 class _Fit:
-    """What one Lightning fit left: the module (its history), the data, the last validation, the times."""
+    """What one Lightning fit left: the module (its history), the data, the scored epoch, the times."""
 
     module: SequenceClassifier
     datamodule: GlueDataModule
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # of the scored epoch
     train_seconds: float
     setup_seconds: float
     steps: int
+    score_epoch: int  # the epoch whose validation is the trial's score: the best with early stopping, else the last
+    best_epoch: int
 
 
 def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: list | None, t0: float) -> _Fit:
@@ -166,11 +168,13 @@ def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: 
         group_by_length=cfg.trainer.group_by_length, seed=cfg.seed,
     )
     module = SequenceClassifier(model, cfg.task, cfg.trainer)
-    all_callbacks = [logger, *(callbacks or [])]
+    best = BestEpoch(cfg.task.metric, cfg.task.direction)
+    all_callbacks = [logger, best, *(callbacks or [])]
     if cfg.trainer.early_stopping_patience:
         from lightning.pytorch.callbacks import EarlyStopping
 
-        all_callbacks.append(EarlyStopping(f"val/{cfg.task.metric}", mode="max",
+        mode = "max" if cfg.task.direction == "maximize" else "min"
+        all_callbacks.append(EarlyStopping(f"val/{cfg.task.metric}", mode=mode,
                                            patience=cfg.trainer.early_stopping_patience))
     trainer = pl.Trainer(
         max_epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator,
@@ -186,7 +190,23 @@ def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: 
         raise KeyboardInterrupt
     if not module.last_metrics:  # max_steps ended training before the first epoch's validation
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    return _Fit(module, datamodule, dict(module.last_metrics), train_seconds, setup_seconds, trainer.global_step)
+    last_epoch = module.history[-1]["epoch"] if module.history else trainer.current_epoch
+    score_epoch = last_epoch
+    if cfg.trainer.early_stopping_patience and best.epoch is not None:
+        best.restore(module)  # the weights, metrics and outputs of the best epoch: what the trial reports
+        score_epoch = best.epoch
+        module.constant_predictions = _constant(cfg, module.last_outputs)
+    return _Fit(module, datamodule, dict(module.last_metrics), train_seconds, setup_seconds, trainer.global_step,
+                score_epoch, last_epoch if best.epoch is None else best.epoch)
+
+
+def _constant(cfg: RunConfig, outputs) -> bool:
+    if outputs is None:
+        return False
+    if cfg.task.is_regression:
+        return bool(outputs.std() < 1e-8)
+    classes = outputs.argmax(-1)
+    return bool((classes == classes[0]).all())
 
 
 def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margin: float | None, client,
@@ -194,10 +214,11 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     """Log the trial's outcome (score, learning flag, spectra, the exported adapter); return score and flag."""
     score = fit.metrics[cfg.task.metric]
     margin = 0.02 if learn_margin is None else learn_margin
-    not_learning = fit.module.constant_predictions or not score > baseline + margin
+    beats = score > baseline + margin if cfg.task.direction == "maximize" else score < baseline - margin
+    not_learning = fit.module.constant_predictions or not beats
     final = {"score": score, "train_seconds": fit.train_seconds, "setup_seconds": fit.setup_seconds,
-             "not_learning": float(not_learning), "train_steps": fit.steps,
-             **{f"final/{k}": v for k, v in fit.metrics.items()}}
+             "not_learning": float(not_learning), "train_steps": fit.steps, "score_epoch": fit.score_epoch,
+             "best_epoch": fit.best_epoch, **{f"final/{k}": v for k, v in fit.metrics.items()}}
     if plan is not None:
         final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
     if cfg.save_adapter and plan is not None:

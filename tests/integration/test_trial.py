@@ -77,3 +77,59 @@ def test_save_adapter_exports_and_checks_merge_and_reload(toy_cfg):
     assert result.run_id == run.info.run_id
     # spectra of every adapted matrix: 2 layers x (Wq, Wv)
     assert m["spectra/Wq/eff_rank90_max"] <= toy_cfg.lora.r and "spectra/Wv/top_share_mean" in m
+
+
+def test_early_stopping_scores_and_restores_the_best_epoch(toy_cfg, monkeypatch):
+    """issue #13.4: training stops `patience` epochs after the best one; the score was the last epoch's."""
+    from rank_sweep.train import model as model_mod
+
+    scripted = iter([0.60, 0.80, 0.70, 0.65, 0.90, 0.95])  # patience 2: stops after epoch 3, best is epoch 1
+    weights_at: dict[int, dict] = {}
+    real_end = model_mod.SequenceClassifier.on_validation_epoch_end
+
+    def on_validation_epoch_end(self):
+        real_end(self)
+        value = next(scripted)
+        self.last_metrics = {**self.last_metrics, "accuracy": value}
+        self.history[-1]["accuracy"] = value
+        self.log("val/accuracy", value, prog_bar=True)
+        weights_at[self.current_epoch] = {n: p.detach().clone() for n, p in self.model.named_parameters()
+                                          if p.requires_grad}
+
+    monkeypatch.setattr(model_mod.SequenceClassifier, "on_validation_epoch_end", on_validation_epoch_end)
+    toy_cfg.trainer.epochs, toy_cfg.trainer.early_stopping_patience = 6, 2
+    result = run_trial(toy_cfg, cache=WorkerCache())
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    assert result.score == pytest.approx(0.80)
+    client, [run] = _runs(toy_cfg)
+    assert run.data.metrics["score_epoch"] == 1 and run.data.metrics["best_epoch"] == 1
+    assert run.data.metrics["score"] == pytest.approx(0.80)
+    # the model was put back to epoch 1: the A factors the trial saved are epoch 1's, not epoch 3's
+    import torch
+
+    from rank_sweep.train.trial import factors_path
+
+    saved = torch.load(factors_path(toy_cfg.output_dir, run.info.run_id))
+    name = next(iter(saved))
+    key = next(k for k in weights_at[1] if name in k and "lora_A" in k)
+    assert torch.equal(saved[name], weights_at[1][key]) and not torch.equal(saved[name], weights_at[3][key])
+
+
+def test_without_early_stopping_the_last_epoch_is_scored_and_the_best_one_logged(toy_cfg, monkeypatch):
+    from rank_sweep.train import model as model_mod
+
+    scripted = iter([0.60, 0.80, 0.70])
+    real_end = model_mod.SequenceClassifier.on_validation_epoch_end
+
+    def on_validation_epoch_end(self):
+        real_end(self)
+        value = next(scripted)
+        self.last_metrics = {**self.last_metrics, "accuracy": value}
+        self.log("val/accuracy", value, prog_bar=True)
+
+    monkeypatch.setattr(model_mod.SequenceClassifier, "on_validation_epoch_end", on_validation_epoch_end)
+    toy_cfg.trainer.epochs = 3
+    result = run_trial(toy_cfg, cache=WorkerCache())
+    assert result.score == pytest.approx(0.70)
+    _, [run] = _runs(toy_cfg)
+    assert (run.data.metrics["score_epoch"], run.data.metrics["best_epoch"]) == (2, 1)

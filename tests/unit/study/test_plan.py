@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from rank_sweep.config import FULL
 from rank_sweep.results.readers import records_from_study
-from rank_sweep.results.records import TrialRecord
+from rank_sweep.results.records import TrialRecord, aggregate
 from rank_sweep.study.plan import LadderSpec, Point, plan
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -274,12 +274,23 @@ def test_not_learning_rungs_never_make_a_plateau(records, scores, finished, plat
         assert lad.reason.startswith("plateau")
 
 
-def test_not_learning_seed_is_left_out_of_the_rung_mean(records):
+def test_a_seed_that_did_not_learn_counts_in_the_rung_mean_as_in_the_summary(records):
+    # issue #13.1: the ladder used to drop the seed (0.80, n=1) while select kept it (0.65, n=2)
     history = rungs(WQ, {1: [0.6, 0.6], 2: [0.5, 0.8]})
     history[2] = row(WQ, 2, 0, 0.5, not_learning=True)
-    p = plan(records(history), spec(seeds=[0, 1]))
+    recs = records(history)
+    p = plan(recs, spec(seeds=[0, 1]))
     second = p.ladders[0].rungs[1]
-    assert (second.n, second.mean, second.decision) == (1, pytest.approx(0.8), "gain")
+    assert (second.n, second.mean, second.decision) == (2, pytest.approx(0.65), "no gain")
+    summary = {(s.targets, s.r): s for s in aggregate(recs)}[(WQ, 2)]
+    assert (summary.n, summary.mean, summary.std, summary.n_not_learning) == (2, pytest.approx(0.65),
+                                                                            pytest.approx(second.std), 1)
+
+
+def test_a_rung_where_no_seed_learned_is_not_learning(records):
+    history = rungs(WQ, {1: [0.6, 0.6], 2: [0.5, 0.5]}, not_learning=(2,))
+    p = plan(records(history), spec(seeds=[0, 1]))
+    assert decisions(p.ladders[0]) == [(1, "first"), (2, "not learning")]
 
 
 # --- extension step ---------------------------------------------------------------------------------------------
@@ -424,7 +435,7 @@ def test_first_pending_point_is_ladder_one_before_ladder_two(records):
 
 
 def test_grid_lists_every_point_in_order_and_ignores_plateaus(records):
-    s = spec(target_sets=[WQ, WQV], ranks=[1, 2, 4], seeds=[0, 1], grid=True, extend_sets=[ALL4])
+    s = spec(target_sets=[WQ, WQV], ranks=[1, 2, 4], seeds=[0, 1], grid=True, extend=True, extend_sets=[ALL4])
     every = [Point(t, r, seed) for t in (WQ, WQV, ALL4) for r in (1, 2, 4) for seed in (0, 1)]
     assert plan(records([]), s).pending == every
     history = rungs(WQ, {1: [0.7, 0.7], 2: [0.6, 0.6]}) + [row(WQV, 1, 0, state="RUNNING")]
@@ -438,7 +449,7 @@ def test_grid_lists_every_point_in_order_and_ignores_plateaus(records):
 
 
 def test_grid_is_done_when_every_point_ran(records):
-    s = spec(target_sets=[WQ], ranks=[1, 2], seeds=[0], grid=True, extend_sets=[ALL4])
+    s = spec(target_sets=[WQ], ranks=[1, 2], seeds=[0], grid=True, extend=True, extend_sets=[ALL4])
     p = plan(records(rungs(WQ, {1: 0.7, 2: 0.6}) + rungs(ALL4, {1: 0.7})), s)
     assert p.pending == [Point(ALL4, 2, 0)] and not p.done
     p = plan(records(rungs(WQ, {1: 0.7, 2: 0.6}) + rungs(ALL4, {1: 0.7, 2: 0.8})), s)
@@ -447,9 +458,24 @@ def test_grid_is_done_when_every_point_ran(records):
 
 
 def test_grid_skips_points_over_budget(records):
-    s = spec(target_sets=[WQ], ranks=[1, 2, 4], grid=True, extend_sets=[ALL4], cost=cost,
+    s = spec(target_sets=[WQ], ranks=[1, 2, 4], grid=True, extend=True, extend_sets=[ALL4], cost=cost,
              max_lora_params=2 * 384 * 4)
     assert plan(records([]), s).pending == [Point(WQ, 1, 0), Point(WQ, 2, 0), Point(WQ, 4, 0), Point(ALL4, 1, 0)]
+
+
+def test_grid_trains_extension_sets_only_when_extend_is_on(records):
+    # issue #13.13: search=grid search.extend=false also trained every rank of Wq,Wk,Wv,Wo
+    s = spec(target_sets=[WQV], ranks=[1, 2], grid=True, extend=False, extend_sets=[ALL4])
+    p = plan(records([]), s)
+    assert p.pending == [Point(WQV, 1, 0), Point(WQV, 2, 0)]
+    assert [lad.targets for lad in p.ladders] == [WQV]
+    assert plan(records(rungs(WQV, {1: 0.7, 2: 0.6})), s).done
+
+
+def test_a_rank_budget_stops_the_ladder_before_the_rung():
+    s = spec(ranks=[1, 2, 4, 8], rank_limit=2)
+    p = plan(direct(rungs(WQ, {1: 0.5, 2: 0.6})), s)
+    assert p.ladders[0].finished and p.ladders[0].reason == "budget: next rung r=4 > budget max_rank 2"
 
 
 def test_full_finetune_reference_runs_after_the_ladders(records):
