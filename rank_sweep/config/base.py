@@ -33,7 +33,8 @@ ALPHA_POLICIES = ("fixed", "scaled", "rslora")
 
 TASK_SOURCES = ("glue", "csv", "jsonl", "hub")
 
-METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
+METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "loss")  # loss: validation cross-entropy (MSE: regression)
+MINIMIZED = ("loss",)  # metrics that are better when lower: the study's direction follows the primary metric
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "auto")
 
@@ -41,7 +42,7 @@ STRATEGIES = ("ladder", "grid", "tpe")
 
 PRUNERS = ("none", "median", "hyperband", "patient")
 
-INITS = ("default", "gaussian", "pissa", "olora", "loftq")
+INITS = ("default", "gaussian")  # PEFT's others are refused by name in LoraConfig (sections.py)
 
 SOURCES = ("study", "mlflow", "auto")  # select.source: where rank-sweep-select reads a finished study
 

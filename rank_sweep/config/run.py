@@ -134,6 +134,9 @@ class RunConfig:
         return self.search.study_name or f"{self.model.name}-{self.task.name}-{self.search.strategy}"
 
 
+TRIAL_SECTIONS = ("model", "task", "lora", "trainer", "seed")  # what retrains one trial: a preset sets these
+
+
 def trial_config(cfg: RunConfig, targets: str, r: int, seed: int, **overrides) -> RunConfig:
     """``cfg`` for one point: target set (or :data:`FULL`), rank, seed, and ``section.key`` overrides."""
     run = copy.deepcopy(cfg)

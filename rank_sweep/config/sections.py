@@ -15,10 +15,12 @@ from rank_sweep.config.base import (
     ALPHA_POLICIES,
     INITS,
     METRICS,
+    MINIMIZED,
     PRECISIONS,
     TASK_SOURCES,
     check_rank,
     default,
+    is_int,
     one_of,
     positive,
 )
@@ -77,7 +79,7 @@ class TaskConfig:
                 raise ConfigError(f"task.labels={self.labels!r} is not valid: a classification task needs >= 2 labels")
         else:
             for m in self.metrics:
-                if m not in ("pearson", "spearman"):
+                if m not in ("pearson", "spearman", "loss"):
                     key = "task.metric" if m == self.metric else "task.metrics"
                     raise ConfigError(f"{key} contains {m!r}, not valid for a regression task: use pearson or spearman")
         positive("task.max_seq_length", self.max_seq_length, integer=True)
@@ -100,8 +102,9 @@ class TaskConfig:
 
     @property
     def direction(self) -> str:
-        """Every supported metric is better when higher."""
-        return "maximize"
+        """``maximize``, or ``minimize`` for a metric that is better when lower (``loss``): the study's
+        direction, and the direction of every comparison the ladder, select and the plots make."""
+        return "minimize" if self.metric in MINIMIZED else "maximize"
 
     def resolved_data_dir(self) -> str | None:
         if self.data_dir:
@@ -127,10 +130,20 @@ class LoraConfig:
     init: str = default("lora", "init")
     full_finetune: bool = default("lora", "full_finetune")  # reference row: train every weight, no adapter
 
+    # PEFT inits a user may reach for, and why each would break what a trial records (not a field: no annotation)
+    _REFUSED_INITS = {
+        **dict.fromkeys(("pissa", "olora"), "it rewrites the base weights, so the saved adapter would not "
+                                            "reproduce the trained model on a fresh base"),
+        "loftq": "it needs a quantized base model and a loftq_config, which rank_sweep does not pass",
+    }
+
     def __post_init__(self) -> None:
         if not self.full_finetune:
             check_rank(self.r)
         one_of("lora.alpha_policy", self.alpha_policy, ALPHA_POLICIES)
+        if self.init in self._REFUSED_INITS:
+            raise ConfigError(f"lora.init={self.init!r} is not supported: {self._REFUSED_INITS[self.init]}; "
+                              f"choose {' or '.join(INITS)}")
         one_of("lora.init", self.init, INITS)
         positive("lora.alpha", self.alpha)
         positive("lora.alpha_k", self.alpha_k)
@@ -168,7 +181,7 @@ class TrainerConfig:
     precision: str = default("trainer", "precision")  # auto: bf16-mixed where the hardware has it, else 32-true
     accelerator: str = default("trainer", "accelerator")
     devices: Any = default("trainer", "devices")
-    strategy: str = default("trainer", "strategy")  # Lightning's strategy for several devices in one trial (e.g. ddp_spawn); see docs/scale_out.md
+    strategy: str = default("trainer", "strategy")  # Lightning's strategy name, passed through (one device: see devices)
     num_threads: int | None = default("trainer", "num_threads")  # torch intra-op threads; None: all cores
     early_stopping_patience: int | None = default("trainer", "early_stopping_patience")
     group_by_length: bool = default("trainer", "group_by_length")
@@ -185,6 +198,18 @@ class TrainerConfig:
             raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} is not valid: it must be in [0, 1)")
         one_of("trainer.precision", self.precision, PRECISIONS)
         one_of("trainer.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
+        # Under DDP each process would score only its shard of the dev set (predictions are not gathered), so
+        # a trial gets exactly one device: 1, "1" or one index ([0]). "auto" and -1 are refused as well: on a
+        # host with several GPUs Lightning resolves them to all of them.
+        d = self.devices
+        one = (is_int(d) and d == 1) or d == "1" or (
+            isinstance(d, (list, tuple)) and len(d) == 1 and is_int(d[0]) and d[0] >= 0)
+        if not one:
+            raise ConfigError(
+                f"trainer.devices={self.devices!r} is not valid: a trial runs on one device (its dev-set "
+                f"predictions are scored in one process); run several workers on one study to use several "
+                f"devices (docs/scale_out.md)"
+            )
         if self.strategy != "auto":  # Lightning's names; imported only when one is asked for
             from lightning.pytorch.strategies import StrategyRegistry
 

@@ -17,16 +17,27 @@ the study kept it (``save_adapter=true``), else says how to get it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import optuna
 
 from rank_sweep import tracking
 from rank_sweep.analysis import plots
-from rank_sweep.config import SOURCES, RunConfig, SelectConfig, build, build_budget, one_of, sqlite_path, trial_config
+from rank_sweep.config import (
+    SOURCES,
+    TRIAL_SECTIONS,
+    RunConfig,
+    SelectConfig,
+    build,
+    build_budget,
+    one_of,
+    sqlite_path,
+    trial_config,
+)
 from rank_sweep.errors import RankSweepError, first_line
 from rank_sweep.results.readers import load_mlflow_study, records_from_study
 from rank_sweep.results.records import TrialRecord
@@ -120,18 +131,39 @@ def read_study(cfg: RunConfig, source: str, name: str | None = None) -> StudyRec
     return study
 
 
-def experiment_yaml(cfg: RunConfig, rec) -> str:
-    """A ``# @package _global_`` preset that sets everything the chosen trial depended on."""
-    from dataclasses import asdict
+def trial_config_of(cfg: RunConfig, rec: TrialRecord) -> tuple[dict, str]:
+    """The chosen trial's own resolved config (its :data:`TRIAL_SECTIONS`) and where it was read: the study
+    storage, else the trial's MLflow artifact ``config.json``; for a study older than both, rebuilt from this
+    command's config with the trial's point and lr (said so in the preset)."""
+    if rec.config:
+        return {k: rec.config[k] for k in TRIAL_SECTIONS if k in rec.config}, "the trial's stored config"
+    why = "the trial has no MLflow run"
+    if rec.run_id:
+        from mlflow.tracking import MlflowClient
 
-    from omegaconf import OmegaConf
-
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = MlflowClient(cfg.tracking.resolved_uri()).download_artifacts(rec.run_id, "config.json", tmp)
+                with open(path) as f:
+                    data = json.load(f)
+            return {k: data[k] for k in TRIAL_SECTIONS if k in data}, f"config.json of MLflow run {rec.run_id}"
+        except Exception as e:  # an old run without it, or a store whose artifacts are not here
+            why = f"its config.json could not be read ({first_line(e)[:120]})"
     run = trial_config(cfg, rec.targets, rec.r, rec.seed)
     if rec.lr is not None:
         run.trainer.lr = rec.lr
-    tree = {k: v for k, v in asdict(run).items() if k in ("model", "task", "lora", "trainer", "seed")}
-    head = f"# @package _global_\n# written by rank-sweep-select: trial {rec.number} ({rec.targets} r={rec.r})\n"
-    return head + OmegaConf.to_yaml(OmegaConf.create(tree))
+    tree = {k: v for k, v in asdict(run).items() if k in TRIAL_SECTIONS}
+    return tree, f"this command's config with the trial's point and lr ({why})"
+
+
+def experiment_yaml(cfg: RunConfig, rec: TrialRecord) -> tuple[str, str]:
+    """A ``# @package _global_`` preset that retrains the chosen trial as it ran, and where its values came from."""
+    from omegaconf import OmegaConf
+
+    tree, source = trial_config_of(cfg, rec)
+    head = (f"# @package _global_\n# written by rank-sweep-select: trial {rec.number} ({rec.targets} r={rec.r}), "
+            f"from {source}\n")
+    return head + OmegaConf.to_yaml(OmegaConf.create(tree)), source
 
 
 def adapter_dir(output_dir: str, run_id: str) -> str:
@@ -207,10 +239,12 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     os.makedirs(os.path.join(out, "experiment"), exist_ok=True)
     preset = os.path.join(out, "experiment", name + ".yaml")
     with open(preset, "w") as f:
-        f.write(experiment_yaml(cfg, best_trial))
+        text, source = experiment_yaml(cfg, best_trial)
+        f.write(text)
     retrain = f"rank-sweep-trial --config-dir {os.path.abspath(out)} experiment={name}"
+    retrain_note = f"preset {preset}: trial {best_trial.number} as it ran, from {source}"
     adapter, adapter_line = save_chosen_adapter(cfg, best_trial, out, retrain)
-    tail = [f"plots: {', '.join(str(p) for p in paths)}", f"retrain the choice: {retrain}", adapter_line]
+    tail = [f"plots: {', '.join(str(p) for p in paths)}", retrain_note, f"retrain the choice: {retrain}", adapter_line]
     print("\n" + "\n".join(tail), flush=True)
     report += [""] + tail
     if study.parent_run_id:

@@ -10,6 +10,7 @@ Both read only; neither imports the training stack.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -21,6 +22,8 @@ import optuna
 from rank_sweep.config import sqlite_path
 from rank_sweep.errors import RankSweepError, first_line, redact_text
 from rank_sweep.results.records import UNKNOWN, TrialRecord
+
+POINT_PARAMS = ("targets", "r", "seed")  # the point; any other Optuna param is a value the sampler tuned
 
 
 def _get(trial: optuna.trial.FrozenTrial, key: str) -> Any:
@@ -61,6 +64,8 @@ def records_from_study(study: optuna.Study, trials: list | None = None) -> list[
                 lr=_opt(attrs.get("lr"), float),
                 run_id=_opt(attrs.get("mlflow_run_id"), str),
                 intermediate=tuple(float(v) for _, v in sorted(t.intermediate_values.items())),
+                tuned=tuple(sorted((k, float(v)) for k, v in t.params.items() if k not in POINT_PARAMS)),
+                config=attrs.get("config"),
             )
         )
     return records
@@ -131,6 +136,7 @@ def record_from_run(run: Any, number: int, intermediate: Iterable[float] = ()) -
         lr=_num(params.get("lr"), float),
         run_id=run.info.run_id,
         intermediate=tuple(float(v) for v in intermediate),
+        tuned=tuple(sorted((k, float(v)) for k, v in json.loads(tags.get("tuned") or "{}").items())),
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rank_sweep.config import FULL
@@ -46,6 +46,7 @@ class TrialRecord:
     run_id: str | None = None
     intermediate: tuple[float, ...] = ()  # validation score per epoch
     tuned: tuple[tuple[str, float], ...] = ()  # values a TPE study drew for this trial, e.g. (("lr", 1e-3),)
+    config: dict | None = field(default=None, compare=False, repr=False)  # the trial's resolved config, if stored
 
     @property
     def usable(self) -> bool:
@@ -118,10 +119,10 @@ def statistic(recs: list[TrialRecord]) -> ConfigSummary:
 
 
 def one_per_seed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
-    """The usable records, the first (lowest trial number) of each configuration and seed: a point that
-    two workers happened to both finish counts once, as it does in the ladder."""
+    """The usable records, the first (in record order: by trial number from the readers) of each
+    configuration and seed: a point that two workers happened to both finish counts once, as in the ladder."""
     seen, out = set(), []
-    for rec in sorted(records, key=lambda rec: rec.number):
+    for rec in records:
         key = (*config_key(rec), rec.seed)
         if rec.usable and key not in seen:
             seen.add(key)

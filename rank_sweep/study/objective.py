@@ -7,6 +7,7 @@ trial; :class:`PointlessCheck` prunes a speculative trial once its ladder has st
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -14,12 +15,12 @@ import optuna
 from lightning.pytorch.callbacks import Callback
 from optuna.distributions import CategoricalDistribution
 
-from rank_sweep.config import FULL, RunConfig, trial_config
+from rank_sweep.config import FULL, TRIAL_SECTIONS, RunConfig, trial_config
 from rank_sweep.errors import TrackingError
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.sampler import POINT_ATTR, trial_records
 from rank_sweep.study.workers import claim_for_this_worker
-from rank_sweep.train.trial import run_trial
+from rank_sweep.train.trial import resolved_config, run_trial
 
 
 class PointlessCheck(Callback):
@@ -40,7 +41,7 @@ class PointlessCheck(Callback):
 
 
 def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, CategoricalDistribution]:
-    sets = spec.target_sets + [s for s in spec.extend_sets if s not in spec.target_sets]
+    sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
     ranks = list(spec.ranks)
     if spec.include_full:
         sets, ranks = sets + [FULL], [0, *ranks]
@@ -58,25 +59,21 @@ class Objective:
         self.fatal: TrackingError | None = None  # the tracking store failed: the study must stop, not go on
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if self.cfg.search.strategy == "tpe":  # the ladder sampler has claimed the trial already
-            claim_for_this_worker(trial.study, trial._trial_id)
-        overrides = {}
         if self.cfg.search.strategy == "tpe":
-            targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
-            r = trial.suggest_categorical("r", self.dists["r"].choices)
-            seed = self.cfg.seed
-            overrides = {"trainer.lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-                         "lora.alpha_k": trial.suggest_float("alpha_k", 0.5, 8.0, log=True)}
+            claim_for_this_worker(trial.study, trial._trial_id)  # (the ladder sampler has claimed it already)
+            targets, r, seed, overrides = self._suggest_tpe(trial)
         else:
             targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
             r = trial.suggest_categorical("r", self.dists["r"].choices)
             seed = trial.suggest_categorical("seed", self.dists["seed"].choices)
+            overrides = {}
         run = trial_config(self.cfg, targets, r, seed, **overrides)
         callbacks = [_pruning_callback(trial, f"val/{self.cfg.task.metric}")]
         claim = trial.study._storage.get_trial_system_attrs(trial._trial_id).get(POINT_ATTR) or {}
         if claim.get("speculative"):
             trial.set_user_attr("speculative", True)
             callbacks.append(PointlessCheck(trial, self.spec, ladder.Point(targets, r, seed)))
+        tuned = {k.partition(".")[2]: v for k, v in overrides.items()}
         try:
             result = run_trial(run, cache=self.cache, client=self.client, experiment_id=self.experiment_id,
                                parent_run_id=self.parent_run_id, callbacks=callbacks,
@@ -84,7 +81,8 @@ class Objective:
                                learn_margin=self.cfg.search.learn_margin,
                                tags={"optuna_trial": trial.number, "optuna_study": trial.study.study_name,
                                      "worker": f"{socket.gethostname()}:{os.getpid()}"
-                                     + ("" if self.cfg.worker is None else f" ({self.cfg.worker})")},
+                                     + ("" if self.cfg.worker is None else f" ({self.cfg.worker})"),
+                                     **({"tuned": json.dumps(tuned, sort_keys=True)} if tuned else {})},
                                on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         except optuna.TrialPruned:
             raise
@@ -99,9 +97,23 @@ class Objective:
         for key, value in {**c.as_metrics(), "train_seconds": result.train_seconds, "mlflow_run_id": result.run_id,
                            "not_learning": result.not_learning, "baseline_score": result.baseline_score,
                            "alpha": run.lora.lora_alpha, "lr": run.trainer.lr, "train_steps": result.train_steps,
-                           "score_metric": result.metric}.items():
+                           "score_metric": result.metric, "score_epoch": result.score_epoch,
+                           # the trial's own resolved config: the preset rank-sweep-select writes retrains this
+                           "config": {k: v for k, v in resolved_config(run).items() if k in TRIAL_SECTIONS}}.items():
             trial.set_user_attr(key, value)
         return result.score
+
+    def _suggest_tpe(self, trial: optuna.Trial):
+        """TPE's point: target set, rank, the learning rate, and alpha_k where it acts (the ``scaled`` policy;
+        under ``fixed``/``rslora`` alpha is the constant the config names). The seed is the config's, stored on
+        the trial so that records and the preset carry it."""
+        targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
+        r = trial.suggest_categorical("r", self.dists["r"].choices)
+        overrides = {"trainer.lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True)}
+        if self.cfg.lora.alpha_policy == "scaled":
+            overrides["lora.alpha_k"] = trial.suggest_float("alpha_k", 0.5, 8.0, log=True)
+        trial.set_user_attr("seed", self.cfg.seed)
+        return targets, r, self.cfg.seed, overrides
 
 
 def _pruning_callback(trial, monitor):

@@ -53,27 +53,77 @@ def open_storage(url: str, heartbeat_seconds: int = 30):
         ) from None
 
 
-def search_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
-    """What a resumed study must share with the stored one."""
+# Keys of the resolved trial config that cannot change what a trial scores: where results are written and
+# logged, how progress shows, the worker's label and thread count (float rounding only), and the point itself
+# (every trial sets its own targets, rank and seed). The search section enters only through PLAN_KEYS: its
+# stop rules (patience, min_delta, noise_k, budgets, ...) decide which points run, not what a point scores, so
+# they may change on a resumed study.
+NOT_RESULT_KEYS = ("tracking", "output_dir", "save_adapter", "worker", "trainer.progress_bar", "trainer.num_threads",
+                   "search", "lora.r", "lora.targets", "lora.full_finetune", "seed")
+FINGERPRINT_ATTR = "config_fingerprint"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
+    """Every value a trial's result depends on: the resolved trial config (precision resolved, data folder
+    absolute) minus :data:`NOT_RESULT_KEYS`, the plan's shape and learning margin, and the data files'
+    sha256. Two studies with the same fingerprint train the same trial the same way."""
+    from rank_sweep.train.data import data_digest  # the training path only: select never computes this
+    from rank_sweep.train.trial import resolved_config
+
+    flat = _flatten(resolved_config(cfg))
+    out = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_RESULT_KEYS)}
+    out.update({"search.strategy": cfg.search.strategy, "search.target_sets": spec.target_sets,
+                "search.extend_target_sets": spec.extend_sets if spec.extend else [], "search.ranks": spec.ranks,
+                "search.seeds": spec.seeds, "search.learn_margin": cfg.search.learn_margin,
+                "search.pruner": cfg.search.pruner, "search.include_full_finetune": spec.include_full})
+    out.update({f"data.{k}": v for k, v in data_digest(cfg.task).items()})
+    return json.loads(json.dumps(out))
+
+
+def _legacy_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
+    """What studies made before the full fingerprint stored (attr ``fingerprint``)."""
     return {"targets": spec.target_sets, "extend": spec.extend_sets, "ranks": spec.ranks, "seeds": spec.seeds,
             "task": cfg.task.name, "model": cfg.model.name_or_path, "strategy": cfg.search.strategy,
             "alpha_policy": cfg.lora.alpha_policy, "lr": cfg.trainer.lr, "epochs": cfg.trainer.epochs,
             "max_train_samples": cfg.task.max_train_samples, "max_seq_length": cfg.task.max_seq_length}
 
 
-def load_or_create_study(cfg: RunConfig, spec: ladder.LadderSpec, storage_url: str, storage=None) -> optuna.Study:
+def _refuse(study, storage_url: str, stored: dict, now: dict) -> None:
+    diff = sorted(k for k in set(stored) | set(now) if stored.get(k, "(unset)") != now.get(k, "(unset)"))
+    if diff:
+        shown = "; ".join(f"{k}={stored.get(k, '(unset)')!r}, now {now.get(k, '(unset)')!r}" for k in diff[:6])
+        more = f"; and {len(diff) - 6} more" if len(diff) > 6 else ""
+        raise RankSweepError(
+            f"study {study.study_name!r} in {redact(storage_url)} was run with other settings ({shown}{more}): "
+            f"set search.study_name to start a new study, or rerun with the stored values"
+        )
+
+
+def load_or_create_study(cfg: RunConfig, spec: ladder.LadderSpec, storage_url: str, storage=None,
+                         fingerprint: dict | None = None) -> optuna.Study:
+    """The study named ``cfg.study_name()``, created if new; a stored study whose fingerprint differs from this
+    config's is refused in one line that names every changed key."""
     storage = storage or open_storage(storage_url, cfg.search.heartbeat_seconds)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed) if cfg.search.strategy == "tpe" else LadderSampler(spec)
     study = optuna.create_study(study_name=cfg.study_name(), storage=storage, direction=cfg.task.direction,
                                 sampler=sampler, pruner=make_pruner(cfg.search.pruner), load_if_exists=True)
-    fingerprint = json.loads(json.dumps(search_fingerprint(cfg, spec)))
-    stored = study.user_attrs.get("fingerprint")
-    if stored is None:
-        study.set_user_attr("fingerprint", fingerprint)
-    elif stored != fingerprint:
-        diff = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k])
-        raise RankSweepError(
-            f"study {study.study_name!r} in {redact(storage_url)} was run with other settings "
-            f"({', '.join(f'{k}={stored.get(k)!r}' for k in diff)}): set search.study_name to start a new study"
-        )
+    fingerprint = fingerprint if fingerprint is not None else study_fingerprint(cfg, spec)
+    stored = study.user_attrs.get(FINGERPRINT_ATTR)
+    if stored is not None:
+        _refuse(study, storage_url, stored, fingerprint)
+        return study
+    legacy = study.user_attrs.get("fingerprint")  # a study from before: check what it kept, then keep it all
+    if legacy is not None:
+        _refuse(study, storage_url, legacy, json.loads(json.dumps(_legacy_fingerprint(cfg, spec))))
+    study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
     return study

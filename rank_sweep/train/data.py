@@ -143,10 +143,13 @@ def _read_file(path: str, fmt: str, kind: str, layout: dict, cache_dir: str | No
     return ds
 
 
-def _file_splits(task: TaskConfig, layout: dict, cache_dir: str | None) -> tuple[dict, dict]:
+def data_files(task: TaskConfig) -> dict[str, str] | None:
+    """The train and validation files a task reads (absolute paths), or None when it reads the Hub."""
+    if task.source == "hub" or (task.source == "glue" and task.resolved_data_dir() is None):
+        return None
     if task.source == "glue":
         folder = task.resolved_data_dir()
-        files = {"train": "train.tsv", "validation": layout.get("dev", "dev.tsv")}
+        files = {"train": "train.tsv", "validation": _layout(task).get("dev", "dev.tsv")}
         if not os.path.isdir(folder):
             raise DataError(
                 f"GLUE folder {folder!r} for task {task.name} does not exist: expected a folder with "
@@ -159,6 +162,31 @@ def _file_splits(task: TaskConfig, layout: dict, cache_dir: str | None) -> tuple
             "train": os.path.join(base, os.path.expanduser(task.train_file)),
             "validation": os.path.join(base, os.path.expanduser(task.validation_file)),
         }
+    return {k: os.path.abspath(v) for k, v in paths.items()}
+
+
+def data_digest(task: TaskConfig) -> dict[str, str]:
+    """What the data a trial trains and scores on is: the sha256 of each file, or the Hub dataset's name."""
+    import hashlib
+
+    files = data_files(task)
+    if files is None:
+        return {"hub": f"{task.hub_path}/{task.hub_config}"}
+    out = {}
+    for split, path in files.items():
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            continue  # load_splits reports a missing file in its own words
+        out[f"{split}_sha256"] = h.hexdigest()
+    return out
+
+
+def _file_splits(task: TaskConfig, layout: dict, cache_dir: str | None) -> tuple[dict, dict]:
+    paths = data_files(task)
     kinds = {"train": f"training file of task {task.name}", "validation": f"validation file of task {task.name}"}
     layout = layout if task.source == "glue" else {}
     loaded = {k: _read_file(p, task.source, kinds[k], layout, cache_dir) for k, p in paths.items()}

@@ -91,6 +91,8 @@ class WorkerCache:
                 tok.pad_token = tok.eos_token
             model.config.pad_token_id = tok.pad_token_id
             self._models[key] = (tok, model, lora.num_params(model))
+        tok, model, _ = self._models[key]
+        check_seq_length(cfg, tok, model)  # on every call: configs sharing a cached model differ in length
         return self._models[key]
 
     def splits(self, cfg: RunConfig, tokenizer):
@@ -102,6 +104,34 @@ class WorkerCache:
         return self._data[key]
 
 DEFAULT_CACHE = WorkerCache()
+
+
+def max_tokens(tokenizer, model: torch.nn.Module) -> int | None:
+    """The longest input ``model`` takes: its position table, less RoBERTa's offset (positions start
+    after ``padding_idx``, so 514 rows hold 512 tokens), or the tokenizer's own limit if smaller.
+    None when neither says (a tokenizer without a limit reports a huge sentinel, ~1e30)."""
+    limits = []
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        offset = next((m.padding_idx + 1 for n, m in model.named_modules()
+                       if n.endswith("position_embeddings") and isinstance(m, torch.nn.Embedding)
+                       and m.num_embeddings == positions and m.padding_idx is not None), 0)
+        limits.append(positions - offset)
+    own = getattr(tokenizer, "model_max_length", None)
+    if isinstance(own, int) and 0 < own < 1_000_000:
+        limits.append(own)
+    return min(limits) if limits else None
+
+
+def check_seq_length(cfg: RunConfig, tokenizer, model: torch.nn.Module) -> None:
+    """Refuse a ``task.max_seq_length`` the model cannot take before a trial trains: past the
+    position table, a long enough input fails mid-training with an index error."""
+    limit = max_tokens(tokenizer, model)
+    if limit is not None and cfg.task.max_seq_length > limit:
+        raise ConfigError(
+            f"task.max_seq_length={cfg.task.max_seq_length} is not valid: model {cfg.model.name_or_path} takes "
+            f"at most {limit} tokens; set task.max_seq_length <= {limit}"
+        )
 
 
 def fresh_model(base: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -33,6 +33,12 @@ FAMILY_ROLES: dict[str, dict[str, str]] = {
         "Wup": _L + r"intermediate\.dense",
         "Wdown": _L + r"layer\.\d+\.output\.dense",
     },
+    "deberta": {  # DeBERTa v1: q, k, v are one fused in_proj
+        "Wqkv": _L + r"attention\.self\.in_proj",
+        "Wo": _L + r"attention\.output\.dense",
+        "Wup": _L + r"intermediate\.dense",
+        "Wdown": _L + r"layer\.\d+\.output\.dense",
+    },
     "deberta-v2": {
         "Wq": _L + r"attention\.self\.query_proj",
         "Wk": _L + r"attention\.self\.key_proj",
@@ -58,6 +64,17 @@ FAMILY_ROLES: dict[str, dict[str, str]] = {
         "Wup": _L + r"ffn\.lin1",
         "Wdown": _L + r"ffn\.lin2",
     },
+    "phi3": {  # q, k, v fused in qkv_proj; gate and up fused in gate_up_proj
+        "Wqkv": _L + r"self_attn\.qkv_proj",
+        "Wo": _L + r"self_attn\.o_proj",
+        "Wdown": _L + r"mlp\.down_proj",
+    },
+    "mixtral": {  # attention only: the MLP lives in mlp.experts (see _NOT_LINEAR)
+        "Wq": _L + r"self_attn\.q_proj",
+        "Wk": _L + r"self_attn\.k_proj",
+        "Wv": _L + r"self_attn\.v_proj",
+        "Wo": _L + r"self_attn\.o_proj",
+    },
     "gpt2": {
         "Wqkv": _L + r"attn\.c_attn",
         "Wo": _L + r"attn\.c_proj",
@@ -68,13 +85,52 @@ FAMILY_ROLES: dict[str, dict[str, str]] = {
 # model_type -> family whose module names it shares
 FAMILY_OF = {
     "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "camembert": "bert",
-    "deberta-v2": "deberta-v2", "deberta": "deberta-v2",
+    "deberta-v2": "deberta-v2", "deberta": "deberta",
     "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama",
-    "gemma2": "llama", "phi3": "llama", "mixtral": "llama",
+    "gemma2": "llama", "phi3": "phi3", "mixtral": "mixtral",
     "distilbert": "distilbert",
     "gpt2": "gpt2",
 }
-_FUSED = {"gpt2": "c_attn"}
+_QKV = ("Wq", "Wk", "Wv")
+# family -> role -> the one matrix that role shares with others: adapting it adapts them all, so a role
+# alone is refused rather than silently widened to its neighbours
+_FUSED: dict[str, dict[str, str]] = {
+    "gpt2": dict.fromkeys(_QKV, "c_attn"),
+    "deberta": dict.fromkeys(_QKV, "in_proj"),
+    "phi3": {**dict.fromkeys(_QKV, "qkv_proj"), **dict.fromkeys(("Wgate", "Wup"), "gate_up_proj")},
+}
+# family -> role -> the module holding it as 3-D parameters (one slice per expert): transformers 5 stores
+# Mixtral's experts this way, not as nn.Linear, so PEFT's target_modules cannot wrap them, and the counts
+# (r * (d_in + d_out)) and spectra here assume one 2-D matrix per adapted module
+_NOT_LINEAR: dict[str, dict[str, str]] = {
+    "mixtral": dict.fromkeys(("Wup", "Wdown", "Wgate"), "mlp.experts"),
+}
+
+
+def _missing_role(fam: str, target: str) -> ConfigError:
+    """Why ``target`` has no module of its own in family ``fam``, and what to name instead."""
+    roles = FAMILY_ROLES[fam]
+    fused = _FUSED.get(fam, {}).get(target)
+    if fused is not None:
+        parts = [r for r, m in _FUSED[fam].items() if m == fused]
+        together = f"{', '.join(parts[:-1])} and {parts[-1]}"
+        use = f"the module name {fused}"
+        if target in _QKV and "Wqkv" in roles:
+            use = f"the role Wqkv (or {use})"
+        return ConfigError(
+            f"lora.targets: role {target} cannot be adapted alone on {fam}: it fuses {together} "
+            f"into one matrix '{fused}'; use {use}"
+        )
+    holder = _NOT_LINEAR.get(fam, {}).get(target)
+    if holder is not None:
+        return ConfigError(
+            f"lora.targets: role {target} cannot be adapted on {fam}: its MLP weights are per-expert 3-D "
+            f"parameters of '{holder}' (transformers 5), not linear modules LoRA can wrap; adapt the attention "
+            f"roles {', '.join(roles)}"
+        )
+    return ConfigError(
+        f"lora.targets: role {target} does not exist in model family {fam}: valid roles are {', '.join(roles)}"
+    )
 
 
 def family_of(model: nn.Module, override: str | None = None) -> str:
@@ -135,15 +191,7 @@ def plan_targets(model: nn.Module, targets: list[str], family: str | None = None
             fam = fam or family_of(model, family)
             roles = FAMILY_ROLES[fam]
             if target not in roles:
-                if fam in _FUSED and target in ("Wq", "Wk", "Wv"):
-                    raise ConfigError(
-                        f"lora.targets: role {target} cannot be adapted alone on {fam}: it fuses Wq, Wk and Wv "
-                        f"into one matrix '{_FUSED[fam]}'; use the role Wqkv (or the module name {_FUSED[fam]})"
-                    )
-                raise ConfigError(
-                    f"lora.targets: role {target} does not exist in model family {fam}: valid roles are "
-                    f"{', '.join(roles)}"
-                )
+                raise _missing_role(fam, target)
             patterns[target] = roles[target]
         elif re.fullmatch(r"W[a-z]+", target):
             raise ConfigError(f"lora.targets: unknown role {target!r}: valid roles are {', '.join(ROLES)}")
@@ -183,7 +231,7 @@ def wrap(model: nn.Module, cfg: LoraConfig, family: str | None = None, plan: Tar
 
     plan = plan or plan_targets(model, cfg.targets, family)
     check_rank_fits(plan, cfg.r)
-    init = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "loftq": "loftq"}[cfg.init]
+    init = {"default": True, "gaussian": "gaussian"}[cfg.init]  # LoraConfig refuses the rest
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.lora_alpha,

@@ -26,6 +26,7 @@ from rank_sweep.config import RunConfig, targets_key
 from rank_sweep.train import lora
 from rank_sweep.train.batches import GlueDataModule
 from rank_sweep.train.callbacks import BestEpoch, EpochLogger
+from rank_sweep.train.data import data_files
 from rank_sweep.train.export import export_adapter
 from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
 from rank_sweep.train.metrics import baseline_score
@@ -46,6 +47,7 @@ class TrialResult:
     history: list[dict] = field(default_factory=list)
     run_id: str | None = None
     train_steps: int = 0
+    score_epoch: int = 0  # the epoch scored: the best one with early stopping, else the last
 
 
 
@@ -128,7 +130,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         if on_run is not None:
             on_run(run_id)
         if cfg.tracking.log_config_artifact:
-            client.log_dict(run_id, _config_dict(cfg), "config.json")
+            client.log_dict(run_id, resolved_config(cfg), "config.json")
         tracking.log(client, run_id, metrics={**counts.as_metrics(), "rank": params["r"], "baseline_score": baseline})
         fit = _fit(cfg, model, tok, tokenized, EpochLogger(client, run_id), callbacks, t0)
         score, not_learning = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id, cache)
@@ -145,7 +147,8 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
     except Exception as e:
         raise tracking.store_failed(uri, f"closing the run of {name}", e) from e
     return TrialResult(score, cfg.task.metric, fit.metrics, counts, fit.train_seconds, fit.setup_seconds, baseline,
-                       not_learning, fit.module.constant_predictions, fit.module.history, run_id, fit.steps)
+                       not_learning, fit.module.constant_predictions, fit.module.history, run_id, fit.steps,
+                       fit.score_epoch)
 
 
 @dataclass
@@ -249,8 +252,19 @@ def record_spectra(model, plan: lora.TargetPlan, client, run_id: str, output_dir
     return spectra.summarize_spectra(rows)
 
 
-def _config_dict(cfg: RunConfig) -> dict:
+def resolved_config(cfg: RunConfig) -> dict:
+    """The config as the trial ran it, reproducible elsewhere: the data location absolute (GLUE folder, or the
+    csv/jsonl files), the precision resolved on this machine, credentials redacted. Logged as ``config.json``
+    and stored on the Optuna trial (user attr ``config``); ``rank-sweep-select`` writes its preset from it."""
     d = asdict(cfg)
+    task = d["task"]
+    if cfg.task.source == "glue" and cfg.task.resolved_data_dir():
+        task["data_dir"] = os.path.abspath(os.path.expanduser(cfg.task.resolved_data_dir()))
+    elif cfg.task.source in ("csv", "jsonl"):
+        files = data_files(cfg.task)
+        task["data_dir"], task["train_file"], task["validation_file"] = None, files["train"], files["validation"]
+    d["trainer"]["precision"] = resolve_precision(cfg)
     d["tracking"]["uri"] = tracking.redact(cfg.tracking.resolved_uri())
     d["search"]["storage"] = tracking.redact(d["search"]["storage"])
     return d
+

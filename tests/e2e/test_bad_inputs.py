@@ -21,8 +21,10 @@ CASES = [
      ["In 'config': Could not find 'task/nope'", "Available options in 'task':", "\tsst2"], False),
     ("unknown-model-group", ["model=nope"], 1,
      ["In 'config': Could not find 'model/nope'", "Available options in 'model':", "\tminilm_l6"], False),
-    ("misspelled-key-without-plus", ["search.max_rnak=8"], 1,
-     ["Could not override 'search.max_rnak'.", "To append to your config use +search.max_rnak=8"], False),
+    ("misspelled-key-without-plus", ["search.max_rnak=8"], 2,
+     ["rank-sweep: error: search.max_rnak is not a known key: did you mean search.max_rank?"], True),
+    ("lightning-name-for-a-key", ["trainer.max_epochs=1", "task=nope"], 1,  # the alias is read, then Hydra speaks
+     ["rank-sweep: note: trainer.max_epochs read as trainer.epochs", "In 'config': Could not find 'task/nope'"], False),
     ("cli-ladder-not-increasing", ["search.ladder=[4,2]"], 2,
      ["rank-sweep: error: search.ladder=[4, 2] is not valid: ranks must be strictly increasing"], True),
     ("storage-credentials", ["search.storage=postgresql://alice:s3cret@127.0.0.1:1/db"], 2,

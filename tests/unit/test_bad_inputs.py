@@ -72,6 +72,18 @@ CASES = [
     ("unknown-search-key", ["+search.max_rnak=8"], None,
      "search.max_rnak is not a known key: valid keys are budget"),
     ("negative-lr", ["trainer.lr=-1"], None, "trainer.lr=-1 is not valid: it must be > 0"),
+    # issue #13: inputs that used to get through or fail with a traceback
+    ("init-changes-the-base", ["lora.init=pissa"], None,
+     "lora.init='pissa' is not supported: it rewrites the base weights"),
+    ("init-needs-quantized-base", ["lora.init=loftq"], None, "lora.init='loftq' is not supported"),
+    ("several-devices", ["trainer.devices=2"], None,
+     "trainer.devices=2 is not valid: a trial runs on one device"),
+    ("seq-length-over-the-model", ["task.max_seq_length=100000"], None,
+     "task.max_seq_length=100000 is not valid: model {model} takes at most 64 tokens"),
+    ("fused-role-alone", ["model.family=phi3", "search.target_sets=[[Wq]]"], None,
+     "lora.targets: role Wq cannot be adapted alone on phi3: it fuses Wq, Wk and Wv into one matrix 'qkv_proj'"),
+    ("rank-budget-below-the-first-rung", ["search.budget.max_rank=1", "search.ladder=[2,4]"], None,
+     "search.budget.max_rank=1 is below the first rung r=2"),
     # model
     ("model-folder-missing", ["model.name_or_path={tmp}/no_model"], None, "model.name_or_path='{tmp}/no_model' is not valid: folder '{tmp}/no_model' does not exist"),
     # data files
@@ -146,7 +158,7 @@ def test_bad_input_fails_in_one_line_before_training(tiny_model_dir, data_dir, t
 
     monkeypatch.setattr(pl.Trainer, "fit", no_training)
     monkeypatch.setattr(study_objective, "run_trial", no_training)
-    fill = {"tmp": str(tmp_path), "data": str(data_dir)}
+    fill = {"tmp": str(tmp_path), "data": str(data_dir), "model": tiny_model_dir}
     base = toy_overrides(tiny_model_dir, str(data_dir), tmp_path) + SWEEP + [
         f"search.storage=sqlite:///{tmp_path}/optuna.db"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

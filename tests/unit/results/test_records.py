@@ -165,10 +165,24 @@ def test_aggregate_not_learning_only_when_every_seed_is_stuck():
 
 
 def test_aggregate_keeps_record_order_of_numbers_and_sorts_configs():
-    records = [_rec(9, "Wq,Wv", 2, 0.9), _rec(3, "Wq", 8, 0.8), _rec(1, "Wq,Wv", 2, 0.8), _rec(5, "Wq", 2, 0.7)]
+    records = [_rec(9, "Wq,Wv", 2, 0.9, seed=1), _rec(3, "Wq", 8, 0.8), _rec(1, "Wq,Wv", 2, 0.8), _rec(5, "Wq", 2, 0.7)]
     out = aggregate(records)
     assert [(s.targets, s.r) for s in out] == [("Wq", 2), ("Wq", 8), ("Wq,Wv", 2)]
     assert out[2].numbers == (9, 1)
+
+
+def test_a_point_finished_twice_counts_once_as_in_the_ladder():
+    records = [_rec(1, "Wq", 2, 0.8), _rec(4, "Wq", 2, 0.6), _rec(5, "Wq", 2, 0.7, seed=1)]
+    [s] = aggregate(records)
+    assert (s.n, s.numbers, s.mean) == (2, (1, 5), pytest.approx(0.75))
+
+
+def test_tuned_values_make_separate_configurations_not_seed_noise():
+    # issue #13.5: TPE draws of lr at one (targets, r) were pooled and their spread called seed noise
+    a = TrialRecord(1, "Wq", 4, 0, "COMPLETE", 0.8, 10, 20, 1.0, tuned=(("lr", 1e-3),))
+    b = TrialRecord(2, "Wq", 4, 0, "COMPLETE", 0.6, 10, 20, 1.0, tuned=(("lr", 3e-4),))
+    out = aggregate([a, b])
+    assert [(s.n, s.mean, s.label) for s in out] == [(1, 0.6, "Wq r=4 lr=0.0003"), (1, 0.8, "Wq r=4 lr=0.001")]
 
 
 def test_labels_name_rank_or_full_fine_tuning():

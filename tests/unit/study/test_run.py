@@ -17,6 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 from rank_sweep.config import Budget, RunConfig, SearchConfig
 from rank_sweep.errors import RankSweepError, TrackingError
+from rank_sweep.study import storage as study_storage
 from rank_sweep.study.objective import distributions
 from rank_sweep.study.plan import Point
 from rank_sweep.study.run import StopWhenDone, build_spec, stop_reason
@@ -356,7 +357,7 @@ def test_distributions_cover_every_point(search, targets, ranks, seeds):
     [
         ({"ladder": [1, 2, 4]}, "ranks", "sqlite:///{}/optuna.db"),
         ({"seeds": 2}, "seeds", "{}/optuna.journal"),
-        ({"target_sets": [[WQ]]}, "targets", "{}/optuna.journal"),
+        ({"target_sets": [[WQ]]}, "target_sets", "{}/optuna.journal"),
     ],
 )
 def test_changed_settings_on_the_same_study_are_refused(tmp_path, change, key, store):
@@ -371,7 +372,7 @@ def test_changed_settings_on_the_same_study_are_refused(tmp_path, change, key, s
     msg = str(err.value)
     assert f"{key}=" in msg and "search.study_name" in msg
     assert "\n" not in msg
-    others = {"ranks", "seeds", "targets"} - {key}
+    others = {"ranks", "seeds", "target_sets"} - {key}
     assert not any(f"{k}=" in msg for k in others)
 
     changed.search.study_name = "another"  # a new name starts a new study
@@ -383,7 +384,7 @@ def test_changed_trainer_setting_is_refused(tmp_path):
     cfg = make_cfg()
     load_or_create_study(cfg, build_spec(cfg), url)
     cfg.trainer.lr = 1e-3
-    with pytest.raises(RankSweepError, match=r"\(lr=0.0005\)"):
+    with pytest.raises(RankSweepError, match=r"\(trainer\.lr=0\.0005, now 0\.001\)"):
         load_or_create_study(cfg, build_spec(cfg), url)
 
 
@@ -431,3 +432,62 @@ def test_default_storage_sits_beside_the_mlflow_db(monkeypatch, uri, env, expect
     cfg = RunConfig()
     cfg.tracking.uri = uri
     assert cfg.storage_url() == expected
+
+
+@pytest.mark.parametrize(
+    "change, shown",
+    [  # issue #13.2: each of these used to be pooled with the stored trials without a word
+        (lambda c: setattr(c.lora, "alpha_k", 4.0), "lora.alpha_k=2.0, now 4.0"),
+        (lambda c: setattr(c.lora, "dropout", 0.1), "lora.dropout=0.05, now 0.1"),
+        (lambda c: setattr(c.trainer, "batch_size", 16), "trainer.batch_size=32, now 16"),
+        (lambda c: setattr(c.trainer, "weight_decay", 0.1), "trainer.weight_decay=0.01, now 0.1"),
+        (lambda c: setattr(c.trainer, "warmup_ratio", 0.1), "trainer.warmup_ratio=0.06, now 0.1"),
+        (lambda c: setattr(c.trainer, "precision", "32-true"), "trainer.precision="),
+        (lambda c: setattr(c.trainer, "early_stopping_patience", 2), "trainer.early_stopping_patience=None, now 2"),
+        (lambda c: setattr(c.task, "max_eval_samples", 100), "task.max_eval_samples=None, now 100"),
+        (lambda c: setattr(c.lora, "alpha_policy", "rslora"), "lora.alpha_policy='scaled', now 'rslora'"),
+    ],
+)
+def test_every_value_a_result_depends_on_is_fingerprinted(tmp_path, change, shown):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    cfg = make_cfg()
+    cfg.trainer.precision = "bf16-mixed"  # resolved either way: the same on any machine
+    load_or_create_study(cfg, build_spec(cfg), url)
+    change(cfg)
+    with pytest.raises(RankSweepError) as err:
+        load_or_create_study(cfg, build_spec(cfg), url)
+    assert shown in str(err.value) and "search.study_name" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_decision_rules_output_paths_and_budgets_may_change_on_resume(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    cfg = make_cfg()
+    load_or_create_study(cfg, build_spec(cfg), url)
+    cfg.search.min_delta, cfg.search.patience, cfg.search.budget.max_trials = 0.02, 3, 5
+    cfg.output_dir, cfg.trainer.progress_bar, cfg.worker, cfg.tracking.uri = str(tmp_path), False, "w1", "sqlite:///x.db"
+    assert load_or_create_study(cfg, build_spec(cfg), url).study_name == cfg.study_name()
+
+
+def test_changed_data_files_are_refused(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("sentence,label\na,0\nb,1\n")
+    (data / "dev.csv").write_text("sentence,label\na,0\n")
+    cfg = make_cfg()
+    cfg.task.source, cfg.task.data_dir, cfg.task.train_file, cfg.task.validation_file = "csv", str(data), "train.csv", "dev.csv"
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    load_or_create_study(cfg, build_spec(cfg), url)
+    (data / "train.csv").write_text("sentence,label\na,1\nb,0\n")
+    with pytest.raises(RankSweepError, match="data.train_sha256="):
+        load_or_create_study(cfg, build_spec(cfg), url)
+
+
+def test_a_study_from_before_the_full_fingerprint_is_checked_on_what_it_kept(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    cfg = make_cfg()
+    study = optuna.create_study(study_name=cfg.study_name(), storage=url, direction="maximize")
+    study.set_user_attr("fingerprint", study_storage._legacy_fingerprint(cfg, build_spec(cfg)))
+    assert study_storage.FINGERPRINT_ATTR in load_or_create_study(cfg, build_spec(cfg), url).user_attrs
+    cfg.trainer.lr = 1e-3
+    with pytest.raises(RankSweepError, match=r"trainer\.lr=0\.0005, now 0\.001"):
+        load_or_create_study(cfg, build_spec(cfg), url)

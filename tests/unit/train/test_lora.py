@@ -12,6 +12,8 @@ from torch import nn
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    DebertaConfig,
+    DebertaForSequenceClassification,
     DebertaV2Config,
     DebertaV2ForSequenceClassification,
     DistilBertConfig,
@@ -20,6 +22,10 @@ from transformers import (
     GPT2ForSequenceClassification,
     LlamaConfig,
     LlamaForSequenceClassification,
+    MixtralConfig,
+    MixtralForSequenceClassification,
+    Phi3Config,
+    Phi3ForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -63,6 +69,31 @@ def make_deberta():
     )
 
 
+def make_deberta_v1():
+    # relative attention as in deberta-base: adds pos_proj / pos_q_proj, which no role may pick up
+    return DebertaForSequenceClassification(
+        DebertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, relative_attention=True,
+                      pos_att_type=["c2p", "p2c"])
+    )
+
+
+def make_phi3():
+    return Phi3ForSequenceClassification(
+        Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                   bos_token_id=1, eos_token_id=2)
+    )
+
+
+def make_mixtral():
+    return MixtralForSequenceClassification(
+        MixtralConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      num_local_experts=2, num_experts_per_tok=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    )
+
+
 def make_llama():
     # GQA: 4 query heads of size 8, 2 key/value heads -> k_proj, v_proj are 32 -> 16
     return LlamaForSequenceClassification(
@@ -96,6 +127,16 @@ FAMILIES = {
         "Wq": "attention.self.query_proj", "Wk": "attention.self.key_proj", "Wv": "attention.self.value_proj",
         "Wo": "attention.output.dense", "Wup": "intermediate.dense", "Wdown": "output.dense",
     }, ["classifier"]),
+    "deberta": (make_deberta_v1, "deberta.encoder.layer.{i}.", {
+        "Wqkv": "attention.self.in_proj", "Wo": "attention.output.dense", "Wup": "intermediate.dense",
+        "Wdown": "output.dense",
+    }, ["classifier"]),
+    "phi3": (make_phi3, "model.layers.{i}.", {
+        "Wqkv": "self_attn.qkv_proj", "Wo": "self_attn.o_proj", "Wdown": "mlp.down_proj",
+    }, ["score"]),
+    "mixtral": (make_mixtral, "model.layers.{i}.", {
+        "Wq": "self_attn.q_proj", "Wk": "self_attn.k_proj", "Wv": "self_attn.v_proj", "Wo": "self_attn.o_proj",
+    }, ["score"]),
     "llama": (make_llama, "model.layers.{i}.", {
         "Wq": "self_attn.q_proj", "Wk": "self_attn.k_proj", "Wv": "self_attn.v_proj", "Wo": "self_attn.o_proj",
         "Wup": "mlp.up_proj", "Wdown": "mlp.down_proj", "Wgate": "mlp.gate_proj",
@@ -180,6 +221,9 @@ def test_family_detection_and_the_family_role_table_agree():
     assert family_of(build("llama")) == "llama"
     assert family_of(build("gpt2")) == "gpt2"
     assert family_of(build("distilbert")) == "distilbert"
+    for fam in ("deberta", "phi3", "mixtral"):  # each has its own map, not a look-alike's
+        assert family_of(build(fam)) == fam
+        assert set(FAMILY_ROLES[fam]) == set(FAMILIES[fam][2])
 
 
 def test_llama_gqa_key_value_are_smaller_than_query():
@@ -324,6 +368,9 @@ TARGET_SETS = {
     "llama": [["Wq", "Wv"], ["Wk", "Wv"], ["Wq", "Wk", "Wv", "Wo", "Wup", "Wdown", "Wgate"]],
     "gpt2": [["Wqkv"], ["Wqkv", "Wo", "Wup", "Wdown"]],
     "distilbert": [["Wq", "Wv"], ["Wo", "Wup", "Wdown"]],
+    "deberta": [["Wqkv"], ["Wqkv", "Wo", "Wup", "Wdown"]],
+    "phi3": [["Wqkv"], ["Wqkv", "Wo", "Wdown"]],
+    "mixtral": [["Wq", "Wv"], ["Wq", "Wk", "Wv", "Wo"]],
 }
 COUNT_CASES = [(fam, r, ts) for fam, sets in TARGET_SETS.items() for ts in sets for r in (1, 2, 8)]
 
