@@ -50,7 +50,7 @@ FULL = "full"  # the targets of a full fine-tuning trial (r=0): the one definiti
 
 
 @cache
-def _yaml(relpath: str) -> dict:
+def conf_yaml(relpath: str) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(os.path.join(CONF_DIR, relpath)), resolve=False)
@@ -61,7 +61,7 @@ def _option(group: str, option: str) -> dict:
     (``search/grid.yaml`` starts from ``ladder``), as Hydra composes it."""
     from omegaconf import OmegaConf
 
-    data = _yaml(f"{group}/{option}.yaml")
+    data = conf_yaml(f"{group}/{option}.yaml")
     merged = OmegaConf.create({})
     for entry in data.get("defaults", []):
         if isinstance(entry, str) and entry != "_self_":
@@ -74,11 +74,11 @@ def _option(group: str, option: str) -> dict:
 def option_defaults(group: str | None) -> dict:
     """The values of the option ``conf/config.yaml`` picks for ``group`` (its root keys for None;
     ``select``: the ``select`` node of ``conf/select.yaml``)."""
-    root = _yaml("config.yaml")
+    root = conf_yaml("config.yaml")
     if group is None:
         return {k: v for k, v in root.items() if k not in ("defaults", "hydra")}
     if group == "select":
-        return _yaml("select.yaml")["select"]
+        return conf_yaml("select.yaml")["select"]
     option = next(e[group] for e in root["defaults"] if isinstance(e, dict) and group in e)
     return _option(group, option)
 

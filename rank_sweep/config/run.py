@@ -47,6 +47,7 @@ class SearchConfig:
     include_full_finetune: bool = default("search", "include_full_finetune")
     pruner: str = default("search", "pruner")
     n_trials: int | None = default("search", "n_trials")  # tpe only: trials to sample
+    tpe_lr_range: list[float] = default("search", "tpe_lr_range")  # tpe only: [low, high] of the lr it draws
     max_retries: int = default("search", "max_retries")
     max_consecutive_failures: int = default("search", "max_consecutive_failures")
     # a RUNNING trial whose worker sent no heartbeat for this long is failed and retried (RDB storage only)
@@ -97,6 +98,10 @@ class SearchConfig:
                 f"beats every heartbeat_seconds/3 s, at least every second)"
             )
         check_rank(self.extend_max_rank, "search.extend_max_rank")
+        lr = self.tpe_lr_range
+        if (not isinstance(lr, (list, tuple)) or len(lr) != 2 or not all(isinstance(x, (int, float)) for x in lr)
+                or not 0 < lr[0] < lr[1]):
+            raise ConfigError(f"search.tpe_lr_range={lr!r} is not valid: give [low, high] with 0 < low < high")
 
     @property
     def ranks(self) -> list[int]:

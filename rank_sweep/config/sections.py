@@ -19,6 +19,7 @@ from rank_sweep.config.base import (
     PRECISIONS,
     TASK_SOURCES,
     check_rank,
+    conf_yaml,
     default,
     is_int,
     one_of,
@@ -40,6 +41,24 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.name_or_path or not isinstance(self.name_or_path, str):
             raise ConfigError(f"model.name_or_path={self.name_or_path!r} is not valid: give a hub id or a local folder")
+
+    @property
+    def label(self) -> str:
+        """The model trained, as runs name it (MLflow param ``model``): the preset's name when its
+        ``name_or_path`` is the preset's own, else the hub id or the folder's name, so two different
+        models never look the same in the MLflow UI."""
+        try:
+            preset = conf_yaml(f"model/{self.name}.yaml").get("name_or_path")
+        except OSError:  # no such preset: a name given on the command line
+            preset = None
+        if preset == self.name_or_path:
+            return self.name
+        path = self.name_or_path.rstrip("/")
+        if path.startswith("pkg:"):
+            return path[4:]
+        if os.path.isabs(path) or path.startswith((".", "~")) or os.path.isdir(path):
+            return os.path.basename(os.path.expanduser(path))
+        return path  # a hub id: org/name
 
 
 @dataclass

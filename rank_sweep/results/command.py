@@ -28,6 +28,7 @@ import optuna
 from rank_sweep import tracking
 from rank_sweep.analysis import plots
 from rank_sweep.config import (
+    MINIMIZED,
     SOURCES,
     TRIAL_SECTIONS,
     RunConfig,
@@ -105,8 +106,9 @@ def from_storage(cfg: RunConfig, name: str) -> StudyRecords:
 def from_mlflow(cfg: RunConfig, name: str) -> StudyRecords:
     uri = cfg.tracking.resolved_uri()
     study = load_mlflow_study(uri, name, cfg.tracking.experiment, history=True)
-    # every metric rank_sweep scores is maximized (TaskConfig.direction): the study was created with it
-    return StudyRecords(study.name, study.records, cfg.task.direction, study.run_id,
+    # the direction the study ran with (its parent run's param), else the one its metric implies
+    direction = study.params.get("direction") or ("minimize" if study.metric in MINIMIZED else "maximize")
+    return StudyRecords(study.name, study.records, direction, study.run_id,
                         f"MLflow {tracking.redact(uri)} (parent run {study.run_id})")
 
 
@@ -171,21 +173,27 @@ def adapter_dir(output_dir: str, run_id: str) -> str:
     return os.path.join(output_dir, "adapters", run_id, "adapter")
 
 
-def _mlflow_adapter(cfg: RunConfig, run_id: str, dest: str) -> tuple[bool, bool]:
-    """Download the run's ``adapter/`` artifact to ``dest``: ``(copied, logged)``, where ``logged``
-    says the run recorded an export although its artifact could not be read here."""
+def _mlflow_adapter(cfg: RunConfig, run_id: str, dest: str) -> tuple[bool, bool | None, str | None]:
+    """Download the run's ``adapter/`` artifact to ``dest``: ``(copied, logged, error)``. ``logged`` says the
+    run recorded an export (None: the store could not say); ``error`` is the first line of what failed, so a
+    store that does not answer is not reported as a study that kept no adapter."""
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = None
     try:
         client = MlflowClient(tracking_uri=cfg.tracking.resolved_uri())
         if client.list_artifacts(run_id, "adapter"):
             with tempfile.TemporaryDirectory(dir=os.path.dirname(dest)) as tmp:
                 shutil.move(client.download_artifacts(run_id, "adapter", tmp), dest)
-            return True, True
-        return False, any(k.startswith("export/") for k in client.get_run(run_id).data.metrics)
-    except Exception:  # no store, no such run, unreadable artifacts: report as not kept
-        return False, False
+            return True, True, None
+        return False, any(k.startswith("export/") for k in client.get_run(run_id).data.metrics), None
+    except Exception as e:
+        try:
+            logged = any(k.startswith("export/") for k in client.get_run(run_id).data.metrics) if client else None
+        except Exception:
+            logged = None
+        return False, logged, first_line(e)[:200]
 
 
 def save_chosen_adapter(cfg: RunConfig, rec: TrialRecord, out: str, retrain: str) -> tuple[str | None, str]:
@@ -199,13 +207,17 @@ def save_chosen_adapter(cfg: RunConfig, rec: TrialRecord, out: str, retrain: str
         if os.path.isfile(os.path.join(local, "adapter_config.json")):
             shutil.copytree(local, dest)
             return dest, f"adapter of trial {rec.number}: {os.path.abspath(dest)} (copied from {local})"
-        copied, logged = _mlflow_adapter(cfg, rec.run_id, dest)
+        copied, logged, error = _mlflow_adapter(cfg, rec.run_id, dest)
         if copied:
             return dest, (f"adapter of trial {rec.number}: {os.path.abspath(dest)} "
                           f"(from MLflow run {rec.run_id}, artifact adapter/)")
         if logged:
             why = (f"trial {rec.number} saved an adapter, but neither {local} nor the MLflow artifact adapter/ of "
-                   f"run {rec.run_id} is readable here (copy the study's output_dir or its MLflow artifacts here)")
+                   f"run {rec.run_id} is readable here (copy the study's output_dir or its MLflow artifacts here)"
+                   + (f"; the store said: {error}" if error else ""))
+        elif error is not None:
+            why = (f"the MLflow store could not be read about trial {rec.number}'s adapter ({error}); if the study "
+                   f"kept it, it is in {local} or the artifact adapter/ of run {rec.run_id}")
         else:
             why = f"trial {rec.number} kept no adapter (the study ran with save_adapter=false)"
     else:

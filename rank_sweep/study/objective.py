@@ -109,7 +109,8 @@ class Objective:
         the trial so that records and the preset carry it."""
         targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
         r = trial.suggest_categorical("r", self.dists["r"].choices)
-        overrides = {"trainer.lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True)}
+        low, high = self.cfg.search.tpe_lr_range
+        overrides = {"trainer.lr": trial.suggest_float("lr", float(low), float(high), log=True)}
         if self.cfg.lora.alpha_policy == "scaled":
             overrides["lora.alpha_k"] = trial.suggest_float("alpha_k", 0.5, 8.0, log=True)
         trial.set_user_attr("seed", self.cfg.seed)

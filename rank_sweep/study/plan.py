@@ -65,6 +65,7 @@ class LadderSpec:
     max_trainable_params: int | None = None
     rank_limit: int | None = None  # search.budget.max_rank
     grid: bool = False
+    tuned: bool = False  # TPE: the sampler draws points (and other values); the plan neither proposes nor judges
     speculate: int = 1  # rungs above a running rung that idle workers may start ahead of its decision
 
 

@@ -25,6 +25,7 @@ from rank_sweep.results.records import aggregate
 from rank_sweep.results.tables import summary_table
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.sampler import trial_records
+from rank_sweep.study.workers import WORKER_ATTR, this_worker, worker_is_gone
 from rank_sweep.train.trial import factors_path
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -32,13 +33,18 @@ PARENT_ATTR = "mlflow_parent_run_id"
 PARENT_SETTLE_SECONDS = 1.0  # two workers creating the parent run together both see the study attr within this
 
 
-def _usable_run(client, run_id: str | None) -> bool:
+def _usable_run(client, run_id: str | None, uri: str) -> bool:
+    """Whether the stored parent run can be used again. Only a run the store does not have (it was reset) or
+    has deleted is replaced; any other error (a store that does not answer for a moment) stops the study
+    with one line, rather than opening a second parent run beside the first."""
     if not run_id:
         return False
     try:
         return client.get_run(run_id).info.lifecycle_stage == "active"
-    except Exception:  # the tracking store was reset: make a new parent
-        return False
+    except Exception as e:
+        if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e).lower():
+            return False
+        raise tracking.store_failed(uri, f"reading the study's parent run {run_id}", e) from e
 
 
 def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, spec: ladder.LadderSpec) -> str:
@@ -49,7 +55,7 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
     another id is stored (the last write wins, and every worker reads it after the writes), so exactly one
     parent survives."""
     stored = study.user_attrs.get(PARENT_ATTR)
-    if _usable_run(client, stored):
+    if _usable_run(client, stored, cfg.tracking.resolved_uri()):
         client.update_run(stored, status="RUNNING")
         return stored
     s = cfg.search
@@ -57,7 +63,8 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
               "target_sets": spec.target_sets, "extend_target_sets": spec.extend_sets, "seeds": spec.seeds,
               "patience": s.patience, "min_delta": s.min_delta, "noise_k": s.noise_k, "learn_margin": s.learn_margin,
               "extend_max_rank": s.extend_max_rank, "pruner": s.pruner, "task": cfg.task.name,
-              "model": cfg.model.name, "alpha_policy": cfg.lora.alpha_policy, "epochs": cfg.trainer.epochs,
+              "model": cfg.model.label, "direction": cfg.task.direction, "metric": cfg.task.metric,
+              "alpha_policy": cfg.lora.alpha_policy, "epochs": cfg.trainer.epochs,
               "lr": cfg.trainer.lr, **{f"budget.{k}": v for k, v in asdict(s.budget).items()}}
     run_id = tracking.start_run(client, experiment_id, f"study {study.study_name}", params,
                                 tags={"kind": "study", "study_name": study.study_name})
@@ -80,7 +87,9 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
         if not p:
             return
         decision = ""
-        if state == "COMPLETE":
+        if state == "COMPLETE" and spec.tuned:  # TPE: no ladder, so no rung verdict; show what it drew
+            decision = "[" + ", ".join(f"{k}={v:.3g}" for k, v in p.items() if k not in ("targets", "r", "seed")) + "]"
+        elif state == "COMPLETE":
             lads = {lad.targets: lad for lad in ladder.plan(trial_records(study), spec).ladders}
             lad = lads.get(p["targets"])
             rung = next((g for g in lad.rungs if g.r == p["r"]), None) if lad else None
@@ -99,10 +108,17 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
 def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> tuple[str, dict]:
     records = records_from_study(study)
     summaries = aggregate(records)
-    p = ladder.plan(trial_records(study), spec)
     lines = [f"study {study.study_name}: {len(records)} trials, metric {cfg.task.metric} ({cfg.task.direction})", ""]
     lines.append(summary_table(summaries) if summaries else "(no completed trial)")
     lines.append("")
+    if spec.tuned:  # TPE draws points, it does not climb ladders: report its best configurations, no verdicts
+        sign = 1.0 if cfg.task.direction == "maximize" else -1.0
+        best = sorted((s for s in summaries if s.mean is not None), key=lambda s: -sign * s.mean)[:5]
+        lines.append("best trials (TPE: no ladder, so no plateau verdict):")
+        lines += [f"    {s.label}: {s.mean:.4f} (trials {', '.join(map(str, s.numbers))})" for s in best]
+        return "\n".join(lines), {"ladders": {}, "extensions": [], "summaries": summaries, "records": records,
+                                   "best": [s.label for s in best]}
+    p = ladder.plan(trial_records(study), spec)
     decisions = {}
     for lad in p.ladders:
         plateau = f"plateau rank r={lad.plateau_rank}" if lad.plateau_rank else "no plateau rank"
@@ -179,12 +195,11 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
         if info["summaries"]:
             with open(os.path.join(tmp, "summary.csv"), "w") as f:
                 f.write(summary_table(info["summaries"], fmt="csv"))
-            try:
-                plots.plot_rank_curves(info["summaries"], os.path.join(tmp, "rank_curves.png"), cfg.task.metric)
-                plots.plot_pareto(info["summaries"], os.path.join(tmp, "pareto.png"), cfg.task.metric)
-                plots.plot_learning_curves(info["records"], os.path.join(tmp, "learning_curves.png"), cfg.task.metric)
-            except RankSweepError:
-                pass
+            skipped = draw_plots(info, cfg, tmp)
+            if skipped:
+                text += "\n\n" + "\n".join(skipped)
+                with open(os.path.join(tmp, "summary.md"), "w") as f:
+                    f.write(text + "\n")
         with open(os.path.join(tmp, "decisions.json"), "w") as f:
             json.dump({"ladders": info["ladders"], "extensions": info["extensions"], "stop": stop}, f, indent=2)
         client.log_artifacts(run_id, tmp)
@@ -194,13 +209,41 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
     return text
 
 
+def draw_plots(info: dict, cfg: RunConfig, folder: str) -> list[str]:
+    """The study's plots, each on its own: one that fails is named in one line, the others are still drawn."""
+    d = cfg.task.direction
+    jobs = {"rank_curves.png": lambda path: plots.plot_rank_curves(info["summaries"], path, cfg.task.metric),
+            "pareto.png": lambda path: plots.plot_pareto(info["summaries"], path, cfg.task.metric, direction=d),
+            "learning_curves.png": lambda path: plots.plot_learning_curves(info["records"], path, cfg.task.metric)}
+    skipped = []
+    for name, draw in jobs.items():
+        try:
+            draw(os.path.join(folder, name))
+        except (RankSweepError, ValueError, OSError, RuntimeError) as e:  # evidence, not a reason to lose the rest
+            skipped.append(f"plot {name} skipped: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    return skipped
+
+
+def others_running(study) -> list[int]:
+    """Trials of other workers still running (this process's own are finished by the time it wraps up)."""
+    me = this_worker()
+    return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if t.system_attrs.get(WORKER_ATTR) != me and not worker_is_gone(t.system_attrs.get(WORKER_ATTR))]
+
+
 def wrap_up(study, client, run_id, spec, cfg, stop, status, t0) -> TrackingError | None:
     """Log the summary to the parent run and close it; print the summary even if the store is gone
-    (and return that failure)."""
+    (and return that failure). While other workers still train the study's trials, the parent run stays
+    RUNNING: the worker that finishes the study closes it (each worker's wrap-up logs the summary so far)."""
     error = None
     try:
         text = finish(study, client, run_id, spec, cfg, stop)
-        client.set_terminated(run_id, status=status)
+        running = others_running(study)
+        if running and status == "FINISHED":
+            text += (f"\n\nparent run {run_id} left RUNNING: {len(running)} trial(s) {running} of other workers "
+                     f"still train; the last worker to finish closes it")
+        else:
+            client.set_terminated(run_id, status=status)
     except Exception as e:
         error = tracking.store_failed(cfg.tracking.resolved_uri(), "logging the study's summary", e)
         text = summarize(study, spec, cfg)[0] + f"\n\n(summary not logged to MLflow: {error})"

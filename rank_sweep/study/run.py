@@ -90,7 +90,7 @@ def build_spec(cfg: RunConfig, cost=None) -> ladder.LadderSpec:
         include_full=s.include_full_finetune, max_retries=s.max_retries, cost=cost,
         max_lora_params=s.budget.max_lora_params, max_trainable_params=s.budget.max_trainable_params,
         rank_limit=s.budget.max_rank,
-        grid=s.strategy == "grid", speculate=s.speculate,
+        grid=s.strategy == "grid", tuned=s.strategy == "tpe", speculate=s.speculate,
     )
 
 

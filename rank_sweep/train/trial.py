@@ -79,7 +79,7 @@ def trial_params(cfg: RunConfig) -> dict:
     """The MLflow params every trial carries (a contract: later parts rely on these names)."""
     full = cfg.lora.full_finetune
     return {
-        "model": cfg.model.name,
+        "model": cfg.model.label,
         "model_path": cfg.model.name_or_path,
         "task": cfg.task.name,
         "r": 0 if full else cfg.lora.r,

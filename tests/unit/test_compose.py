@@ -94,9 +94,9 @@ def test_a_default_has_one_home_the_yaml(tmp_path, monkeypatch):
     sel = conf / "select.yaml"
     sel.write_text(sel.read_text().replace("tolerance: 0.005", "tolerance: 0.02"))
     monkeypatch.setattr(base, "CONF_DIR", str(conf))
-    for cached in (base._yaml, base.option_defaults):
+    for cached in (base.conf_yaml, base.option_defaults):
         cached.cache_clear()
-    monkeypatch.setattr(base, "_yaml", base._yaml)  # cleared again below, after the monkeypatch is undone
+    monkeypatch.setattr(base, "conf_yaml", base.conf_yaml)  # cleared again below, after the monkeypatch is undone
     try:
         assert LoraConfig().r == 5
         assert LoraConfig().lora_alpha == 10.0  # alpha_k (2) * r: derived from the YAML default
@@ -104,7 +104,7 @@ def test_a_default_has_one_home_the_yaml(tmp_path, monkeypatch):
         assert SelectConfig().tolerance == 0.02
     finally:
         monkeypatch.undo()
-        base._yaml.cache_clear()
+        base.conf_yaml.cache_clear()
         base.option_defaults.cache_clear()
     assert LoraConfig().r == 8
 

