@@ -278,7 +278,10 @@ def _trial(cfg: DictConfig) -> float:
         result = run_trial(run, learn_margin=run.search.learn_margin)
         c = result.counts
         print(
-            f"score ({result.metric}) = {result.score:.4f}  baseline {result.baseline_score:.4f}"
+            f"score ({result.metric}) = {result.score:.4f}"
+            + (f" [{result.score_ci[0]:.4f}, {result.score_ci[1]:.4f}] ({run.search.confidence:.0%} over dev examples)"
+               if result.score_ci else "")
+            + f"  baseline {result.baseline_score:.4f}"
             f"{'  NOT LEARNING' if result.not_learning else ''}\n"
             f"lora_params {c.lora_params:,}  head_params {c.head_params:,}  trainable_params "
             f"{c.trainable_params:,}  total_params {c.total_params:,}  trainable {c.trainable_pct:.3f}%\n"

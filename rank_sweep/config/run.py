@@ -37,6 +37,8 @@ class SearchConfig:
     max_rank: int = default("search", "max_rank")
     ladder: list[int] | None = default("search", "ladder")  # explicit ranks; None: doubling from start_rank
     seeds: int = default("search", "seeds")
+    noise_seeds: int = default("search", "noise_seeds")  # extra seeds on each ladder's first rung
+    confidence: float = default("search", "confidence")  # of every interval and every verdict
     patience: int = default("search", "patience")
     min_delta: float = default("search", "min_delta")
     noise_k: float = default("search", "noise_k")
@@ -84,6 +86,9 @@ class SearchConfig:
                     f"e.g. [[Wq],[Wq,Wv]]"
                 )
         positive("search.seeds", self.seeds, integer=True)
+        positive("search.noise_seeds", self.noise_seeds, allow_zero=True, integer=True)
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"search.confidence={self.confidence!r} is not valid: give a level in [0.5, 1), e.g. 0.95")
         positive("search.patience", self.patience, integer=True)
         positive("search.min_delta", self.min_delta, allow_zero=True)
         positive("search.noise_k", self.noise_k, allow_zero=True)

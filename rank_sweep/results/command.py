@@ -40,6 +40,7 @@ from rank_sweep.config import (
     trial_config,
 )
 from rank_sweep.errors import RankSweepError, first_line
+from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import load_mlflow_study, records_from_study
 from rank_sweep.results.records import TrialRecord
 from rank_sweep.results.selection import Selection, select
@@ -148,7 +149,8 @@ def trial_config_of(cfg: RunConfig, rec: TrialRecord) -> tuple[dict, str]:
                 path = MlflowClient(cfg.tracking.resolved_uri()).download_artifacts(rec.run_id, "config.json", tmp)
                 with open(path) as f:
                     data = json.load(f)
-            return {k: data[k] for k in TRIAL_SECTIONS if k in data}, f"config.json of MLflow run {rec.run_id}"
+            # the same config as the storage's copy (both written by the trial): said alike, so either source reads
+            return {k: data[k] for k in TRIAL_SECTIONS if k in data}, "the trial's stored config"
         except Exception as e:  # an old run without it, or a store whose artifacts are not here
             why = f"its config.json could not be read ({first_line(e)[:120]})"
     run = trial_config(cfg, rec.targets, rec.r, rec.seed)
@@ -225,6 +227,23 @@ def save_chosen_adapter(cfg: RunConfig, rec: TrialRecord, out: str, retrain: str
     return None, f"adapter: {why}; to get it: {retrain} save_adapter=true"
 
 
+def _compare(cfg: RunConfig, study: StudyRecords):
+    """compare(summary a, summary b) -> paired Interval of b - a from the trials' per-example predictions, on the
+    metric the trials were scored with (their stored config, else this command's task)."""
+    by_number = {r.number: r for r in study.records}
+    task = next((r.config["task"] for r in study.records if r.config and "task" in r.config), None)
+    metric = task["metric"] if task else cfg.task.metric
+    regression = task["labels"] is None if task else cfg.task.is_regression
+    labels = 1 if regression else (len(task["labels"]) if task else cfg.task.num_labels)
+    comparer = PairedComparer(metric, regression, labels, study.direction, cfg.output_dir,
+                              cfg.tracking.resolved_uri(), cfg.search.confidence)
+
+    def compare(a, b):
+        return comparer([by_number[n] for n in a.numbers], [by_number[n] for n in b.numbers])
+
+    return compare
+
+
 def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget_cfg=None) -> Choice:
     """The select command (``rank-sweep-select``): read, choose, print, plot, write the preset, copy the adapter.
     ``select_cfg``/``budget_cfg``: the ``select.*`` and ``budget.*`` config (dataclasses or mappings)."""
@@ -233,7 +252,8 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     budget = budget_cfg if not isinstance(budget_cfg, dict | None) else build_budget(budget_cfg, "budget")
     study = read_study(cfg, select_cfg.source, select_cfg.study_name)
     records, direction = study.records, study.direction
-    selection = select(records, budget, float(select_cfg.tolerance), direction)
+    selection = select(records, budget, float(select_cfg.tolerance), direction, _compare(cfg, study),
+                       cfg.search.confidence)
     report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", format_selection(selection)]
     print("\n".join(report), flush=True)
     out = os.path.join(select_cfg.output_dir or cfg.output_dir, "select", study.name)

@@ -19,8 +19,8 @@ spearman, loss: cross-entropy of logits or MSE), with its convention that degene
 predictions or labels) score 0.0, never nan. All resamples are scored at once from an ``(n_boot, n)`` matrix of
 how often each resample draws each example (a resample's statistic is a weighted one on the dev set):
 per-example quantities (accuracy, loss) are one matrix-vector product, confusion counts (f1, mcc) one
-matrix product with the examples' one-hot cells, correlations weighted row-wise (spearman on the average
-ranks within each resample, from cumulative counts in value order: no per-resample sort).
+matrix product with the examples' one-hot cells, pearson from weighted moments (matrix-vector products), spearman
+on the average ranks within each resample, from cumulative counts in value order (no per-resample sort).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "loss")
 CLASSIFICATION_ONLY = ("accuracy", "f1", "mcc")
 DIRECTIONS = ("maximize", "minimize")
 _CORRELATIONS = ("pearson", "spearman")
-_BLOCK = 2_000_000  # index entries per block of resamples: bounds memory on large dev sets (MNLI: 9815 x 2000)
+_BLOCK = 2_000_000  # draws per block of resamples: bounds memory on large dev sets (MNLI: 9815 x 2000)
 
 
 @dataclass(frozen=True)
@@ -84,31 +84,54 @@ def _prepare(metric: str, outputs, labels, is_regression: bool, num_labels: int)
     return pred, y, max(num_labels, int(pred.max()) + 1, int(y.max()) + 1)
 
 
-def _centered(weights: np.ndarray, values: np.ndarray, spearman: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Each resample's values (ranked within it for spearman) minus their weighted mean, and which resamples
-    are constant (their correlation is 0.0; read on the raw values, where floats make no near-zero doubt)."""
+def _constant(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which resamples draw a single value: their correlation is 0.0 (exact, on the raw values)."""
     present = weights > 0
-    flat = np.where(present, values, np.inf).min(axis=1) == np.where(present, values, -np.inf).max(axis=1)
-    if spearman:  # average ranks within a resample, from cumulative counts in value order: no per-row sort
-        order = np.argsort(values, kind="stable")
-        ordered = values[order]
-        new = np.r_[True, ordered[1:] != ordered[:-1]]  # where a run of tied values starts
-        starts = np.flatnonzero(new)
-        group = np.empty(len(values), dtype=int)
-        group[order] = np.cumsum(new) - 1
-        cum = np.zeros((len(weights), len(values) + 1))
-        np.cumsum(weights[:, order], axis=1, out=cum[:, 1:])
-        # a run of c tied copies after b smaller ones holds ranks b+1..b+c: their average is (b + (b+c) + 1) / 2
-        values = ((cum[:, starts] + cum[:, np.r_[starts[1:], len(values)]] + 1) / 2)[:, group]
-    mean = (weights * values).sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)
-    return values - mean, flat
+    return np.where(present, values, np.inf).min(axis=1) == np.where(present, values, -np.inf).max(axis=1)
 
 
-def _correlation(weights: np.ndarray, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]):
-    (xa, flat_a), (xb, flat_b) = a, b
+def _moments(weights: np.ndarray, values: np.ndarray) -> tuple:
+    """Per-resample weighted mean and variance by matrix-vector products (no (n_boot, n) temporaries), on
+    values centered over the dev set first so that the one-pass variance keeps its digits."""
+    v = values - values.mean()
+    total = weights.sum(axis=1)
+    mean = weights @ v / total
+    var = weights @ (v * v) / total - mean * mean
+    # a constant resample leaves only rounding (about n * eps * max v^2) in var: confirm those candidates exactly
+    flat = var <= 1e-9 * float(np.max(v * v))
+    rows = np.flatnonzero(flat)
+    flat[rows] = _constant(weights[rows], values)
+    return v, mean, var, flat, total
+
+
+def _pearson(weights: np.ndarray, a: tuple, b: tuple) -> np.ndarray:
+    (va, ma, sa, flat_a, total), (vb, mb, sb, flat_b, _) = a, b
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = (weights * xa * xb).sum(axis=1) / np.sqrt((weights * xa * xa).sum(axis=1) * (weights * xb * xb).sum(axis=1))
+        r = (weights @ (va * vb) / total - ma * mb) / np.sqrt(sa * sb)
     return np.where(flat_a | flat_b | ~np.isfinite(r), 0.0, np.clip(r, -1.0, 1.0))
+
+
+def _ranks(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each resample's average ranks (as scipy.stats.rankdata, ties included: a resample repeats examples),
+    minus their mean, from cumulative counts in value order: no per-resample sort. A constant resample gives
+    all-zero rows exactly (ranks are half-integers), hence 0/0 in :func:`_spearman`, counted as 0.0."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.r_[True, ordered[1:] != ordered[:-1]]  # where a run of tied values starts
+    starts = np.flatnonzero(new)
+    group = np.empty(len(values), dtype=int)
+    group[order] = np.cumsum(new) - 1
+    cum = np.zeros((len(weights), len(values) + 1))
+    np.cumsum(weights[:, order], axis=1, out=cum[:, 1:])
+    # a run of c tied copies after b smaller ones holds ranks b+1..b+c: their average is (b + (b+c) + 1) / 2
+    ranks = ((cum[:, starts] + cum[:, np.r_[starts[1:], len(values)]] + 1) / 2)[:, group]
+    return ranks - (cum[:, -1:] + 1) / 2  # the mean rank of N draws is (N + 1) / 2
+
+
+def _spearman(weights: np.ndarray, ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (weights * ra * rb).sum(axis=1) / np.sqrt((weights * ra * ra).sum(axis=1) * (weights * rb * rb).sum(axis=1))
+    return np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), 0.0)
 
 
 def _from_counts(metric: str, weights: np.ndarray, pred: np.ndarray, y: np.ndarray, classes: int,
@@ -138,9 +161,9 @@ def _block(metric: str, preps: list[_Prepared], weights: np.ndarray, num_labels:
     if y is None:
         return np.stack([weights @ x for x, _, _ in preps]) / weights.sum(axis=1)
     if metric in _CORRELATIONS:
-        label_side = _centered(weights, y, metric == "spearman")
-        return np.stack([_correlation(weights, _centered(weights, x, metric == "spearman"), label_side)
-                         for x, _, _ in preps])
+        side, corr = (_moments, _pearson) if metric == "pearson" else (_ranks, _spearman)
+        label_side = side(weights, y)
+        return np.stack([corr(weights, side(weights, x), label_side) for x, _, _ in preps])
     classes = max(c for _, _, c in preps)
     return np.stack([_from_counts(metric, weights, x, y, classes, num_labels) for x, _, _ in preps])
 

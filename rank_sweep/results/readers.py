@@ -66,6 +66,8 @@ def records_from_study(study: optuna.Study, trials: list | None = None) -> list[
                 intermediate=tuple(float(v) for _, v in sorted(t.intermediate_values.items())),
                 tuned=tuple(sorted((k, float(v)) for k, v in t.params.items() if k not in POINT_PARAMS)),
                 config=attrs.get("config"),
+                score_ci_low=_opt(attrs.get("score_ci_low"), float),
+                score_ci_high=_opt(attrs.get("score_ci_high"), float),
             )
         )
     return records
@@ -137,6 +139,8 @@ def record_from_run(run: Any, number: int, intermediate: Iterable[float] = ()) -
         run_id=run.info.run_id,
         intermediate=tuple(float(v) for v in intermediate),
         tuned=tuple(sorted((k, float(v)) for k, v in json.loads(tags.get("tuned") or "{}").items())),
+        score_ci_low=_num(metrics.get("score_ci_low"), float),
+        score_ci_high=_num(metrics.get("score_ci_high"), float),
     )
 
 

@@ -47,6 +47,8 @@ class TrialRecord:
     intermediate: tuple[float, ...] = ()  # validation score per epoch
     tuned: tuple[tuple[str, float], ...] = ()  # values a TPE study drew for this trial, e.g. (("lr", 1e-3),)
     config: dict | None = field(default=None, compare=False, repr=False)  # the trial's resolved config, if stored
+    score_ci_low: float | None = None  # the score's interval over dev examples (bootstrap, search.confidence)
+    score_ci_high: float | None = None
 
     @property
     def usable(self) -> bool:
@@ -70,6 +72,8 @@ class ConfigSummary:
     numbers: tuple[int, ...] = ()  # trial numbers, in record order
     n_not_learning: int = 0  # seeds among n that did not learn
     tuned: tuple[tuple[str, float], ...] = ()  # the tuned values shared by these trials (TPE), else ()
+    ci_low: float | None = None  # interval of the mean: dev-set sampling and seed noise (see statistic)
+    ci_high: float | None = None
 
     @property
     def label(self) -> str:
@@ -91,7 +95,21 @@ def config_key(rec: TrialRecord) -> tuple:
     return rec.targets, rec.r, rec.tuned
 
 
-def statistic(recs: list[TrialRecord]) -> ConfigSummary:
+def _interval(recs: list[TrialRecord], mean: float, std: float, confidence: float) -> tuple[float | None, ...]:
+    """The mean's interval: each seed's dev-set interval (its half-widths averaged: the seeds share the dev
+    examples, so that error does not shrink with seeds) widened by the seed noise std/sqrt(k), as variances."""
+    if any(r.score_ci_low is None or r.score_ci_high is None for r in recs):
+        return None, None
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    below = statistics.fmean(r.score - r.score_ci_low for r in recs)
+    above = statistics.fmean(r.score_ci_high - r.score for r in recs)
+    seed = (z * std) ** 2 / len(recs)
+    return mean - math.sqrt(below ** 2 + seed), mean + math.sqrt(above ** 2 + seed)
+
+
+def statistic(recs: list[TrialRecord], confidence: float = 0.95) -> ConfigSummary:
     """The one statistic of a configuration, from its usable trials (one per seed): mean and sample std of
     the score over every seed, how many seeds did not learn. A seed that did not learn is a real outcome
     of the configuration and is counted in the mean (a rung where 2 of 3 seeds stay at the baseline is
@@ -102,12 +120,16 @@ def statistic(recs: list[TrialRecord]) -> ConfigSummary:
     scores = [rec.score for rec in recs]
     seconds = [rec.train_seconds for rec in recs if rec.train_seconds is not None]
     n_bad = sum(rec.not_learning for rec in recs)
+    mean, std = statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else 0.0
+    low, high = _interval(recs, mean, std, confidence)
     return ConfigSummary(
         targets=recs[0].targets,
         r=recs[0].r,
         n=len(recs),
-        mean=statistics.fmean(scores),
-        std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        mean=mean,
+        std=std,
+        ci_low=low,
+        ci_high=high,
         lora_params=_first(rec.lora_params for rec in recs),
         trainable_params=_first(rec.trainable_params for rec in recs),
         train_seconds=statistics.fmean(seconds) if seconds else None,
@@ -130,9 +152,9 @@ def one_per_seed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     return out
 
 
-def aggregate(records: Iterable[TrialRecord]) -> list[ConfigSummary]:
+def aggregate(records: Iterable[TrialRecord], confidence: float = 0.95) -> list[ConfigSummary]:
     """:func:`statistic` of each configuration, sorted by targets, rank, then tuned values."""
     groups: dict[tuple, list[TrialRecord]] = {}
     for rec in one_per_seed(records):
         groups.setdefault(config_key(rec), []).append(rec)
-    return [statistic(recs) for _, recs in sorted(groups.items())]
+    return [statistic(recs, confidence) for _, recs in sorted(groups.items())]

@@ -49,6 +49,27 @@ class Selection:
     tolerance: float = 0.0
     direction: str = "maximize"
     budget: Budget = field(default_factory=Budget)
+    # label -> Interval of (score - best's score) on the same dev examples (with ``compare``), and the level
+    vs_best: dict = field(default_factory=dict)
+    confidence: float | None = None
+
+    @property
+    def confidence_line(self) -> str:
+        """How sure the choice is: the paired interval of chosen - best against the tolerance."""
+        if self.confidence is None:
+            return ("confidence: no per-example predictions were found, so the choice rests on mean scores only "
+                    f"(tolerance {self.tolerance:g})")
+        if self.chosen is self.best:
+            nearest = [(lbl, d) for lbl, d in self.vs_best.items() if lbl != self.best.label]
+            tail = "" if not nearest else "; runners-up vs it: " + ", ".join(
+                f"{lbl} {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" for lbl, d in nearest[:3])
+            return f"confidence: {self.chosen.label} has the best mean in budget ({self.confidence:.0%} paired intervals{tail})"
+        d = self.vs_best.get(self.chosen.label)
+        if d is None:
+            return f"confidence: no paired interval for {self.chosen.label} against {self.best.label}"
+        return (f"confidence: {self.chosen.label} - {self.best.label} = {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}] "
+                f"({self.confidence:.0%} paired interval on the same dev examples): not shown worse than the best by "
+                f"more than the tolerance {self.tolerance:g}")
 
 
 def _has_metrics(s: ConfigSummary) -> bool:
@@ -122,8 +143,12 @@ def select(
     budget: Budget | None = None,
     tolerance: float = 0.0,
     direction: str = "maximize",
+    compare=None,
+    confidence: float = 0.95,
 ) -> Selection:
-    """Choose a configuration; see the module docstring for the rule."""
+    """Choose a configuration; see the module docstring for the rule. ``compare(a, b)``: the paired
+    Interval of score(b) - score(a) for two summaries on the same dev examples (or None); with it, a
+    configuration is as good as the best unless it is shown worse by more than ``tolerance``."""
     _check_direction(direction)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise RankSweepError(f"tolerance={tolerance!r} is not valid: give a score difference >= 0")
@@ -135,17 +160,26 @@ def select(
     bad = _key(direction)
     best = min(eligible, key=lambda s: (bad(s), s.trainable_params, s.r))
     slack = tolerance + 1e-9 * max(1.0, abs(best.mean))  # a tie in print is a tie
-    candidates = [s for s in eligible if bad(s) <= bad(best) + slack]
+    vs_best = {s.label: d for s in eligible if compare is not None and (d := compare(best, s)) is not None}
+    paired = compare is not None and len(vs_best) == len(eligible)
+    if paired:  # "within tolerance": the difference to the best is not significantly larger than the tolerance
+        worse = (lambda d: d.high < -slack) if direction == "maximize" else (lambda d: d.low > slack)
+        candidates = [s for s in eligible if not worse(vs_best[s.label])]
+    else:
+        candidates = [s for s in eligible if bad(s) <= bad(best) + slack]
     chosen = min(candidates, key=lambda s: (s.trainable_params, s.r, bad(s)))
     return Selection(
         chosen=chosen,
         best=best,
         reason=_reason(chosen, best, tolerance),
-        runners_up=_runners_up(eligible, candidates, chosen, excluded, bad, tolerance, direction),
+        runners_up=_runners_up(eligible, candidates, chosen, excluded, bad, tolerance, direction,
+                               vs_best if paired else {}),
         pareto=pareto_front([s for s in with_metrics if not s.not_learning], direction),
         tolerance=tolerance,
         direction=direction,
         budget=budget,
+        vs_best=vs_best if paired else {},
+        confidence=confidence if paired else None,
     )
 
 
@@ -173,7 +207,7 @@ def _eligible(summaries: list[ConfigSummary], budget: Budget):
     return with_metrics, eligible, excluded
 
 
-def _runners_up(eligible, candidates, chosen, excluded, bad, tolerance: float, direction: str):
+def _runners_up(eligible, candidates, chosen, excluded, bad, tolerance: float, direction: str, vs_best: dict):
     """Every configuration but the chosen one with why it lost: cheaper-or-equal candidates first, then the
     ones scoring outside the tolerance, then the excluded ones."""
     side = "below" if direction == "maximize" else "above"
@@ -190,6 +224,10 @@ def _runners_up(eligible, candidates, chosen, excluded, bad, tolerance: float, d
             else:
                 why = f"same cost and rank, scores {score_text(s.mean)} against the chosen {score_text(chosen.mean)}"
             ranked.append((0, bad(s), s, why))
+        elif s.label in vs_best:
+            d = vs_best[s.label]
+            ranked.append((1, bad(s), s, f"shown worse than the best by more than {tolerance:g}: "
+                                         f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"))
         else:
             ranked.append((1, bad(s), s, f"scores {score_text(s.mean)}, more than {tolerance:g} {side} the best"))
     ranked += [(cat, bad(s) if _has_metrics(s) else math.inf, s, why) for cat, s, why in excluded]

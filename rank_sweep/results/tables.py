@@ -18,21 +18,31 @@ from rank_sweep.results.selection import Selection, as_summaries, cost_text, cou
 
 def _rows(summaries: Sequence[ConfigSummary]) -> list[list[str]]:
     return [
-        [s.targets, str(s.r), score_text(s.mean), f"{s.std:.3g}", str(s.n), count_text(s.lora_params), count_text(s.trainable_params)]
+        [s.targets, str(s.r), score_text(s.mean), interval_text(s), f"{s.std:.3g}", str(s.n), count_text(s.lora_params),
+         count_text(s.trainable_params)]
         for s in summaries
     ]
+
+
+def interval_text(s: ConfigSummary) -> str:
+    """``[low, high]`` of a configuration's mean (dev-set sampling and seed noise), ``?`` when unknown."""
+    return "?" if s.ci_low is None or s.ci_high is None else f"[{s.ci_low:.4f}, {s.ci_high:.4f}]"
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
-HEADER = ["targets", "r", "mean", "std", "n", "LoRA params", "trainable params"]
+HEADER = ["targets", "r", "mean", "interval", "std", "n", "LoRA params", "trainable params"]
 
 
-def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "markdown") -> str:
-    """One row per (targets, r): mean score, seed std, seeds, LoRA and trainable params."""
+def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "markdown",
+                  decisions: dict | None = None) -> str:
+    """One row per (targets, r): mean score and its interval, seed std, seeds, LoRA and trainable params;
+    with ``decisions`` ((targets, r) -> the ladder's rung), the CSV also carries each rung's verdict and the
+    interval of its difference to the best lower rung (``diff``, ``diff_ci_low``, ``diff_ci_high``)."""
     summaries = as_summaries(items)
+    decisions = decisions or {}
     if fmt == "markdown":
         notes = [
             "not learning"
@@ -47,9 +57,13 @@ def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "mark
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["targets", "r", "mean", "std", "n", "lora_params", "trainable_params", "not_learning"])
+        w.writerow(["targets", "r", "mean", "std", "n", "lora_params", "trainable_params", "not_learning",
+                    "ci_low", "ci_high", "decision", "vs_r", "diff", "diff_ci_low", "diff_ci_high"])
         for s in summaries:
-            w.writerow([s.targets, s.r, s.mean, s.std, s.n, s.lora_params, s.trainable_params, s.not_learning])
+            g = decisions.get((s.targets, s.r))
+            verdict = [None] * 5 if g is None else [g.decision, g.vs_r, g.diff, g.diff_ci_low, g.diff_ci_high]
+            w.writerow([s.targets, s.r, s.mean, s.std, s.n, s.lora_params, s.trainable_params, s.not_learning,
+                        s.ci_low, s.ci_high, *verdict])
         return buf.getvalue()
     raise RankSweepError(f"fmt={fmt!r} is not valid: choose markdown or csv")
 
@@ -59,14 +73,17 @@ def format_selection(selection: Selection) -> str:
     c = selection.chosen
     lines = [
         f"chosen: {c.label} ({selection.direction}, budget: {selection.budget}, tolerance {selection.tolerance:g})",
-        f"  score {score_text(c.mean)} +/- {c.std:.3g} over {c.n} seed(s), {cost_text(c)}",
+        f"  score {score_text(c.mean)} {interval_text(c)} (interval of the mean), seed std {c.std:.3g} over "
+        f"{c.n} seed(s), {cost_text(c)}",
         f"why: {selection.reason}",
+        selection.confidence_line,
         "",
         "runners-up:",
         _markdown(
-            ["config", "mean", "std", "n", "trainable params", "why not"],
+            ["config", "mean", "interval", "std", "n", "trainable params", "why not"],
             [
-                [s.label, score_text(s.mean), f"{s.std:.3g}", str(s.n), count_text(s.trainable_params), why]
+                [s.label, score_text(s.mean), interval_text(s), f"{s.std:.3g}", str(s.n), count_text(s.trainable_params),
+                 why]
                 for s, why in selection.runners_up
             ],
         )

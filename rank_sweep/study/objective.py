@@ -46,7 +46,7 @@ def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, Categori
     if spec.include_full:
         sets, ranks = sets + [FULL], [0, *ranks]
     return {"targets": CategoricalDistribution(sets), "r": CategoricalDistribution(ranks),
-            "seed": CategoricalDistribution(spec.seeds)}
+            "seed": CategoricalDistribution(spec.seeds + spec.noise_seeds)}
 
 
 class Objective:
@@ -98,6 +98,8 @@ class Objective:
                            "not_learning": result.not_learning, "baseline_score": result.baseline_score,
                            "alpha": run.lora.lora_alpha, "lr": run.trainer.lr, "train_steps": result.train_steps,
                            "score_metric": result.metric, "score_epoch": result.score_epoch,
+                           "score_ci_low": result.score_ci[0] if result.score_ci else None,
+                           "score_ci_high": result.score_ci[1] if result.score_ci else None,
                            # the trial's own resolved config: the preset rank-sweep-select writes retrains this
                            "config": {k: v for k, v in resolved_config(run).items() if k in TRIAL_SECTIONS}}.items():
             trial.set_user_attr(key, value)

@@ -32,6 +32,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rank_sweep.results.paired import is_gain
 from rank_sweep.results.records import FULL, TrialRecord, statistic
 
 
@@ -67,6 +68,16 @@ class LadderSpec:
     grid: bool = False
     tuned: bool = False  # TPE: the sampler draws points (and other values); the plan neither proposes nor judges
     speculate: int = 1  # rungs above a running rung that idle workers may start ahead of its decision
+    noise_seeds: list[int] = field(default_factory=list)  # extra seeds on each ladder's first rung (seed noise)
+    # (records of a, records of b, reused seed std) -> Interval of mean score(b) - mean score(a) on the same dev
+    # examples, or None when their predictions are not at hand: then the rule compares means (noise_k, min_delta)
+    compare: Callable | None = None
+    confidence: float = 0.95
+
+
+def rung_seeds(spec: LadderSpec, r: int) -> list[int]:
+    """The seeds a rung runs: the first rung of a ladder adds the noise seeds (it is the cheapest)."""
+    return spec.seeds + spec.noise_seeds if r == spec.ranks[0] else list(spec.seeds)
 
 
 @dataclass
@@ -77,6 +88,10 @@ class Rung:
     std: float
     decision: str  # first | gain | no gain | not learning | failed | pruned
     detail: str
+    diff: float | None = None  # mean(this rung) - mean(the best lower rung), on the same dev examples
+    diff_ci_low: float | None = None
+    diff_ci_high: float | None = None
+    vs_r: int | None = None  # the best lower rung it was compared with
 
 
 @dataclass
@@ -157,14 +172,16 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
                 speculative: list[Point] | None = None) -> LadderState:
     state = LadderState(targets)
     best: float | None = None
+    best_r: int | None = None
     stale = 0
     spread: list[tuple[int, float]] = []
+    by_rank: dict[int, list[TrialRecord]] = {}
     for r in spec.ranks:
         why = over_budget(spec, targets, r)
         if why:
             state.finished, state.reason = True, f"budget: next rung {why}"
             break
-        points = [Point(targets, r, s) for s in spec.seeds]
+        points = [Point(targets, r, s) for s in rung_seeds(spec, r)]
         statuses = [hist.status(p) for p in points]
         todo = [p for p, s in zip(points, statuses, strict=False) if s in ("pending", "running")]
         if todo:
@@ -174,7 +191,7 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
                 for x in above:
                     if over_budget(spec, targets, x):
                         break
-                    speculative.extend(q for q in (Point(targets, x, s) for s in spec.seeds)
+                    speculative.extend(q for q in (Point(targets, x, s) for s in rung_seeds(spec, x))
                                        if hist.status(q) == "pending")
             break
         done = [rec for rec in (hist.completed(p) for p in points) if rec is not None]
@@ -185,40 +202,75 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
             continue
         rung = statistic(done)  # the same statistic the summary and select report: every seed counts
         mean, std, n = rung.mean, rung.std, rung.n
+        by_rank[r] = done
         spread.append((n, std))
         threshold = max(spec.min_delta, spec.noise_k * _pooled_std(spread))
         state.threshold = threshold
         if best is None:
             state.rungs.append(Rung(r, n, mean, std, "first", f"first learning rung: {mean:.4f}"))
-            best = mean
+            best, best_r = mean, r
             continue
         gain = _better(mean, best, spec.direction)
-        detail = f"mean {mean:.4f} vs best lower {best:.4f}: gain {gain:+.4f}, threshold {threshold:.4f}"
-        if gain > threshold + 1e-12:  # a float difference equal to the threshold is no gain
+        diff = _compare(spec, by_rank[best_r], done, spread)
+        if diff is not None:  # the paired interval decides: a gain when it clears min_delta
+            won = is_gain(diff, spec.min_delta, spec.direction)
+            detail = (f"mean {mean:.4f} vs best lower r={best_r} {best:.4f}: diff {diff.estimate:+.4f} "
+                      f"[{diff.low:+.4f}, {diff.high:+.4f}] at {spec.confidence:.0%}, "
+                      f"{'clears' if won else 'does not clear'} min_delta {spec.min_delta:g}")
+        else:
+            won = gain > threshold + 1e-12  # a float difference equal to the threshold is no gain
+            detail = f"mean {mean:.4f} vs best lower {best:.4f}: gain {gain:+.4f}, threshold {threshold:.4f}"
+        extra = {} if diff is None else {"diff": diff.estimate, "diff_ci_low": diff.low, "diff_ci_high": diff.high}
+        if won:
             stale = 0
-            state.rungs.append(Rung(r, n, mean, std, "gain", detail))
         else:
             stale += 1
-            state.rungs.append(Rung(r, n, mean, std, "no gain", detail))
+        state.rungs.append(Rung(r, n, mean, std, "gain" if won else "no gain", detail, vs_r=best_r,
+                                **({"diff": mean - best} | extra)))
         if gain > 0:
-            best = mean
+            best, best_r = mean, r
         if stale >= spec.patience and not spec.grid:
             state.finished = True
-            state.reason = f"plateau: {stale} rung(s) without a gain above {threshold:.4f} (last r={r})"
+            rule = (f"min_delta {spec.min_delta:g} at {spec.confidence:.0%}" if diff is not None
+                    else f"{threshold:.4f}")
+            state.reason = f"plateau: {stale} rung(s) without a gain above {rule} (last r={r})"
             break
     else:
         state.finished = True
         state.reason = f"max_rank reached (r={spec.ranks[-1]})"
+    _plateau(state, spec, best, best_r, by_rank, spread)
+    return state
+
+
+def _compare(spec: LadderSpec, a: list[TrialRecord], b: list[TrialRecord], spread):
+    if spec.compare is None:
+        return None
+    dof = sum(n - 1 for n, _ in spread if n >= 2)
+    return spec.compare(a, b, _pooled_std(spread) if dof else None)
+
+
+def _plateau(state: LadderState, spec: LadderSpec, best, best_r, by_rank, spread) -> None:
+    """The plateau rank: the lowest learning rank not shown to be worse than the best by more than min_delta
+    (with paired intervals), or within the threshold of the best mean (without)."""
     learned = [g for g in state.rungs if g.mean is not None]
     if state.finished and not learned and any(g.decision != "failed" for g in state.rungs):
         state.reason = (
             "not learning: no rung beat the trivial baseline; training is too short or the learning rate "
             "too low for this target set (raise trainer.epochs or trainer.lr), so no plateau rank is reported"
         )
-    elif learned and best is not None:
-        near = [g.r for g in learned if _better(g.mean, best, spec.direction) >= -state.threshold - 1e-12]
-        state.plateau_rank = min(near)
-    return state
+        return
+    if not learned or best is None:
+        return
+    near = []
+    for g in learned:
+        diff = None if g.r == best_r else _compare(spec, by_rank[best_r], by_rank[g.r], spread)
+        if diff is not None:  # g - best: g is "as good" unless surely worse by more than min_delta
+            worse = diff.high < -spec.min_delta if spec.direction == "maximize" else diff.low > spec.min_delta
+            if not worse:
+                near.append(g.r)
+        elif _better(g.mean, best, spec.direction) >= -state.threshold - 1e-12:
+            near.append(g.r)
+    state.plateau_rank = min(near)
 
 
 def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:

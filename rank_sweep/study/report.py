@@ -97,6 +97,9 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
             if trial.user_attrs.get("not_learning"):
                 decision = "[not learning] " + decision
         score = f"{metric}={trial.value:.4f}" if trial.value is not None else state.lower()
+        low, high = trial.user_attrs.get("score_ci_low"), trial.user_attrs.get("score_ci_high")
+        if trial.value is not None and low is not None and high is not None:
+            score += f" [{low:.4f}, {high:.4f}]"
         if state == "FAIL":
             decision = f"[{trial.user_attrs.get('fail_reason', 'failed')}]"
         lp = trial.user_attrs.get("lora_params")
@@ -107,7 +110,7 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
 
 def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> tuple[str, dict]:
     records = records_from_study(study)
-    summaries = aggregate(records)
+    summaries = aggregate(records, cfg.search.confidence)
     lines = [f"study {study.study_name}: {len(records)} trials, metric {cfg.task.metric} ({cfg.task.direction})", ""]
     lines.append(summary_table(summaries) if summaries else "(no completed trial)")
     lines.append("")
@@ -117,20 +120,25 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
         lines.append("best trials (TPE: no ladder, so no plateau verdict):")
         lines += [f"    {s.label}: {s.mean:.4f} (trials {', '.join(map(str, s.numbers))})" for s in best]
         return "\n".join(lines), {"ladders": {}, "extensions": [], "summaries": summaries, "records": records,
-                                   "best": [s.label for s in best]}
+                                   "best": [s.label for s in best], "verdicts": {}}
     p = ladder.plan(trial_records(study), spec)
     decisions = {}
     for lad in p.ladders:
         plateau = f"plateau rank r={lad.plateau_rank}" if lad.plateau_rank else "no plateau rank"
         lines.append(f"ladder {lad.targets}: {plateau}; stopped: {lad.reason}")
+        if lad.plateau_rank and any(g.diff_ci_low is not None for g in lad.rungs):
+            lines.append(f"    confidence: r={lad.plateau_rank} is the lowest rank not shown worse than the ladder's "
+                         f"best by more than min_delta {spec.min_delta:g} ({spec.confidence:.0%} paired intervals "
+                         f"on the same dev examples)")
         for g in lad.rungs:
             lines.append(f"    r={g.r:<3} {g.decision:<12} {g.detail}")
         decisions[lad.targets] = {"plateau_rank": lad.plateau_rank, "reason": lad.reason,
                                   "rungs": [asdict(g) for g in lad.rungs]}
     for ext in p.extensions:
         lines.append(f"extension: {ext}")
+    verdicts = {(lad.targets, g.r): g for lad in p.ladders for g in lad.rungs}
     return "\n".join(lines), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
-                              "records": records}
+                              "records": records, "verdicts": verdicts}
 
 
 def _factors(client, output_dir: str, run_id: str, folder: str) -> str | None:
@@ -194,7 +202,7 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
             f.write(text + "\n")
         if info["summaries"]:
             with open(os.path.join(tmp, "summary.csv"), "w") as f:
-                f.write(summary_table(info["summaries"], fmt="csv"))
+                f.write(summary_table(info["summaries"], fmt="csv", decisions=info["verdicts"]))
             skipped = draw_plots(info, cfg, tmp)
             if skipped:
                 text += "\n\n" + "\n".join(skipped)

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from rank_sweep import tracking
 from rank_sweep.config import FULL, RunConfig, targets_key
 from rank_sweep.errors import ConfigError, TrackingError
+from rank_sweep.results.compare import PairedComparer
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.objective import Objective
 from rank_sweep.study.report import parent_run, trial_line, wrap_up
@@ -56,7 +57,7 @@ def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
     tok, base, total = cache.tokenizer_and_model(cfg)
     cache.splits(cfg, tok)
     cost = CostModel(base, cfg, total)
-    spec = build_spec(cfg, cost)
+    spec = build_spec(cfg, cost, comparer(cfg))
     sets = spec.target_sets + spec.extend_sets
     for targets in sets:
         lora.check_rank_fits(cost.plan(targets), spec.ranks[0])
@@ -80,7 +81,13 @@ def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
     return spec
 
 
-def build_spec(cfg: RunConfig, cost=None) -> ladder.LadderSpec:
+def comparer(cfg: RunConfig) -> PairedComparer:
+    """The paired comparison the ladder decides with: on this task's metric, from the trials' predictions."""
+    return PairedComparer(cfg.task.metric, cfg.task.is_regression, cfg.task.num_labels, cfg.task.direction,
+                          cfg.output_dir, cfg.tracking.resolved_uri(), cfg.search.confidence)
+
+
+def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
     s = cfg.search
     return ladder.LadderSpec(
         target_sets=[targets_key(t) for t in s.target_sets], ranks=s.ranks,
@@ -91,6 +98,7 @@ def build_spec(cfg: RunConfig, cost=None) -> ladder.LadderSpec:
         max_lora_params=s.budget.max_lora_params, max_trainable_params=s.budget.max_trainable_params,
         rank_limit=s.budget.max_rank,
         grid=s.strategy == "grid", tuned=s.strategy == "tpe", speculate=s.speculate,
+        noise_seeds=[cfg.seed + s.seeds + i for i in range(s.noise_seeds)], compare=compare, confidence=s.confidence,
     )
 
 

@@ -84,7 +84,8 @@ def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
     out = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_RESULT_KEYS)}
     out.update({"search.strategy": cfg.search.strategy, "search.target_sets": spec.target_sets,
                 "search.extend_target_sets": spec.extend_sets if spec.extend else [], "search.ranks": spec.ranks,
-                "search.seeds": spec.seeds, "search.learn_margin": cfg.search.learn_margin,
+                "search.seeds": spec.seeds, "search.noise_seeds": spec.noise_seeds,
+                "search.learn_margin": cfg.search.learn_margin, "search.confidence": cfg.search.confidence,
                 "search.pruner": cfg.search.pruner, "search.include_full_finetune": spec.include_full})
     out.update({f"data.{k}": v for k, v in data_digest(cfg.task).items()})
     return json.loads(json.dumps(out))

@@ -94,13 +94,17 @@ def compute_metrics(task: TaskConfig, preds, labels) -> dict[str, float]:
     return out
 
 
+def baseline_outputs(task: TaskConfig, train_labels, n: int) -> np.ndarray:
+    """What the trivial predictor outputs for ``n`` examples: the training mean (regression), or the log
+    training class frequencies as logits (argmax: the majority class; their loss: its cross-entropy)."""
+    train_labels = np.asarray(train_labels)
+    if task.is_regression:
+        return np.full(n, float(np.mean(train_labels)))
+    counts = np.bincount(train_labels.astype(int), minlength=task.num_labels).astype(float)
+    return np.tile(np.log(np.maximum(counts / counts.sum(), 1e-12)), (n, 1))
+
+
 def baseline_score(task: TaskConfig, train_labels, val_labels) -> float:
     """Primary metric of the trivial predictor: majority training class, or training mean."""
-    train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
-    if task.is_regression:
-        preds = np.full(len(val_labels), float(np.mean(train_labels)))
-    else:  # log training frequencies as logits: argmax is the majority class, the loss its cross-entropy
-        counts = np.bincount(train_labels.astype(int), minlength=task.num_labels).astype(float)
-        logits = np.log(np.maximum(counts / counts.sum(), 1e-12))
-        preds = np.tile(logits, (len(val_labels), 1))
-    return compute_metrics(task, preds, val_labels)[task.metric]
+    val_labels = np.asarray(val_labels)
+    return compute_metrics(task, baseline_outputs(task, train_labels, len(val_labels)), val_labels)[task.metric]

@@ -23,13 +23,15 @@ import torch
 from rank_sweep import tracking
 from rank_sweep.analysis import spectra
 from rank_sweep.config import RunConfig, targets_key
+from rank_sweep.results.paired import is_gain, paired_difference, score_interval
+from rank_sweep.results.predictions import ARTIFACT, predictions_path, save_predictions
 from rank_sweep.train import lora
 from rank_sweep.train.batches import GlueDataModule
 from rank_sweep.train.callbacks import BestEpoch, EpochLogger
 from rank_sweep.train.data import data_files
 from rank_sweep.train.export import export_adapter
 from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
-from rank_sweep.train.metrics import baseline_score
+from rank_sweep.train.metrics import baseline_outputs, baseline_score
 from rank_sweep.train.model import SequenceClassifier
 
 
@@ -48,6 +50,7 @@ class TrialResult:
     run_id: str | None = None
     train_steps: int = 0
     score_epoch: int = 0  # the epoch scored: the best one with early stopping, else the last
+    score_ci: tuple[float, float] | None = None  # (low, high) over dev examples, at search.confidence
 
 
 
@@ -133,7 +136,9 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
             client.log_dict(run_id, resolved_config(cfg), "config.json")
         tracking.log(client, run_id, metrics={**counts.as_metrics(), "rank": params["r"], "baseline_score": baseline})
         fit = _fit(cfg, model, tok, tokenized, EpochLogger(client, run_id), callbacks, t0)
-        score, not_learning = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id, cache)
+        train_labels = (cache or DEFAULT_CACHE).splits(cfg, tok)[1][0]
+        score, not_learning, score_ci = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id,
+                                                cache, train_labels)
     except BaseException as e:
         pruned = type(e).__name__ == "TrialPruned"
         try:
@@ -148,7 +153,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         raise tracking.store_failed(uri, f"closing the run of {name}", e) from e
     return TrialResult(score, cfg.task.metric, fit.metrics, counts, fit.train_seconds, fit.setup_seconds, baseline,
                        not_learning, fit.module.constant_predictions, fit.module.history, run_id, fit.steps,
-                       fit.score_epoch)
+                       fit.score_epoch, score_ci)
 
 
 @dataclass
@@ -213,15 +218,28 @@ def _constant(cfg: RunConfig, outputs) -> bool:
 
 
 def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margin: float | None, client,
-            run_id: str, cache: WorkerCache | None) -> tuple[float, bool]:
-    """Log the trial's outcome (score, learning flag, spectra, the exported adapter); return score and flag."""
+            run_id: str, cache: WorkerCache | None, train_labels=None):
+    """Log the trial's outcome (score and its interval, learning flag, spectra, the exported adapter); return
+    score and flag."""
     score = fit.metrics[cfg.task.metric]
     margin = 0.02 if learn_margin is None else learn_margin
-    beats = score > baseline + margin if cfg.task.direction == "maximize" else score < baseline - margin
-    not_learning = fit.module.constant_predictions or not beats
     final = {"score": score, "train_seconds": fit.train_seconds, "setup_seconds": fit.setup_seconds,
-             "not_learning": float(not_learning), "train_steps": fit.steps, "score_epoch": fit.score_epoch,
+             "train_steps": fit.steps, "score_epoch": fit.score_epoch,
              "best_epoch": fit.best_epoch, **{f"final/{k}": v for k, v in fit.metrics.items()}}
+    beats = score > baseline + margin if cfg.task.direction == "maximize" else score < baseline - margin
+    if fit.module.last_outputs is not None and train_labels is not None:
+        ci, vs_baseline = _intervals(cfg, fit, train_labels)
+        # learning = better than the trivial predictor by more than learn_margin, on the same dev examples,
+        # with confidence: a head that flips a few examples by chance is not learning
+        beats = is_gain(vs_baseline, margin, cfg.task.direction)
+        final.update({"score_ci_low": ci.low, "score_ci_high": ci.high, "baseline_diff": vs_baseline.estimate,
+                      "baseline_diff_ci_low": vs_baseline.low, "baseline_diff_ci_high": vs_baseline.high})
+    not_learning = fit.module.constant_predictions or not beats
+    final["not_learning"] = float(not_learning)
+    if fit.module.last_outputs is not None:  # the scored epoch's per-example outputs, for paired comparisons
+        path = save_predictions(predictions_path(cfg.output_dir, run_id), fit.module.last_outputs,
+                                fit.module.last_labels)
+        client.log_artifact(run_id, path, os.path.dirname(ARTIFACT))
     if plan is not None:
         final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
     if cfg.save_adapter and plan is not None:
@@ -231,7 +249,18 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
         client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
     tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
                                                       "not_learning": str(not_learning).lower()})
-    return score, not_learning
+    ci = (final["score_ci_low"], final["score_ci_high"]) if "score_ci_low" in final else None
+    return score, not_learning, ci
+
+
+def _intervals(cfg: RunConfig, fit: _Fit, train_labels):
+    """The score's interval over dev examples, and the paired interval of score - the trivial predictor's."""
+    t, conf = cfg.task, cfg.search.confidence
+    outputs, labels = fit.module.last_outputs, fit.module.last_labels
+    kw = {"is_regression": t.is_regression, "num_labels": t.num_labels, "confidence": conf}
+    ci = score_interval(t.metric, outputs, labels, **kw)
+    vs = paired_difference(t.metric, baseline_outputs(t, train_labels, len(labels)), outputs, labels, **kw)
+    return ci, vs
 
 
 def factors_path(output_dir: str, run_id: str) -> str:

@@ -133,3 +133,20 @@ def test_without_early_stopping_the_last_epoch_is_scored_and_the_best_one_logged
     assert result.score == pytest.approx(0.70)
     _, [run] = _runs(toy_cfg)
     assert (run.data.metrics["score_epoch"], run.data.metrics["best_epoch"]) == (2, 1)
+
+
+def test_a_trial_keeps_its_per_example_predictions(toy_cfg, tmp_path):
+    """issue #14: predictions/val.npz beside the trial and as an MLflow artifact, in dev-set order."""
+    import numpy as np
+
+    from rank_sweep.results.predictions import ARTIFACT, load_predictions, predictions_path
+    from rank_sweep.train.metrics import compute_metrics
+
+    result = run_trial(toy_cfg, cache=WorkerCache())
+    local = load_predictions(predictions_path(toy_cfg.output_dir, result.run_id))
+    client, [run] = _runs(toy_cfg)
+    remote = load_predictions(client.download_artifacts(run.info.run_id, ARTIFACT, str(tmp_path)))
+    assert len(local) == 64 and np.array_equal(local.outputs, remote.outputs)
+    assert local.outputs.shape == (64, 2) and list(local.index) == list(range(64))
+    rescored = compute_metrics(toy_cfg.task, local.outputs, local.label)["accuracy"]
+    assert rescored == pytest.approx(result.score)

@@ -323,7 +323,7 @@ def test_format_selection_reports_choice_runners_up_and_front():
     text = format_selection(sel)
     assert text.splitlines()[0] == "chosen: Wq r=2 (maximize, budget: max_lora_params=100, tolerance 0.005)"
     assert f"why: {sel.reason}" in text
-    assert "| Wq r=4 | 0.861 | 0 | 1 | 40 | costs 40 trainable params, more than the chosen 20 |" in text
+    assert "| Wq r=4 | 0.861 | ? | 0 | 1 | 40 | costs 40 trainable params, more than the chosen 20 |" in text
     front_part = text.split("Pareto front")[1]
     assert all(f"| Wq | {r} |" in front_part for r in (1, 2, 4))
 
@@ -331,8 +331,8 @@ def test_format_selection_reports_choice_runners_up_and_front():
 def test_summary_table_markdown_and_csv():
     summaries = [S("Wq", 1, 0.8, 1010, lora=10, std=0.01, n=3), S("Wq,Wv", 2, 0.86, 1040, lora=40, not_learning=True)]
     md = summary_table(summaries).splitlines()
-    assert md[0] == "| targets | r | mean | std | n | LoRA params | trainable params | note |"
-    assert md[2] == "| Wq | 1 | 0.8 | 0.01 | 3 | 10 | 1,010 |  |"
+    assert md[0] == "| targets | r | mean | interval | std | n | LoRA params | trainable params | note |"
+    assert md[2] == "| Wq | 1 | 0.8 | ? | 0.01 | 3 | 10 | 1,010 |  |"
     assert md[3].endswith("| not learning |")
     rows = list(csv.DictReader(io.StringIO(summary_table(summaries, fmt="csv"))))
     assert rows[1] == {
@@ -344,7 +344,20 @@ def test_summary_table_markdown_and_csv():
         "lora_params": "40",
         "trainable_params": "1040",
         "not_learning": "True",
+        "ci_low": "", "ci_high": "", "decision": "", "vs_r": "", "diff": "", "diff_ci_low": "", "diff_ci_high": "",
     }
+
+
+def test_a_configurations_interval_combines_dev_set_and_seed_noise():
+    from rank_sweep.results.records import aggregate
+
+    recs = [TrialRecord(i, "Wq", 4, i, "COMPLETE", score, 10, 20, 1.0, score_ci_low=score - 0.03,
+                        score_ci_high=score + 0.03) for i, score in enumerate((0.80, 0.82))]
+    [s] = aggregate(recs)
+    seed = 1.959964 * 0.0141421 / 2 ** 0.5  # z * std / sqrt(k)
+    assert s.ci_low == pytest.approx(0.81 - (0.03 ** 2 + seed ** 2) ** 0.5, abs=1e-4)
+    assert s.ci_high == pytest.approx(0.81 + (0.03 ** 2 + seed ** 2) ** 0.5, abs=1e-4)
+    assert "| Wq | 4 | 0.81 | [0.7742, 0.8458] |" in summary_table([s])
 
 
 def test_summary_table_from_records_and_bad_format():

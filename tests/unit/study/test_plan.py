@@ -490,3 +490,53 @@ def test_records_without_parameters_are_ignored():
     nothing = TrialRecord(number=9, targets="", r=-1, seed=-1, state="FAIL", score=None, lora_params=None,
                           trainable_params=None, train_seconds=None)
     assert plan(direct([]) + [nothing], spec()).pending == [Point(WQ, 1, 0)]
+
+
+# --- the paired decision rule (issue #14) -------------------------------------------------------------------------
+
+def _paired(half: float, wide: dict | None = None):
+    """A compare function: the difference of the means, +/- ``half`` (or ``wide[(r_a, r_b)]``); it records
+    the seed noise it was given."""
+    from statistics import fmean
+
+    from rank_sweep.results.paired import Interval
+
+    seen = []
+
+    def compare(a, b, seed_std):
+        seen.append(((a[0].r, b[0].r), len(a), len(b), seed_std))
+        est = fmean(x.score for x in b) - fmean(x.score for x in a)
+        h = (wide or {}).get((a[0].r, b[0].r), (wide or {}).get((b[0].r, a[0].r), half))
+        return Interval(est, est - h, est + h)
+
+    compare.seen = seen
+    return compare
+
+
+def test_a_rung_is_a_gain_only_when_the_interval_clears_min_delta(records):
+    # r=2 beats r=1 by 0.03 in the mean (the old rule: a gain over 0.005), but its interval straddles 0.005
+    s = spec(ranks=[1, 2, 4], compare=_paired(0.01, {(1, 2): 0.04}), min_delta=0.005, patience=2)
+    p = plan(records(rungs(WQ, {1: 0.70, 2: 0.73, 4: 0.76})), s)
+    lad = p.ladders[0]
+    assert decisions(lad) == [(1, "first"), (2, "no gain"), (4, "gain")]
+    g = lad.rungs[1]
+    assert (g.diff, g.diff_ci_low, g.diff_ci_high, g.vs_r) == pytest.approx((0.03, -0.01, 0.07, 1))
+    assert "[-0.0100, +0.0700] at 95%" in g.detail
+    assert lad.rungs[2].vs_r == 2  # the best lower rung by mean, even without a significant gain
+
+
+def test_the_plateau_rank_is_the_lowest_rank_not_surely_worse_than_the_best(records):
+    p = plan(records(rungs(WQ, {1: 0.70, 2: 0.71})), spec(ranks=[1, 2], compare=_paired(0.03)))
+    assert p.ladders[0].plateau_rank == 1  # r=1 is within the noise of r=2
+    p = plan(records(rungs(WQ, {1: 0.70, 2: 0.75})), spec(ranks=[1, 2], compare=_paired(0.03)))
+    assert p.ladders[0].plateau_rank == 2  # r=1 is surely worse
+
+
+def test_noise_seeds_run_on_the_first_rung_and_their_spread_is_reused_up_the_ladder(records):
+    s = spec(ranks=[1, 2, 4], seeds=[0], noise_seeds=[1, 2], compare=_paired(0.01))
+    assert plan(records([]), s).pending == [Point(WQ, 1, 0), Point(WQ, 1, 1), Point(WQ, 1, 2)]
+    history = rungs(WQ, {1: [0.70, 0.72, 0.74]})
+    assert plan(records(history), s).pending == [Point(WQ, 2, 0)]  # one seed from the second rung on
+    plan(records(history + rungs(WQ, {2: 0.75})), s)
+    (pair, ka, kb, seed_std), *_ = s.compare.seen
+    assert pair == (1, 2) and (ka, kb) == (3, 1) and seed_std == pytest.approx(0.02)

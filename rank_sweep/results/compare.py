@@ -1,0 +1,91 @@
+"""Compare two configurations on the same dev examples: the paired interval of their score difference,
+widened by seed noise. The one comparison the ladder's plateau rule and ``rank-sweep-select`` both use.
+
+    compare = PairedComparer(metric="accuracy", is_regression=False, num_labels=2, direction="maximize",
+                             output_dir="outputs", tracking_uri="sqlite:///mlflow.db", confidence=0.95)
+    diff = compare(records_of_r4, records_of_r8)     # Interval of mean score(r8) - mean score(r4), or None
+
+Each record's per-example outputs are read from ``<output_dir>/predictions/<run id>/val.npz``, else from
+its MLflow artifact ``predictions/val.npz`` (another machine's trial), and cached. With several seeds the
+statistic is the mean of the per-seed scores, resampled on the same examples for every seed; the interval
+is then widened by the seed noise of both means (normal approximation, :func:`widen`). With one seed per
+configuration the seed noise comes from ``seed_std`` (e.g. measured on the first rung's extra seeds).
+Returns None when a record's predictions cannot be found: callers then fall back to comparing means.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+
+from scipy.stats import norm
+
+from rank_sweep.results.paired import Interval, paired_difference
+from rank_sweep.results.predictions import ARTIFACT, load_predictions, predictions_path
+from rank_sweep.results.records import TrialRecord
+
+
+def widen(diff: Interval, extra_variance: float, confidence: float) -> Interval:
+    """Each side of ``diff`` widened by an independent noise of variance ``extra_variance``:
+    half = sqrt(half_dev^2 + z^2 * extra_variance), z = Phi^-1((1 + confidence) / 2)."""
+    if extra_variance <= 0:
+        return diff
+    extra = norm.ppf((1 + confidence) / 2) ** 2 * extra_variance
+    return Interval(diff.estimate, diff.estimate - math.sqrt((diff.estimate - diff.low) ** 2 + extra),
+                    diff.estimate + math.sqrt((diff.high - diff.estimate) ** 2 + extra))
+
+
+def seed_variance(recs: Sequence[TrialRecord], seed_std: float | None) -> float:
+    """The variance of a configuration's mean score over its seeds: s^2/k from its own seeds when it has two
+    or more, else the reused estimate ``seed_std`` (None: unknown, counted as 0)."""
+    scores = [r.score for r in recs]
+    k = len(scores)
+    if k >= 2:
+        mean = sum(scores) / k
+        return sum((s - mean) ** 2 for s in scores) / (k - 1) / k
+    return (seed_std or 0.0) ** 2 / max(k, 1)
+
+
+class PairedComparer:
+    def __init__(self, metric: str, is_regression: bool, num_labels: int, direction: str, output_dir: str,
+                 tracking_uri: str | None = None, confidence: float = 0.95, n_boot: int = 2000):
+        self.metric, self.is_regression, self.num_labels = metric, is_regression, num_labels
+        self.direction, self.output_dir, self.uri = direction, output_dir, tracking_uri
+        self.confidence, self.n_boot = confidence, n_boot
+        self._cache: dict[str, object] = {}
+
+    def predictions(self, rec: TrialRecord):
+        """The record's per-example predictions, or None if neither this machine nor MLflow has them."""
+        if not rec.run_id:
+            return None
+        if rec.run_id not in self._cache:
+            path = predictions_path(self.output_dir, rec.run_id)
+            found = load_predictions(path) if os.path.isfile(path) else self._download(rec.run_id)
+            self._cache[rec.run_id] = found
+        return self._cache[rec.run_id]
+
+    def _download(self, run_id: str):
+        if not self.uri:
+            return None
+        try:
+            from mlflow.tracking import MlflowClient
+
+            with tempfile.TemporaryDirectory() as tmp:
+                return load_predictions(MlflowClient(self.uri).download_artifacts(run_id, ARTIFACT, tmp))
+        except Exception:  # not logged (an older trial), or the store has no artifacts here
+            return None
+
+    def __call__(self, a: Sequence[TrialRecord], b: Sequence[TrialRecord],
+                 seed_std: float | None = None) -> Interval | None:
+        """Interval of mean score(b) - mean score(a) on the same dev examples, seed noise included."""
+        pa, pb = [self.predictions(r) for r in a], [self.predictions(r) for r in b]
+        if not pa or not pb or any(p is None for p in pa + pb):
+            return None
+        if len({len(p) for p in pa + pb}) != 1:
+            return None  # not the same dev split
+        diff = paired_difference(self.metric, [p.outputs for p in pa], [p.outputs for p in pb], pa[0].label,
+                                 is_regression=self.is_regression, num_labels=self.num_labels,
+                                 confidence=self.confidence, n_boot=self.n_boot)
+        return widen(diff, seed_variance(a, seed_std) + seed_variance(b, seed_std), self.confidence)
