@@ -23,6 +23,7 @@ from rank_sweep.config.base import (
     ALPHA_POLICIES,
     CONF_DIR,
     FULL,
+    HEAD,
     INITS,
     METRICS,
     MINIMIZED,
@@ -43,7 +44,7 @@ from rank_sweep.config.run import TRIAL_SECTIONS, RunConfig, SearchConfig, build
 from rank_sweep.config.sections import LoraConfig, ModelConfig, TaskConfig, TrackingConfig, TrainerConfig
 
 __all__ = [
-    "ALPHA_POLICIES", "CONF_DIR", "FULL", "INITS", "METRICS", "MINIMIZED", "PRECISIONS", "PRUNERS", "SOURCES", "STRATEGIES",
+    "ALPHA_POLICIES", "CONF_DIR", "FULL", "HEAD", "INITS", "METRICS", "MINIMIZED", "PRECISIONS", "PRUNERS", "SOURCES", "STRATEGIES",
     "TASK_SOURCES", "TRIAL_SECTIONS", "Budget", "LoraConfig", "ModelConfig", "RunConfig", "SearchConfig", "SelectConfig", "TaskConfig",
     "TrackingConfig", "TrainerConfig", "build", "build_budget", "build_config", "check_rank", "default", "one_of",
     "option_defaults", "sqlite_path", "targets_key", "trial_config",

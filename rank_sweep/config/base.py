@@ -47,6 +47,7 @@ INITS = ("default", "gaussian")  # PEFT's others are refused by name in LoraConf
 SOURCES = ("study", "mlflow", "auto")  # select.source: where rank-sweep-select reads a finished study
 
 FULL = "full"  # the targets of a full fine-tuning trial (r=0): the one definition
+HEAD = "head only"  # the targets of the head-only reference trial (r=0): frozen base, the head trained alone
 
 
 @cache

@@ -11,6 +11,7 @@ from typing import Any
 
 from rank_sweep.config.base import (
     FULL,
+    HEAD,
     PRUNERS,
     STRATEGIES,
     check_rank,
@@ -47,6 +48,7 @@ class SearchConfig:
     extend_target_sets: list[list[str]] = default("search", "extend_target_sets")
     extend_max_rank: int = default("search", "extend_max_rank")  # "a low rank": plateau ranks up to this trigger the extension step
     include_full_finetune: bool = default("search", "include_full_finetune")
+    head_reference: bool = default("search", "head_reference")  # one head-only trial the adapters must beat
     pruner: str = default("search", "pruner")
     n_trials: int | None = default("search", "n_trials")  # tpe only: trials to sample
     tpe_lr_range: list[float] = default("search", "tpe_lr_range")  # tpe only: [low, high] of the lr it draws
@@ -153,6 +155,8 @@ def trial_config(cfg: RunConfig, targets: str, r: int, seed: int, **overrides) -
     run.seed = seed
     if targets == FULL:
         run.lora.full_finetune = True
+    elif targets == HEAD:
+        run.lora.head_only = True
     else:
         run.lora.targets, run.lora.r = targets.split(","), r
     for key, value in overrides.items():

@@ -148,6 +148,7 @@ class LoraConfig:
     dropout: float = default("lora", "dropout")
     init: str = default("lora", "init")
     full_finetune: bool = default("lora", "full_finetune")  # reference row: train every weight, no adapter
+    head_only: bool = default("lora", "head_only")  # reference row: the head alone on the frozen base, no adapter
 
     # PEFT inits a user may reach for, and why each would break what a trial records (not a field: no annotation)
     _REFUSED_INITS = {
@@ -157,7 +158,7 @@ class LoraConfig:
     }
 
     def __post_init__(self) -> None:
-        if not self.full_finetune:
+        if not (self.full_finetune or self.head_only):
             check_rank(self.r)
         one_of("lora.alpha_policy", self.alpha_policy, ALPHA_POLICIES)
         if self.init in self._REFUSED_INITS:
@@ -168,7 +169,7 @@ class LoraConfig:
         positive("lora.alpha_k", self.alpha_k)
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"lora.dropout={self.dropout!r} is not valid: it must be in [0, 1)")
-        if not self.full_finetune:
+        if not (self.full_finetune or self.head_only):
             if isinstance(self.targets, str):
                 self.targets = [t for t in self.targets.split(",") if t]
             if not self.targets:

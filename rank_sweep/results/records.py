@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rank_sweep.config import FULL
+from rank_sweep.config import FULL, HEAD
 
 UNKNOWN = -1  # r or seed of a trial that never got its parameters
-__all__ = ["FULL", "UNKNOWN", "TrialRecord", "ConfigSummary", "aggregate", "statistic", "one_per_seed", "config_key"]
+__all__ = ["FULL", "HEAD", "UNKNOWN", "TrialRecord", "ConfigSummary", "aggregate", "statistic", "one_per_seed", "config_key"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class ConfigSummary:
     tuned: tuple[tuple[str, float], ...] = ()  # the tuned values shared by these trials (TPE), else ()
     ci_low: float | None = None  # interval of the mean: dev-set sampling and seed noise (see statistic)
     ci_high: float | None = None
+    unstable: tuple[int, ...] = ()  # trial numbers of seeds that collapsed while their siblings learned
 
     @property
     def label(self) -> str:
@@ -109,7 +110,28 @@ def _interval(recs: list[TrialRecord], mean: float, std: float, confidence: floa
     return mean - math.sqrt(below ** 2 + seed), mean + math.sqrt(above ** 2 + seed)
 
 
-def statistic(recs: list[TrialRecord], confidence: float = 0.95) -> ConfigSummary:
+def unstable_seeds(recs: list[TrialRecord], direction: str = "maximize") -> tuple[int, ...]:
+    """Seeds that collapsed while their siblings learned: worse than the median of the other seeds by more
+    than max(3 robust stds of the others (1.4826 MAD), twice the dev-set half-width, 0.02). Needs >= 3 seeds.
+    Such a seed is a finding (a stability limit of the configuration at its lr), not noise: it stays in the
+    mean (the configuration is charged for it) and is named in the summary and the rung's verdict."""
+    if len(recs) < 3:
+        return ()
+    sign = 1.0 if direction == "maximize" else -1.0
+    out = []
+    for rec in recs:
+        others = [r.score for r in recs if r is not rec]
+        mid = statistics.median(others)
+        mad = 1.4826 * statistics.median(abs(x - mid) for x in others)
+        half = statistics.fmean((r.score_ci_high - r.score_ci_low) / 2 for r in recs
+                                if r.score_ci_low is not None and r.score_ci_high is not None) if any(
+            r.score_ci_low is not None for r in recs) else 0.0
+        if sign * (mid - rec.score) > max(3 * mad, 2 * half, 0.02):
+            out.append(rec.number)
+    return tuple(out)
+
+
+def statistic(recs: list[TrialRecord], confidence: float = 0.95, direction: str = "maximize") -> ConfigSummary:
     """The one statistic of a configuration, from its usable trials (one per seed): mean and sample std of
     the score over every seed, how many seeds did not learn. A seed that did not learn is a real outcome
     of the configuration and is counted in the mean (a rung where 2 of 3 seeds stay at the baseline is
@@ -130,6 +152,7 @@ def statistic(recs: list[TrialRecord], confidence: float = 0.95) -> ConfigSummar
         std=std,
         ci_low=low,
         ci_high=high,
+        unstable=unstable_seeds(recs, direction),
         lora_params=_first(rec.lora_params for rec in recs),
         trainable_params=_first(rec.trainable_params for rec in recs),
         train_seconds=statistics.fmean(seconds) if seconds else None,
@@ -152,9 +175,10 @@ def one_per_seed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     return out
 
 
-def aggregate(records: Iterable[TrialRecord], confidence: float = 0.95) -> list[ConfigSummary]:
+def aggregate(records: Iterable[TrialRecord], confidence: float = 0.95,
+              direction: str = "maximize") -> list[ConfigSummary]:
     """:func:`statistic` of each configuration, sorted by targets, rank, then tuned values."""
     groups: dict[tuple, list[TrialRecord]] = {}
     for rec in one_per_seed(records):
         groups.setdefault(config_key(rec), []).append(rec)
-    return [statistic(recs, confidence) for _, recs in sorted(groups.items())]
+    return [statistic(recs, confidence, direction) for _, recs in sorted(groups.items())]

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rank_sweep.config import FULL, Budget
+from rank_sweep.config import FULL, HEAD, Budget
 from rank_sweep.errors import RankSweepError
 from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate
 
@@ -200,6 +200,9 @@ def _eligible(summaries: list[ConfigSummary], budget: Budget):
             excluded.append((2, s, why))
     if not fitting:
         raise _no_fit_error(budget, with_metrics)
+    # the head-only reference is what an adapter must beat, not a configuration to choose
+    excluded += [(3, s, "reference: the head alone, no adapter") for s in fitting if s.targets == HEAD]
+    fitting = [s for s in fitting if s.targets != HEAD]
     eligible = [s for s in fitting if not s.not_learning]
     excluded += [(3, s, "not learning") for s in fitting if s.not_learning]
     if not eligible:

@@ -36,6 +36,15 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 HEADER = ["targets", "r", "mean", "interval", "std", "n", "LoRA params", "trainable params"]
 
 
+def note(s: ConfigSummary) -> str:
+    """What a row must say beside its numbers: seeds that did not learn, seeds that collapsed."""
+    parts = ["not learning"] if s.not_learning else (
+        [f"{s.n_not_learning} of {s.n} seeds not learning"] if s.n_not_learning else [])
+    if s.unstable:
+        parts.append(f"unstable: {len(s.unstable)} of {s.n} seeds collapsed (trials {', '.join(map(str, s.unstable))})")
+    return "; ".join(parts)
+
+
 def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "markdown",
                   decisions: dict | None = None) -> str:
     """One row per (targets, r): mean score and its interval, seed std, seeds, LoRA and trainable params;
@@ -44,14 +53,7 @@ def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "mark
     summaries = as_summaries(items)
     decisions = decisions or {}
     if fmt == "markdown":
-        notes = [
-            "not learning"
-            if s.not_learning
-            else f"{s.n_not_learning} of {s.n} seeds not learning"
-            if s.n_not_learning
-            else ""
-            for s in summaries
-        ]
+        notes = [note(s) for s in summaries]
         rows = [row + [note] for row, note in zip(_rows(summaries), notes, strict=True)]
         return _markdown(HEADER + ["note"], rows)
     if fmt == "csv":

@@ -15,7 +15,7 @@ import optuna
 from lightning.pytorch.callbacks import Callback
 from optuna.distributions import CategoricalDistribution
 
-from rank_sweep.config import FULL, TRIAL_SECTIONS, RunConfig, trial_config
+from rank_sweep.config import FULL, HEAD, TRIAL_SECTIONS, RunConfig, trial_config
 from rank_sweep.errors import TrackingError
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.sampler import POINT_ATTR, trial_records
@@ -45,6 +45,8 @@ def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, Categori
     ranks = list(spec.ranks)
     if spec.include_full:
         sets, ranks = sets + [FULL], [0, *ranks]
+    if spec.head_reference:
+        sets, ranks = [HEAD, *sets], ranks if 0 in ranks else [0, *ranks]
     return {"targets": CategoricalDistribution(sets), "r": CategoricalDistribution(ranks),
             "seed": CategoricalDistribution(spec.seeds + spec.noise_seeds)}
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rank_sweep.results.paired import is_gain
-from rank_sweep.results.records import FULL, TrialRecord, statistic
+from rank_sweep.results.records import FULL, HEAD, TrialRecord, statistic
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class LadderSpec:
     extend_sets: list[str] = field(default_factory=list)
     extend_max_rank: int = 4
     include_full: bool = False
+    head_reference: bool = False  # one trial of the head alone (seed spec.seeds[0]): what the adapters must beat
     max_retries: int = 2
     # (targets, r) -> (lora_params, trainable_params); None: no parameter budget
     cost: Callable[[str, int], tuple[int, int]] | None = None
@@ -119,7 +120,7 @@ def _better(a: float, b: float, direction: str) -> float:
 
 
 def over_budget(spec: LadderSpec, targets: str, r: int) -> str | None:
-    if targets == FULL:
+    if targets in (FULL, HEAD):
         return None
     if spec.rank_limit is not None and r > spec.rank_limit:
         return f"r={r} > budget max_rank {spec.rank_limit}"
@@ -169,7 +170,7 @@ def _pooled_std(rungs: list[tuple[int, float]]) -> float:
 
 
 def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Point],
-                speculative: list[Point] | None = None) -> LadderState:
+                speculative: list[Point] | None = None, head: list[TrialRecord] | None = None) -> LadderState:
     state = LadderState(targets)
     best: float | None = None
     best_r: int | None = None
@@ -195,19 +196,22 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
                                        if hist.status(q) == "pending")
             break
         done = [rec for rec in (hist.completed(p) for p in points) if rec is not None]
-        if not done or statistic(done).not_learning:
+        if not done or statistic(done, spec.confidence, spec.direction).not_learning:
             kind = "failed" if all(s == "failed" for s in statuses) else (
                 "pruned" if all(s == "pruned" for s in statuses) else "not learning")
             state.rungs.append(Rung(r, 0, None, 0.0, kind, "no learning seed: not a plateau signal"))
             continue
-        rung = statistic(done)  # the same statistic the summary and select report: every seed counts
+        rung = statistic(done, spec.confidence, spec.direction)  # as the summary and select: every seed counts
         mean, std, n = rung.mean, rung.std, rung.n
+        shaky = (f"; r={r} is unstable at lr {done[0].lr:g}: {len(rung.unstable)} of {n} seeds collapsed"
+                 if rung.unstable and done[0].lr is not None else
+                 f"; unstable: {len(rung.unstable)} of {n} seeds collapsed" if rung.unstable else "")
         by_rank[r] = done
         spread.append((n, std))
         threshold = max(spec.min_delta, spec.noise_k * _pooled_std(spread))
         state.threshold = threshold
         if best is None:
-            state.rungs.append(Rung(r, n, mean, std, "first", f"first learning rung: {mean:.4f}"))
+            state.rungs.append(Rung(r, n, mean, std, "first", f"first learning rung: {mean:.4f}{shaky}"))
             best, best_r = mean, r
             continue
         gain = _better(mean, best, spec.direction)
@@ -225,7 +229,7 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
             stale = 0
         else:
             stale += 1
-        state.rungs.append(Rung(r, n, mean, std, "gain" if won else "no gain", detail, vs_r=best_r,
+        state.rungs.append(Rung(r, n, mean, std, "gain" if won else "no gain", detail + shaky, vs_r=best_r,
                                 **({"diff": mean - best} | extra)))
         if gain > 0:
             best, best_r = mean, r
@@ -239,7 +243,24 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
         state.finished = True
         state.reason = f"max_rank reached (r={spec.ranks[-1]})"
     _plateau(state, spec, best, best_r, by_rank, spread)
+    if state.finished and state.plateau_rank is not None and head:
+        _against_the_head(state, spec, head, by_rank, spread)
     return state
+
+
+def _against_the_head(state: LadderState, spec: LadderSpec, head: list[TrialRecord], by_rank, spread) -> None:
+    """A ladder none of whose rungs beats the head alone (with confidence, on the same dev examples) found no
+    rank: its adapters add nothing yet, so it reports no plateau rank."""
+    diffs = {r: _compare(spec, head, recs, spread) for r, recs in by_rank.items()}
+    if any(d is None for d in diffs.values()):
+        return  # predictions missing: no verdict against the head
+    if not any(is_gain(d, 0.0, spec.direction) for d in diffs.values()):
+        best = max(diffs.items(), key=lambda kv: kv[1].estimate if spec.direction == "maximize" else -kv[1].estimate)
+        r, d = best
+        state.plateau_rank = None
+        state.reason = (f"the adapters add nothing yet: no rung beats the head alone (best r={r}: "
+                        f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}] at {spec.confidence:.0%}); train longer "
+                        f"or raise the lr before comparing ranks")
 
 
 def _compare(spec: LadderSpec, a: list[TrialRecord], b: list[TrialRecord], spread):
@@ -277,12 +298,20 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
     hist = _History([r for r in records if r.targets], spec.max_retries)
     pending: list[Point] = []
     speculative: list[Point] = []
-    ladders = [walk_ladder(ts, spec, hist, pending, speculative) for ts in spec.target_sets]
+    head = None
+    if spec.head_reference:  # first: it is the cheapest trial, and every ladder's verdict needs it
+        point = Point(HEAD, 0, spec.seeds[0])
+        if hist.status(point) == "pending":
+            pending.append(point)
+        done = hist.completed(point)
+        head = [done] if done is not None else None
+    ladders = [walk_ladder(ts, spec, hist, pending, speculative, head) for ts in spec.target_sets]
     extensions: list[str] = []
     if spec.grid:  # every rank of every target set, and of the extension sets only when extend is on
         sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
-        pending = [Point(ts, r, s) for ts in sets for r in spec.ranks for s in spec.seeds
-                   if not over_budget(spec, ts, r) and hist.status(Point(ts, r, s)) == "pending"]
+        pending = [p for p in pending if p.targets == HEAD] + [
+            Point(ts, r, s) for ts in sets for r in spec.ranks for s in spec.seeds
+            if not over_budget(spec, ts, r) and hist.status(Point(ts, r, s)) == "pending"]
         ladders = [walk_ladder(ts, spec, hist, []) for ts in sets]
         speculative = []
     elif spec.extend:

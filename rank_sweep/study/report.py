@@ -110,7 +110,7 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
 
 def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> tuple[str, dict]:
     records = records_from_study(study)
-    summaries = aggregate(records, cfg.search.confidence)
+    summaries = aggregate(records, cfg.search.confidence, cfg.task.direction)
     lines = [f"study {study.study_name}: {len(records)} trials, metric {cfg.task.metric} ({cfg.task.direction})", ""]
     lines.append(summary_table(summaries) if summaries else "(no completed trial)")
     lines.append("")

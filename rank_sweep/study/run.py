@@ -20,7 +20,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from rank_sweep import tracking
-from rank_sweep.config import FULL, RunConfig, targets_key
+from rank_sweep.config import FULL, HEAD, RunConfig, targets_key
 from rank_sweep.errors import ConfigError, TrackingError
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.study import plan as ladder
@@ -49,6 +49,8 @@ class CostModel:
     def __call__(self, targets: str, r: int) -> tuple[int, int]:
         if targets == FULL:
             return 0, self.total
+        if targets == HEAD:
+            return 0, self.head
         n = self.plan(targets).lora_params(r)
         return n, n + self.head
 
@@ -94,7 +96,7 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
         seeds=[cfg.seed + i for i in range(s.seeds)], patience=s.patience, min_delta=s.min_delta,
         noise_k=s.noise_k, direction=cfg.task.direction, extend=s.extend,
         extend_sets=[targets_key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
-        include_full=s.include_full_finetune, max_retries=s.max_retries, cost=cost,
+        include_full=s.include_full_finetune, head_reference=s.head_reference, max_retries=s.max_retries, cost=cost,
         max_lora_params=s.budget.max_lora_params, max_trainable_params=s.budget.max_trainable_params,
         rank_limit=s.budget.max_rank,
         grid=s.strategy == "grid", tuned=s.strategy == "tpe", speculate=s.speculate,

@@ -59,7 +59,7 @@ def open_storage(url: str, heartbeat_seconds: int = 30):
 # stop rules (patience, min_delta, noise_k, budgets, ...) decide which points run, not what a point scores, so
 # they may change on a resumed study.
 NOT_RESULT_KEYS = ("tracking", "output_dir", "save_adapter", "worker", "trainer.progress_bar", "trainer.num_threads",
-                   "search", "lora.r", "lora.targets", "lora.full_finetune", "seed")
+                   "search", "lora.r", "lora.targets", "lora.full_finetune", "lora.head_only", "seed")
 FINGERPRINT_ATTR = "config_fingerprint"
 
 
@@ -86,7 +86,8 @@ def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
                 "search.extend_target_sets": spec.extend_sets if spec.extend else [], "search.ranks": spec.ranks,
                 "search.seeds": spec.seeds, "search.noise_seeds": spec.noise_seeds,
                 "search.learn_margin": cfg.search.learn_margin, "search.confidence": cfg.search.confidence,
-                "search.pruner": cfg.search.pruner, "search.include_full_finetune": spec.include_full})
+                "search.pruner": cfg.search.pruner, "search.include_full_finetune": spec.include_full,
+                "search.head_reference": spec.head_reference})
     out.update({f"data.{k}": v for k, v in data_digest(cfg.task).items()})
     return json.loads(json.dumps(out))
 

@@ -245,6 +245,14 @@ def wrap(model: nn.Module, cfg: LoraConfig, family: str | None = None, plan: Tar
     return get_peft_model(model, peft_cfg)
 
 
+def head_alone(model: nn.Module) -> nn.Module:
+    """The reference without an adapter: every base weight frozen, the classification head trained alone."""
+    heads = head_names(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name == h or name.startswith(h + ".") for h in heads))
+    return model
+
+
 def freeze_for_full_finetune(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)

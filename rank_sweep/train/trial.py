@@ -22,7 +22,7 @@ import torch
 
 from rank_sweep import tracking
 from rank_sweep.analysis import spectra
-from rank_sweep.config import RunConfig, targets_key
+from rank_sweep.config import FULL, HEAD, RunConfig, targets_key
 from rank_sweep.results.paired import is_gain, paired_difference, score_interval
 from rank_sweep.results.predictions import ARTIFACT, predictions_path, save_predictions
 from rank_sweep.train import lora
@@ -69,6 +69,8 @@ def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
     plan = None
     if cfg.lora.full_finetune:
         model = lora.freeze_for_full_finetune(model)
+    elif cfg.lora.head_only:
+        model = lora.head_alone(model)
     else:
         plan = lora.plan_targets(model, cfg.lora.targets, cfg.model.family)
         lora.check_rank_fits(plan, cfg.lora.r)
@@ -80,13 +82,13 @@ def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
 
 def trial_params(cfg: RunConfig) -> dict:
     """The MLflow params every trial carries (a contract: later parts rely on these names)."""
-    full = cfg.lora.full_finetune
+    full = cfg.lora.full_finetune or cfg.lora.head_only
     return {
         "model": cfg.model.label,
         "model_path": cfg.model.name_or_path,
         "task": cfg.task.name,
         "r": 0 if full else cfg.lora.r,
-        "targets": "full" if full else targets_key(cfg.lora.targets),
+        "targets": (HEAD if cfg.lora.head_only else FULL) if full else targets_key(cfg.lora.targets),
         "alpha": None if full else cfg.lora.lora_alpha,
         "alpha_policy": cfg.lora.alpha_policy,
         "lr": cfg.trainer.lr,

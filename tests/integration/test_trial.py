@@ -150,3 +150,12 @@ def test_a_trial_keeps_its_per_example_predictions(toy_cfg, tmp_path):
     assert local.outputs.shape == (64, 2) and list(local.index) == list(range(64))
     rescored = compute_metrics(toy_cfg.task, local.outputs, local.label)["accuracy"]
     assert rescored == pytest.approx(result.score)
+
+
+def test_the_head_only_reference_trains_the_head_alone(toy_cfg):
+    toy_cfg.lora.head_only = True
+    result = run_trial(toy_cfg, cache=WorkerCache())
+    c = result.counts
+    assert c.lora_params == 0 and c.trainable_params == c.head_params == 32 * 2 + 2  # BERT's classifier: 32 -> 2
+    _, [run] = _runs(toy_cfg)
+    assert (run.data.params["targets"], run.data.params["r"]) == ("head only", "0")

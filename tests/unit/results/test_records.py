@@ -200,3 +200,18 @@ def test_study_to_summaries_end_to_end():
     wq, wqwv = aggregate(records_from_study(_study(trials)))
     assert wq.not_learning and wq.numbers == (3,)
     assert wqwv.mean == pytest.approx(0.86) and wqwv.numbers == (0, 1) and wqwv.lora_params == 49152
+
+
+def test_a_seed_that_collapsed_while_its_siblings_learned_is_flagged_unstable():
+    # issue #14: SST-2, r=16, lr 3e-3, five seeds; the mean says "no gain" while four seeds beat every r=2 seed
+    scores = (0.798, 0.796, 0.795, 0.747, 0.603)
+    recs = [TrialRecord(i, "Wq,Wk,Wv,Wo", 16, i, "COMPLETE", s, 10, 20, 1.0, lr=3e-3, score_ci_low=s - 0.027,
+                        score_ci_high=s + 0.027) for i, s in enumerate(scores)]
+    [s] = aggregate(recs)
+    assert s.unstable == (4,)  # 0.603 collapsed; 0.747 is within twice the dev-set half-width of the others
+    assert s.mean == pytest.approx(sum(scores) / 5)  # charged to the configuration, not averaged away
+    from rank_sweep.results.tables import summary_table
+
+    assert "unstable: 1 of 5 seeds collapsed (trials 4)" in summary_table([s])
+    steady = [TrialRecord(i, "Wq", 2, i, "COMPLETE", s, 10, 20, 1.0) for i, s in enumerate((0.776, 0.770, 0.781))]
+    assert aggregate(steady)[0].unstable == ()

@@ -385,3 +385,33 @@ def test_summary_table_notes_partly_stuck_seeds():
 def test_budget_error_names_the_limit(budget, expected):
     summaries = [S("Wq", 2, 0.8, 20, seconds=6.0), S("Wq", 4, 0.85, 40, seconds=3.0)]  # each limit alone admits one
     assert _error(summaries, budget) == expected
+
+
+def _paired(half):
+    from rank_sweep.results.paired import Interval
+
+    def compare(a, b):
+        est = b.mean - a.mean
+        return Interval(est, est - half, est + half)
+
+    return compare
+
+
+def test_with_paired_intervals_within_tolerance_means_not_shown_worse():
+    """issue #14: a cheaper configuration 0.02 below the best, with a paired interval of +/-0.03, is not shown
+    worse than the best by more than the tolerance 0.005: it is chosen; with +/-0.01 it is shown worse."""
+    summaries = [S("Wq", 1, 0.80, 10), S("Wq", 4, 0.82, 40)]
+    sel = select(summaries, Budget(), 0.005, compare=_paired(0.03))
+    assert sel.chosen.label == "Wq r=1" and sel.best.label == "Wq r=4"
+    assert sel.confidence_line.startswith("confidence: Wq r=1 - Wq r=4 = -0.0200 [-0.0500, +0.0100] (95% paired")
+    assert "confidence:" in format_selection(sel)
+    sel = select(summaries, Budget(), 0.005, compare=_paired(0.01))
+    assert sel.chosen.label == "Wq r=4"
+    assert dict((s.label, why) for s, why in sel.runners_up)["Wq r=1"].startswith(
+        "shown worse than the best by more than 0.005: -0.0200 [-0.0300, -0.0100]")
+
+
+def test_without_predictions_select_says_the_choice_rests_on_means():
+    sel = select([S("Wq", 1, 0.80, 10), S("Wq", 4, 0.82, 40)], Budget(), 0.005, compare=lambda a, b: None)
+    assert sel.chosen.label == "Wq r=4" and sel.confidence is None
+    assert sel.confidence_line.startswith("confidence: no per-example predictions were found")

@@ -25,7 +25,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 WQ, WQV, ALL4 = "Wq", "Wq,Wv", "Wq,Wk,Wv,Wo"
 DISTS = {
-    "targets": CategoricalDistribution([WQ, WQV, ALL4, FULL]),
+    "targets": CategoricalDistribution([WQ, WQV, ALL4, FULL, "head only"]),
     "r": CategoricalDistribution([0, 1, 2, 4, 8, 16, 32]),
     "seed": IntDistribution(0, 10),
 }
@@ -540,3 +540,28 @@ def test_noise_seeds_run_on_the_first_rung_and_their_spread_is_reused_up_the_lad
     plan(records(history + rungs(WQ, {2: 0.75})), s)
     (pair, ka, kb, seed_std), *_ = s.compare.seen
     assert pair == (1, 2) and (ka, kb) == (3, 1) and seed_std == pytest.approx(0.02)
+
+
+def test_the_head_reference_runs_first_and_a_ladder_that_does_not_beat_it_reports_no_rank(records):
+    from rank_sweep.results.records import HEAD
+
+    s = spec(ranks=[1, 2], head_reference=True, compare=_paired(0.02))
+    assert plan(records([]), s).pending == [Point(HEAD, 0, 0), Point(WQ, 1, 0)]  # the head first
+    history = [row(HEAD, 0, 0, 0.70)] + rungs(WQ, {1: 0.70, 2: 0.71})
+    lad = plan(records(history), s).ladders[0]
+    assert lad.finished and lad.plateau_rank is None
+    assert lad.reason.startswith("the adapters add nothing yet: no rung beats the head alone (best r=2: +0.0100")
+    history = [row(HEAD, 0, 0, 0.60)] + rungs(WQ, {1: 0.70, 2: 0.71})  # now every rung beats the head
+    lad = plan(records(history), s).ladders[0]
+    assert lad.plateau_rank == 1
+
+
+def test_the_head_reference_is_never_chosen_by_select():
+    from rank_sweep.config import HEAD
+    from rank_sweep.results.selection import select
+
+    recs = [TrialRecord(0, HEAD, 0, 0, "COMPLETE", 0.80, 0, 10, 1.0),
+            TrialRecord(1, WQ, 1, 0, "COMPLETE", 0.79, 10, 20, 1.0)]
+    sel = select(recs, tolerance=0.05)
+    assert sel.chosen.targets == WQ
+    assert ("head only", "reference: the head alone, no adapter") in [(s.label, why) for s, why in sel.runners_up]
