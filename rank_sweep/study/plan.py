@@ -225,10 +225,7 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
             won = gain > threshold + 1e-12  # a float difference equal to the threshold is no gain
             detail = f"mean {mean:.4f} vs best lower {best:.4f}: gain {gain:+.4f}, threshold {threshold:.4f}"
         extra = {} if diff is None else {"diff": diff.estimate, "diff_ci_low": diff.low, "diff_ci_high": diff.high}
-        if won:
-            stale = 0
-        else:
-            stale += 1
+        stale = 0 if won else stale + 1
         state.rungs.append(Rung(r, n, mean, std, "gain" if won else "no gain", detail + shaky, vs_r=best_r,
                                 **({"diff": mean - best} | extra)))
         if gain > 0:
@@ -255,8 +252,7 @@ def _against_the_head(state: LadderState, spec: LadderSpec, head: list[TrialReco
     if any(d is None for d in diffs.values()):
         return  # predictions missing: no verdict against the head
     if not any(is_gain(d, 0.0, spec.direction) for d in diffs.values()):
-        best = max(diffs.items(), key=lambda kv: kv[1].estimate if spec.direction == "maximize" else -kv[1].estimate)
-        r, d = best
+        r, d = max(diffs.items(), key=lambda kv: kv[1].estimate * (1 if spec.direction == "maximize" else -1))
         state.plateau_rank = None
         state.reason = (f"the adapters add nothing yet: no rung beats the head alone (best r={r}: "
                         f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}] at {spec.confidence:.0%}); train longer "
