@@ -40,7 +40,7 @@ def test_preset_retrains_the_chosen_trial_without_the_studys_overrides_or_glue_d
     env = {k: v for k, v in os.environ.items() if k not in ("GLUE_DIR", "MLFLOW_TRACKING_URI")}
     overrides = [  # none of these is a default: the preset must carry every one of them
         f"model.name_or_path={tiny_model_dir}", "model.name=tiny_bert", "task=sst2", "task.max_seq_length=16",
-        "task.max_eval_samples=60", "trainer.epochs=6", "trainer.lr=2e-2", "trainer.batch_size=16",
+        "task.max_eval_samples=60", "trainer.epochs=3", "trainer.lr=2e-2", "trainer.batch_size=16",
         "trainer.progress_bar=false", "lora.alpha_k=4.0", "lora.dropout=0.0", "seed=3",
         "search.ladder=[1,2]", "search.target_sets=[[Wq,Wv]]", "search.extend=false", "search.study_name=repro",
     ]
@@ -52,7 +52,7 @@ def test_preset_retrains_the_chosen_trial_without_the_studys_overrides_or_glue_d
     number = int(re.search(r"trial (\d+) ", text).group(1))
     assert "from the trial's stored config" in text
     assert f"data_dir: {glue / 'SST-2'}" in text and "precision: auto" not in text
-    assert "epochs: 6" in text and "max_eval_samples: 60" in text and "alpha_k: 4.0" in text
+    assert "epochs: 3" in text and "max_eval_samples: 60" in text and "alpha_k: 4.0" in text
 
     elsewhere = tmp_path / "elsewhere"  # a new shell: another folder, no GLUE_DIR, default stores
     elsewhere.mkdir()
