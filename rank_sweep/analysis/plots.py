@@ -45,18 +45,20 @@ def _scored(summaries: Sequence[ConfigSummary]) -> list[ConfigSummary]:
 
 
 def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metric_name: str) -> Path:
-    """Mean validation score against rank (log2 axis), one line per target set,
-    error bars one seed std; full fine-tuning, if present, as a dashed level."""
+    """Mean validation score against rank (log2 axis), one line per target set, error bars the interval of
+    the mean (dev-set sampling and seed noise) where every point has one, else one seed std; full fine-tuning
+    and the head-only reference, if present, as dashed levels."""
     scored = _scored(summaries)
     lora = [s for s in scored if s.targets != FULL and s.r > 0]
     if not lora:
         raise RankSweepError("no LoRA configuration with a score to plot against rank")
     fig, ax = _figure()
+    intervals = all(s.ci_low is not None and s.ci_high is not None for s in lora)
     for targets in dict.fromkeys(s.targets for s in lora):
         pts = sorted((s for s in lora if s.targets == targets), key=lambda s: s.r)
-        line = ax.errorbar(
-            [s.r for s in pts], [s.mean for s in pts], yerr=[s.std for s in pts], marker="o", capsize=3, label=targets
-        )
+        yerr = ([[s.mean - s.ci_low for s in pts], [s.ci_high - s.mean for s in pts]] if intervals
+                else [s.std for s in pts])
+        line = ax.errorbar([s.r for s in pts], [s.mean for s in pts], yerr=yerr, marker="o", capsize=3, label=targets)
         stuck = [s for s in pts if s.not_learning]
         if stuck:  # a rank that did not learn is a hole in the curve, not a data point
             color = line.lines[0].get_color()
@@ -72,7 +74,7 @@ def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metri
     if len(ranks) == 1:
         ax.set_xlim(ranks[0] / 2, ranks[0] * 2)
     ax.set_xlabel("LoRA rank r")
-    ax.set_ylabel(f"validation {metric_name} (mean +/- seed std)")
+    ax.set_ylabel(f"validation {metric_name} " + ("(mean, interval of the mean)" if intervals else "(mean +/- seed std)"))
     ax.set_title(
         f"validation {metric_name} by rank" + (" (x: did not learn)" if any(s.not_learning for s in lora) else "")
     )

@@ -92,3 +92,13 @@ def test_empty_input_is_an_error_and_writes_nothing(tmp_path, call, match):
     with pytest.raises(RankSweepError, match=match):
         call(path)
     assert not path.exists()
+
+
+def test_rank_curves_draw_the_interval_of_each_mean(tmp_path):
+    """issue #14: the rank-curve plot shows each configuration's interval, not only a seed std."""
+    from matplotlib.image import imread
+
+    summaries = [ConfigSummary("Wq", r, 1, 0.7 + 0.01 * r, 0.0, 10 * r, 20 * r, 1.0, ci_low=0.65 + 0.01 * r,
+                               ci_high=0.74 + 0.01 * r) for r in (1, 2, 4)]
+    path = plot_rank_curves(summaries, tmp_path / "rank.png", "accuracy")
+    assert imread(path).shape[0] > 100
