@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install rank_sweep with its dev tools
 
-sweep: install ## the quick start: the whole recipe on SST-2 with MiniLM-L6 (about 6 min on 2 cores)
+sweep: install ## the quick start: the whole recipe on SST-2 with MiniLM-L6 (about 11 min on 2 cores)
 	$(VENV)/bin/rank-sweep experiment=quickstart $(ARGS)
 
 trial: install ## one trial: make trial ARGS="task=mrpc lora.r=8 lora.targets=[Wq,Wv]"

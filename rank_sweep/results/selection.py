@@ -171,7 +171,7 @@ def select(
     return Selection(
         chosen=chosen,
         best=best,
-        reason=_reason(chosen, best, tolerance),
+        reason=_reason(chosen, best, tolerance, paired),
         runners_up=_runners_up(eligible, candidates, chosen, excluded, bad, tolerance, direction,
                                vs_best if paired else {}),
         pareto=pareto_front([s for s in with_metrics if not s.not_learning], direction),
@@ -245,11 +245,13 @@ def cost_text(s: ConfigSummary) -> str:
     return f"{count_text(s.lora_params)} LoRA params{extra}"
 
 
-def _reason(chosen: ConfigSummary, best: ConfigSummary, tolerance: float) -> str:
+def _reason(chosen: ConfigSummary, best: ConfigSummary, tolerance: float, paired: bool = False) -> str:
+    within = f"not shown worse than the best by more than {tolerance:g}" if paired else f"within {tolerance:g} of the best"
     if chosen is best:
-        tail = f" (nothing cheaper within {tolerance:g})" if tolerance > 0 else ""
+        tail = (f" (nothing cheaper {within})" if paired else f" (nothing cheaper within {tolerance:g})") if (
+            tolerance > 0 or paired) else ""
         return f"best score in budget: {chosen.label} scores {score_text(chosen.mean)} with {cost_text(chosen)}{tail}"
     return (
-        f"cheapest configuration within {tolerance:g} of the best in budget ({best.label}: {score_text(best.mean)}): "
+        f"cheapest configuration {within} in budget ({best.label}: {score_text(best.mean)}): "
         f"{chosen.label} scores {score_text(chosen.mean)} with {cost_text(chosen)}"
     )
