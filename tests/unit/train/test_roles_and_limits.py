@@ -17,20 +17,11 @@ from transformers import (
 )
 
 from rank_sweep.config import LoraConfig, TrainerConfig
-from rank_sweep.errors import ConfigError
 from rank_sweep.train.loading import WorkerCache, max_tokens
 from rank_sweep.train.lora import _linear_modules, plan_targets, wrap
 from tests.conftest import make_tiny_model, minilm_path
+from tests.unit.test_config import error_of
 from tests.unit.train.test_lora import LAYERS, build, expected_names
-
-
-def error_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(ConfigError) as err:
-        fn(*args, **kwargs)
-    msg = str(err.value)
-    assert msg and "\n" not in msg, msg
-    return msg
-
 
 # ---------------------------------------------------------------------------- role maps
 
