@@ -118,14 +118,14 @@ def unstable_seeds(recs: list[TrialRecord], direction: str = "maximize") -> tupl
     if len(recs) < 3:
         return ()
     sign = 1.0 if direction == "maximize" else -1.0
+    halves = [(r.score_ci_high - r.score_ci_low) / 2 for r in recs
+              if r.score_ci_low is not None and r.score_ci_high is not None]
+    half = statistics.fmean(halves) if halves else 0.0  # the seeds share the dev set: one half-width for all
     out = []
     for rec in recs:
         others = [r.score for r in recs if r is not rec]
         mid = statistics.median(others)
         mad = 1.4826 * statistics.median(abs(x - mid) for x in others)
-        half = statistics.fmean((r.score_ci_high - r.score_ci_low) / 2 for r in recs
-                                if r.score_ci_low is not None and r.score_ci_high is not None) if any(
-            r.score_ci_low is not None for r in recs) else 0.0
         if sign * (mid - rec.score) > max(3 * mad, 2 * half, 0.02):
             out.append(rec.number)
     return tuple(out)

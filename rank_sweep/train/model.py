@@ -21,6 +21,16 @@ from rank_sweep.config import TaskConfig, TrainerConfig
 from rank_sweep.train.metrics import compute_metrics
 
 
+def constant_outputs(outputs: np.ndarray | None, is_regression: bool) -> bool:
+    """Whether every dev example got the same prediction (one class, or one value): a model that ignores its input."""
+    if outputs is None or len(outputs) == 0:
+        return False
+    if is_regression:
+        return bool(np.std(outputs) < 1e-8)
+    classes = outputs.argmax(-1)
+    return bool(np.all(classes == classes[0]))
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
@@ -64,11 +74,7 @@ class SequenceClassifier(pl.LightningModule):
         outputs, labels = np.concatenate(self._preds), np.concatenate(self._labels)
         self._preds, self._labels = [], []
         metrics = compute_metrics(self.task, outputs, labels)
-        if self.task.is_regression:
-            self.constant_predictions = bool(np.std(outputs) < 1e-8)
-        else:
-            classes = outputs.argmax(-1)
-            self.constant_predictions = bool(np.all(classes == classes[0]))
+        self.constant_predictions = constant_outputs(outputs, self.task.is_regression)
         self.last_metrics, self.last_outputs, self.last_labels = metrics, outputs, labels
         if not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, **metrics})

@@ -32,7 +32,7 @@ from rank_sweep.train.data import data_files
 from rank_sweep.train.export import export_adapter
 from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
 from rank_sweep.train.metrics import baseline_outputs, baseline_score
-from rank_sweep.train.model import SequenceClassifier
+from rank_sweep.train.model import SequenceClassifier, constant_outputs
 
 
 @dataclass
@@ -205,18 +205,9 @@ def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: 
     if cfg.trainer.early_stopping_patience and best.epoch is not None:
         best.restore(module)  # the weights, metrics and outputs of the best epoch: what the trial reports
         score_epoch = best.epoch
-        module.constant_predictions = _constant(cfg, module.last_outputs)
+        module.constant_predictions = constant_outputs(module.last_outputs, cfg.task.is_regression)
     return _Fit(module, datamodule, dict(module.last_metrics), train_seconds, setup_seconds, trainer.global_step,
                 score_epoch, last_epoch if best.epoch is None else best.epoch)
-
-
-def _constant(cfg: RunConfig, outputs) -> bool:
-    if outputs is None:
-        return False
-    if cfg.task.is_regression:
-        return bool(outputs.std() < 1e-8)
-    classes = outputs.argmax(-1)
-    return bool((classes == classes[0]).all())
 
 
 def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margin: float | None, client,
