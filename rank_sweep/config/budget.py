@@ -55,9 +55,9 @@ class Budget:
             if limit is None:
                 continue
             if value is None:
-                return False, f"over budget: {unit} unknown, {name}={_count(limit)}"
+                return False, f"over budget: {unit} unknown, {name}={count_text(limit)}"
             if value > limit:
-                return False, f"over budget: {_count(value)} {unit} > max {_count(limit)}"
+                return False, f"over budget: {count_text(value)} {unit} > max {count_text(limit)}"
         return True, None
 
     def __str__(self) -> str:
@@ -85,7 +85,10 @@ def build_budget(data: dict | None, where: str) -> Budget:
     return Budget(where=where, **data)
 
 
-def _count(x: float) -> str:
+def count_text(x: float | None) -> str:
+    """How budgets and reports write a count or a limit: ``1,234``, ``0.5``, ``?`` when unknown."""
+    if x is None:
+        return "?"
     return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
 
 

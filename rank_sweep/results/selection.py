@@ -22,17 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rank_sweep.config import FULL, HEAD, Budget
+from rank_sweep.config.budget import count_text
 from rank_sweep.errors import RankSweepError
 from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate
 
 DIRECTIONS = ("maximize", "minimize")
 __all__ = ["Budget", "Selection", "select", "pareto_front", "count_text", "score_text"]
-
-
-def count_text(x: float | None) -> str:
-    if x is None:
-        return "?"
-    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
 
 
 def score_text(x: float | None) -> str:
