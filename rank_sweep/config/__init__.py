@@ -40,12 +40,13 @@ from rank_sweep.config.base import (
     targets_key,
 )
 from rank_sweep.config.budget import Budget, SelectConfig, build_budget
+from rank_sweep.config.method import MethodConfig
 from rank_sweep.config.run import TRIAL_SECTIONS, RunConfig, SearchConfig, build, build_config, trial_config
 from rank_sweep.config.sections import LoraConfig, ModelConfig, TaskConfig, TrackingConfig, TrainerConfig
 
 __all__ = [
     "ALPHA_POLICIES", "CONF_DIR", "FULL", "HEAD", "INITS", "METRICS", "MINIMIZED", "PRECISIONS", "PRUNERS", "SOURCES", "STRATEGIES",
-    "TASK_SOURCES", "TRIAL_SECTIONS", "Budget", "LoraConfig", "ModelConfig", "RunConfig", "SearchConfig", "SelectConfig", "TaskConfig",
+    "TASK_SOURCES", "TRIAL_SECTIONS", "Budget", "LoraConfig", "MethodConfig", "ModelConfig", "RunConfig", "SearchConfig", "SelectConfig", "TaskConfig",
     "TrackingConfig", "TrainerConfig", "build", "build_budget", "build_config", "check_rank", "default", "one_of",
     "option_defaults", "sqlite_path", "targets_key", "trial_config",
 ]

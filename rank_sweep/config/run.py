@@ -22,6 +22,7 @@ from rank_sweep.config.base import (
     sqlite_path,
 )
 from rank_sweep.config.budget import Budget, build_budget
+from rank_sweep.config.method import MethodConfig
 from rank_sweep.config.sections import LoraConfig, ModelConfig, TaskConfig, TrackingConfig, TrainerConfig
 from rank_sweep.errors import ConfigError
 
@@ -126,6 +127,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -146,7 +148,7 @@ class RunConfig:
         return self.search.study_name or f"{self.model.name}-{self.task.name}-{self.search.strategy}"
 
 
-TRIAL_SECTIONS = ("model", "task", "lora", "trainer", "seed")  # what retrains one trial: a preset sets these
+TRIAL_SECTIONS = ("model", "task", "lora", "method", "trainer", "seed")  # what retrains one trial: a preset sets these
 
 
 def trial_config(cfg: RunConfig, targets: str, r: int, seed: int, **overrides) -> RunConfig:
@@ -189,6 +191,7 @@ def build_config(tree: Any) -> RunConfig:
         "model": ModelConfig,
         "task": TaskConfig,
         "lora": LoraConfig,
+        "method": MethodConfig,
         "trainer": TrainerConfig,
         "tracking": TrackingConfig,
         "search": SearchConfig,

@@ -48,7 +48,7 @@ UNKNOWN = [
     (["search.budget.max_trial=2"], "config", "search.budget.max_trial is not a known key: did you mean "
                                               "search.budget.max_trials? (valid keys of search.budget: "),
     (["trainr.epochs=1"], "config", "trainr.epochs is not a known key: did you mean trainer.epochs? "
-                                    "(valid keys at the top: experiment, lora, model, output_dir, "),
+                                    "(valid keys at the top: experiment, lora, method, model, output_dir, "),
     (["trainr=gpu"], "config", "trainr is not a known key: did you mean trainer? "),
     (["sed=3"], "config", "sed is not a known key: did you mean seed? "),
     (["trainer.max_seq_length=64"], "config", "trainer.max_seq_length is not a known key: did you mean "
