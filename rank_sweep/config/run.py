@@ -45,6 +45,7 @@ class SearchConfig:
     min_delta: float = default("search", "min_delta")
     noise_k: float = default("search", "noise_k")
     learn_margin: float = default("search", "learn_margin")  # score must beat the trivial baseline by this to count as learning
+    lr_probe: list[float] = default("search", "lr_probe")  # multiples of trainer.lr tried when a first rung does not learn
     extend: bool = default("search", "extend")
     extend_target_sets: list[list[str]] = default("search", "extend_target_sets")
     extend_max_rank: int = default("search", "extend_max_rank")  # "a low rank": plateau ranks up to this trigger the extension step
@@ -96,6 +97,12 @@ class SearchConfig:
         positive("search.min_delta", self.min_delta, allow_zero=True)
         positive("search.noise_k", self.noise_k, allow_zero=True)
         positive("search.learn_margin", self.learn_margin, allow_zero=True)
+        probe = self.lr_probe
+        if (not isinstance(probe, (list, tuple)) or any(isinstance(m, bool) or not isinstance(m, (int, float))
+                                                         or not 0 < m != 1 for m in probe)
+                or len(set(probe)) != len(probe)):
+            raise ConfigError(f"search.lr_probe={probe!r} is not valid: give distinct multiples of trainer.lr other "
+                              f"than 1, e.g. [3, 10] (or [] for no probe)")
         positive("search.max_retries", self.max_retries, allow_zero=True, integer=True)
         positive("search.max_consecutive_failures", self.max_consecutive_failures, integer=True)
         positive("search.heartbeat_seconds", self.heartbeat_seconds, integer=True)

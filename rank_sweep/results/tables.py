@@ -48,8 +48,9 @@ def note(s: ConfigSummary) -> str:
 def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "markdown",
                   decisions: dict | None = None) -> str:
     """One row per (targets, r): mean score and its interval, seed std, seeds, LoRA and trainable params;
-    with ``decisions`` ((targets, r) -> the ladder's rung), the CSV also carries each rung's verdict and the
-    interval of its difference to the best lower rung (``diff``, ``diff_ci_low``, ``diff_ci_high``)."""
+    with ``decisions`` ((targets, r, probe lr or None) -> the ladder's rung), the CSV also carries each rung's
+    verdict and the interval of its difference to the best lower rung (``diff``, ``diff_ci_low``,
+    ``diff_ci_high``); its last column ``label`` names the row with any tuned value (``Wq r=1 lr=0.003``)."""
     summaries = as_summaries(items)
     decisions = decisions or {}
     if fmt == "markdown":
@@ -60,12 +61,12 @@ def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "mark
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["targets", "r", "mean", "std", "n", "lora_params", "trainable_params", "not_learning",
-                    "ci_low", "ci_high", "decision", "vs_r", "diff", "diff_ci_low", "diff_ci_high"])
+                    "ci_low", "ci_high", "decision", "vs_r", "diff", "diff_ci_low", "diff_ci_high", "label"])
         for s in summaries:
-            g = decisions.get((s.targets, s.r))
+            g = decisions.get((s.targets, s.r, dict(s.tuned).get("lr")))
             verdict = [None] * 5 if g is None else [g.decision, g.vs_r, g.diff, g.diff_ci_low, g.diff_ci_high]
             w.writerow([s.targets, s.r, s.mean, s.std, s.n, s.lora_params, s.trainable_params, s.not_learning,
-                        s.ci_low, s.ci_high, *verdict])
+                        s.ci_low, s.ci_high, *verdict, s.label])
         return buf.getvalue()
     raise RankSweepError(f"fmt={fmt!r} is not valid: choose markdown or csv")
 

@@ -13,7 +13,7 @@ import socket
 
 import optuna
 from lightning.pytorch.callbacks import Callback
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from rank_sweep.config import FULL, HEAD, TRIAL_SECTIONS, RunConfig, trial_config
 from rank_sweep.errors import TrackingError
@@ -38,6 +38,10 @@ class PointlessCheck(Callback):
         if why:
             self.trial.set_user_attr("pruned_reason", why)
             raise optuna.TrialPruned(why)
+
+
+# a probe's learning rate (search.lr_probe): fixed wide bounds, so that a study resumed with other probes still fits
+PROBE_LR = FloatDistribution(1e-12, 1e3, log=True)
 
 
 def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, CategoricalDistribution]:
@@ -69,17 +73,22 @@ class Objective:
             r = trial.suggest_categorical("r", self.dists["r"].choices)
             seed = trial.suggest_categorical("seed", self.dists["seed"].choices)
             overrides = {}
+        claim = trial.study._storage.get_trial_system_attrs(trial._trial_id).get(POINT_ATTR) or {}
+        probe_lr = None
+        if claim.get("lr") is not None:  # a learning-rate probe of a first rung that did not learn
+            probe_lr = trial.suggest_float("lr", PROBE_LR.low, PROBE_LR.high, log=True)
+            overrides = {"trainer.lr": probe_lr}
         run = trial_config(self.cfg, targets, r, seed, **overrides)
         callbacks = [_pruning_callback(trial, f"val/{self.cfg.task.metric}")]
-        claim = trial.study._storage.get_trial_system_attrs(trial._trial_id).get(POINT_ATTR) or {}
         if claim.get("speculative"):
             trial.set_user_attr("speculative", True)
-            callbacks.append(PointlessCheck(trial, self.spec, ladder.Point(targets, r, seed)))
+            callbacks.append(PointlessCheck(trial, self.spec, ladder.Point(targets, r, seed, probe_lr)))
         tuned = {k.partition(".")[2]: v for k, v in overrides.items()}
         try:
             result = run_trial(run, cache=self.cache, client=self.client, experiment_id=self.experiment_id,
                                parent_run_id=self.parent_run_id, callbacks=callbacks,
-                               run_name=f"trial {trial.number}: {targets} r={r} seed={seed}",
+                               run_name=f"trial {trial.number}: {targets} r={r} seed={seed}"
+                               + ("" if probe_lr is None else f" lr={probe_lr:g}"),
                                learn_margin=self.cfg.search.learn_margin,
                                tags={"optuna_trial": trial.number, "optuna_study": trial.study.study_name,
                                      "worker": f"{socket.gethostname()}:{os.getpid()}"

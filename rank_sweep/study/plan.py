@@ -1,84 +1,37 @@
-"""The recipe as a pure function of the trial history: which points to run next,
-and why each ladder stopped.
+"""The recipe as a pure function of the trial history: which points to run next, and why each ladder stopped.
 
-A *point* is (target set, rank, seed). :func:`plan` reads only the records of
-the trials in storage (never an object's memory), so a resumed or shared study
-continues exactly where the storage says it is:
+A *point* is (target set, rank, seed, probe lr): :mod:`rank_sweep.study.history`. :func:`plan` reads only
+the records in storage, so a resumed or shared study continues where the storage says it is::
 
     p = plan(records, spec)      # p.pending: points to run now; p.done; p.ladders
 
-Per target set the ladder climbs ``spec.ranks``. A rung is decided when all its
-seeds are finished. Its score is :func:`rank_sweep.results.records.statistic`
-of its seeds, the statistic the summary and ``rank-sweep-select`` report: a
-seed that did not learn counts in the mean. A rung none of whose seeds learned
-(or that was pruned, or failed) is neither a gain nor a plateau signal. A
-learning rung is a *gain* when its mean beats the best lower learning rung by more than
-``max(min_delta, noise_k * pooled seed std)``; ``patience`` rungs in a row
-without a gain stop the ladder (plateau). Ladders also stop at the last rank
-or when the next rung would break the parameter budget. When a ladder's
-plateau rank is low (``<= extend_max_rank``), the extension step adapts more
-matrices at that rank.
+Per target set the ladder climbs ``spec.ranks``; a rung is decided when all its seeds are finished and is
+scored by :func:`rank_sweep.results.records.statistic` (as the summary and ``rank-sweep-select``). A rung is
+a *gain* when the lower bound of the paired interval of (rung - best lower rung) on the same dev examples
+clears ``min_delta`` (``spec.compare``; without predictions: its mean beats the best by more than
+``max(min_delta, noise_k * pooled seed std)``). ``patience`` rungs without a gain stop the ladder (plateau);
+so do the last rank and the budget. A rung where no seed learned is no plateau signal; when it is the first,
+``spec.lr_probe`` retries it at larger learning rates and the ladder climbs at the first that learns. A
+ladder that never beats the head-only reference reports no plateau rank. A low plateau rank
+(``<= extend_max_rank``) triggers the extension step: more matrices at that rank.
 
-With several workers, ``p.speculative`` lists the next ``spec.speculate`` rungs
-of every ladder whose current rung is still running: an idle worker runs them
-ahead of the decision. A speculative result only counts once the ladder
-reaches its rung, so the decisions are those of a single worker; when the
-ladder stops below it, :func:`pointless` says so and the trial is pruned.
+With several workers, ``p.speculative`` lists the next ``spec.speculate`` rungs above a running rung: an
+idle worker runs them ahead of the decision, which stays that of one worker; :func:`pointless` prunes them
+once their ladder stopped below them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rank_sweep.results.paired import is_gain
 from rank_sweep.results.records import FULL, HEAD, TrialRecord, statistic
+from rank_sweep.study.history import History, Point, point_of
+from rank_sweep.study.spec import LadderSpec, over_budget, rung_seeds
 
-
-@dataclass(frozen=True)
-class Point:
-    targets: str  # roles joined by commas, or "full"
-    r: int
-    seed: int
-
-    def __str__(self) -> str:
-        return f"{self.targets} r={self.r} seed={self.seed}"
-
-
-@dataclass
-class LadderSpec:
-    target_sets: list[str]
-    ranks: list[int]
-    seeds: list[int]
-    patience: int = 1
-    min_delta: float = 0.005
-    noise_k: float = 1.0
-    direction: str = "maximize"
-    extend: bool = True
-    extend_sets: list[str] = field(default_factory=list)
-    extend_max_rank: int = 4
-    include_full: bool = False
-    head_reference: bool = False  # one trial of the head alone (seed spec.seeds[0]): what the adapters must beat
-    max_retries: int = 2
-    # (targets, r) -> (lora_params, trainable_params); None: no parameter budget
-    cost: Callable[[str, int], tuple[int, int]] | None = None
-    max_lora_params: int | None = None
-    max_trainable_params: int | None = None
-    rank_limit: int | None = None  # search.budget.max_rank
-    grid: bool = False
-    tuned: bool = False  # TPE: the sampler draws points (and other values); the plan neither proposes nor judges
-    speculate: int = 1  # rungs above a running rung that idle workers may start ahead of its decision
-    noise_seeds: list[int] = field(default_factory=list)  # extra seeds on each ladder's first rung (seed noise)
-    # (records of a, records of b, reused seed std) -> Interval of mean score(b) - mean score(a) on the same dev
-    # examples, or None when their predictions are not at hand: then the rule compares means (noise_k, min_delta)
-    compare: Callable | None = None
-    confidence: float = 0.95
-
-
-def rung_seeds(spec: LadderSpec, r: int) -> list[int]:
-    """The seeds a rung runs: the first rung of a ladder adds the noise seeds (it is the cheapest)."""
-    return spec.seeds + spec.noise_seeds if r == spec.ranks[0] else list(spec.seeds)
+__all__ = ["LadderSpec", "Plan", "Point", "Rung", "LadderState", "plan", "point_of", "pointless", "over_budget",
+           "rung_seeds", "walk_ladder"]
 
 
 @dataclass
@@ -93,6 +46,7 @@ class Rung:
     diff_ci_low: float | None = None
     diff_ci_high: float | None = None
     vs_r: int | None = None  # the best lower rung it was compared with
+    lr: float | None = None  # the probe's learning rate it trained at; None: the configured one
 
 
 @dataclass
@@ -103,6 +57,8 @@ class LadderState:
     reason: str = "running"
     plateau_rank: int | None = None
     threshold: float = 0.0
+    lr: float | None = None  # the learning rate it climbs at: None, the configured one; else the probe's that learned
+    probes: list[str] = field(default_factory=list)  # what each learning-rate probe found
 
 
 @dataclass
@@ -119,48 +75,6 @@ def _better(a: float, b: float, direction: str) -> float:
     return a - b if direction == "maximize" else b - a
 
 
-def over_budget(spec: LadderSpec, targets: str, r: int) -> str | None:
-    if targets in (FULL, HEAD):
-        return None
-    if spec.rank_limit is not None and r > spec.rank_limit:
-        return f"r={r} > budget max_rank {spec.rank_limit}"
-    if spec.cost is None:
-        return None
-    lora_params, trainable = spec.cost(targets, r)
-    if spec.max_lora_params is not None and lora_params > spec.max_lora_params:
-        return f"r={r} needs {lora_params:,} LoRA params > budget {spec.max_lora_params:,}"
-    if spec.max_trainable_params is not None and trainable > spec.max_trainable_params:
-        return f"r={r} needs {trainable:,} trainable params > budget {spec.max_trainable_params:,}"
-    return None
-
-
-class _History:
-    """Records indexed by point: what finished, what failed, what runs now."""
-
-    def __init__(self, records: list[TrialRecord], max_retries: int):
-        self.by_point: dict[Point, list[TrialRecord]] = {}
-        for rec in records:
-            self.by_point.setdefault(Point(rec.targets, rec.r, rec.seed), []).append(rec)
-        self.max_retries = max_retries
-
-    def status(self, p: Point) -> str:
-        recs = self.by_point.get(p, [])
-        states = [r.state for r in recs]
-        if "COMPLETE" in states:
-            return "complete"
-        if "PRUNED" in states:
-            return "pruned"
-        if "RUNNING" in states:
-            return "running"
-        if states.count("FAIL") > self.max_retries:
-            return "failed"
-        return "pending"
-
-    def completed(self, p: Point) -> TrialRecord | None:
-        """The point's first usable record (COMPLETE, finite score), or None."""
-        return next((rec for rec in self.by_point.get(p, []) if rec.usable), None)
-
-
 def _pooled_std(rungs: list[tuple[int, float]]) -> float:
     """sqrt(sum((n_i-1) s_i^2) / sum(n_i-1)) over rungs with >= 2 seeds."""
     dof = sum(n - 1 for n, _ in rungs if n >= 2)
@@ -169,7 +83,7 @@ def _pooled_std(rungs: list[tuple[int, float]]) -> float:
     return math.sqrt(sum((n - 1) * s * s for n, s in rungs if n >= 2) / dof)
 
 
-def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Point],
+def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Point],
                 speculative: list[Point] | None = None, head: list[TrialRecord] | None = None) -> LadderState:
     state = LadderState(targets)
     best: float | None = None
@@ -182,24 +96,17 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
         if why:
             state.finished, state.reason = True, f"budget: next rung {why}"
             break
-        points = [Point(targets, r, s) for s in rung_seeds(spec, r)]
-        statuses = [hist.status(p) for p in points]
-        todo = [p for p, s in zip(points, statuses, strict=False) if s in ("pending", "running")]
-        if todo:
-            pending.extend(p for p in todo if hist.status(p) == "pending")
-            if speculative is not None and "running" in statuses:
-                above = [x for x in spec.ranks if x > r][:spec.speculate]
-                for x in above:
-                    if over_budget(spec, targets, x):
-                        break
-                    speculative.extend(q for q in (Point(targets, x, s) for s in rung_seeds(spec, x))
-                                       if hist.status(q) == "pending")
+        outcome = _rung(spec, hist, targets, r, state.lr, pending, speculative)
+        if outcome is None:
             break
-        done = [rec for rec in (hist.completed(p) for p in points) if rec is not None]
-        if not done or statistic(done, spec.confidence, spec.direction).not_learning:
-            kind = "failed" if all(s == "failed" for s in statuses) else (
-                "pruned" if all(s == "pruned" for s in statuses) else "not learning")
-            state.rungs.append(Rung(r, 0, None, 0.0, kind, "no learning seed: not a plateau signal"))
+        done, kind = outcome
+        if kind == "not learning" and r == spec.ranks[0] and spec.lr_probe and spec.base_lr:
+            probed = _probe(spec, hist, targets, r, state, pending)
+            if probed is None:
+                break  # a probe is running
+            done, kind = probed
+        if kind != "learning":
+            state.rungs.append(Rung(r, 0, None, 0.0, kind, "no learning seed: not a plateau signal", lr=state.lr))
             continue
         rung = statistic(done, spec.confidence, spec.direction)  # as the summary and select: every seed counts
         mean, std, n = rung.mean, rung.std, rung.n
@@ -211,7 +118,7 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
         threshold = max(spec.min_delta, spec.noise_k * _pooled_std(spread))
         state.threshold = threshold
         if best is None:
-            state.rungs.append(Rung(r, n, mean, std, "first", f"first learning rung: {mean:.4f}{shaky}"))
+            state.rungs.append(Rung(r, n, mean, std, "first", f"first learning rung: {mean:.4f}{shaky}", lr=state.lr))
             best, best_r = mean, r
             continue
         gain = _better(mean, best, spec.direction)
@@ -227,7 +134,7 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
         extra = {} if diff is None else {"diff": diff.estimate, "diff_ci_low": diff.low, "diff_ci_high": diff.high}
         stale = 0 if won else stale + 1
         state.rungs.append(Rung(r, n, mean, std, "gain" if won else "no gain", detail + shaky, vs_r=best_r,
-                                **({"diff": mean - best} | extra)))
+                                lr=state.lr, **({"diff": mean - best} | extra)))
         if gain > 0:
             best, best_r = mean, r
         if stale >= spec.patience and not spec.grid:
@@ -243,6 +150,49 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: _History, pending: list[Po
     if state.finished and state.plateau_rank is not None and head:
         _against_the_head(state, spec, head, by_rank, spread)
     return state
+
+
+def _rung(spec: LadderSpec, hist: History, targets: str, r: int, lr: float | None, pending: list[Point],
+          speculative: list[Point] | None):
+    """One rung at one learning rate: None while any of its seeds is to run (those pending are added to
+    ``pending``, and rungs above a running one to ``speculative``), else (its usable records, its kind:
+    learning | not learning | failed | pruned)."""
+    points = [Point(targets, r, s, lr) for s in rung_seeds(spec, r)]
+    statuses = [hist.status(p) for p in points]
+    todo = [p for p, s in zip(points, statuses, strict=False) if s in ("pending", "running")]
+    if todo:
+        pending.extend(p for p in todo if hist.status(p) == "pending")
+        if speculative is not None and "running" in statuses:
+            for x in [x for x in spec.ranks if x > r][:spec.speculate]:
+                if over_budget(spec, targets, x):
+                    break
+                speculative.extend(q for q in (Point(targets, x, s, lr) for s in rung_seeds(spec, x))
+                                   if hist.status(q) == "pending")
+        return None
+    done = [rec for rec in (hist.completed(p) for p in points) if rec is not None]
+    if done and not statistic(done, spec.confidence, spec.direction).not_learning:
+        return done, "learning"
+    kind = "failed" if all(s == "failed" for s in statuses) else (
+        "pruned" if all(s == "pruned" for s in statuses) else "not learning")
+    return done, kind
+
+
+def _probe(spec: LadderSpec, hist: History, targets: str, r: int, state: LadderState, pending: list[Point]):
+    """The first rung did not learn at the configured lr: retry it at each ``lr_probe`` multiple in turn. The
+    ladder climbs at the first that learns (``state.lr``); when none does, at the configured lr as before.
+    None while a probe is to run; else the first rung's (records, kind) at the lr the ladder keeps."""
+    state.probes = [f"r={r} at lr {spec.base_lr:g} (configured): not learning"]
+    for m in spec.lr_probe:
+        lr = spec.base_lr * m
+        outcome = _rung(spec, hist, targets, r, lr, pending, None)
+        if outcome is None:
+            return None
+        done, kind = outcome
+        state.probes.append(f"r={r} at lr {lr:g} ({m:g}x): {kind}")
+        if kind == "learning":
+            state.lr = lr
+            return done, kind
+    return _rung(spec, hist, targets, r, None, [], None)
 
 
 def _against_the_head(state: LadderState, spec: LadderSpec, head: list[TrialRecord], by_rank, spread) -> None:
@@ -274,6 +224,7 @@ def _plateau(state: LadderState, spec: LadderSpec, best, best_r, by_rank, spread
         state.reason = (
             "not learning: no rung beat the trivial baseline; training is too short or the learning rate "
             "too low for this target set (raise trainer.epochs or trainer.lr), so no plateau rank is reported"
+            + (f"; lr probes: {'; '.join(state.probes)}" if state.probes else "")
         )
         return
     if not learned or best is None:
@@ -291,7 +242,7 @@ def _plateau(state: LadderState, spec: LadderSpec, best, best_r, by_rank, spread
 
 
 def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
-    hist = _History([r for r in records if r.targets], spec.max_retries)
+    hist = History([r for r in records if r.targets], spec.max_retries)
     pending: list[Point] = []
     speculative: list[Point] = []
     head = None
@@ -321,7 +272,7 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
                     if note not in extensions:
                         extensions.append(note)
                     for s in spec.seeds:
-                        p = Point(ext, lad.plateau_rank, s)
+                        p = Point(ext, lad.plateau_rank, s, lad.lr)
                         if hist.status(p) == "pending" and p not in pending:
                             pending.append(p)
     if spec.include_full:
@@ -334,12 +285,15 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
 def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str | None:
     """Why running ``point`` no longer helps the study (its ladder stopped below its rung), or None.
 
-    A speculative rung becomes pointless when the rung under it ends its ladder; points of a ladder that
-    is still climbing, of the grid, of an extension or of full fine-tuning are never pointless."""
+    A speculative rung becomes pointless when the rung under it ends its ladder, or when its ladder learned at
+    another lr (a probe's); other points of a ladder that is still climbing, of the grid, of an extension or
+    of full fine-tuning are never pointless."""
     if spec.grid or point.targets not in spec.target_sets:
         return None
-    hist = _History([r for r in records if r.targets], spec.max_retries)
+    hist = History([r for r in records if r.targets], spec.max_retries)
     state = walk_ladder(point.targets, spec, hist, [])
+    if point.lr != state.lr and point.r != spec.ranks[0] and any(g.mean is not None for g in state.rungs):
+        return f"speculative rung no longer needed: {point.targets} climbs at lr {state.lr or spec.base_lr:g}"
     if not state.finished:
         return None
     decided = max((g.r for g in state.rungs), default=0)

@@ -92,7 +92,7 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
         elif state == "COMPLETE":
             lads = {lad.targets: lad for lad in ladder.plan(trial_records(study), spec).ladders}
             lad = lads.get(p["targets"])
-            rung = next((g for g in lad.rungs if g.r == p["r"]), None) if lad else None
+            rung = next((g for g in lad.rungs if g.r == p["r"] and g.lr == p.get("lr")), None) if lad else None
             decision = f"[{rung.decision}: {rung.detail}]" if rung else ""
             if trial.user_attrs.get("not_learning"):
                 decision = "[not learning] " + decision
@@ -103,7 +103,8 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
         if state == "FAIL":
             decision = f"[{trial.user_attrs.get('fail_reason', 'failed')}]"
         lp = trial.user_attrs.get("lora_params")
-        print(f"trial {trial.number:3d}  {p['targets']:<12} r={p['r']:<3} seed={p.get('seed', '-')}  {score}  "
+        lr = f" lr={p['lr']:g}" if "lr" in p and not spec.tuned else ""  # a learning-rate probe
+        print(f"trial {trial.number:3d}  {p['targets']:<12} r={p['r']:<3} seed={p.get('seed', '-')}{lr}  {score}  "
               f"lora_params={lp if lp is None else f'{lp:,}'}  {decision}", flush=True)
     return line
 
@@ -126,6 +127,9 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
     for lad in p.ladders:
         plateau = f"plateau rank r={lad.plateau_rank}" if lad.plateau_rank else "no plateau rank"
         lines.append(f"ladder {lad.targets}: {plateau}; stopped: {lad.reason}")
+        if lad.probes:
+            climbs = f"climbs at lr {lad.lr:g}" if lad.lr is not None else f"stays at lr {spec.base_lr:g}: no probe learned"
+            lines.append(f"    lr probe ({climbs}): " + "; ".join(lad.probes))
         if lad.plateau_rank and any(g.diff_ci_low is not None for g in lad.rungs):
             lines.append(f"    confidence: r={lad.plateau_rank} is the lowest rank not shown worse than the ladder's "
                          f"best by more than min_delta {spec.min_delta:g} ({spec.confidence:.0%} paired intervals "
@@ -133,10 +137,11 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
         for g in lad.rungs:
             lines.append(f"    r={g.r:<3} {g.decision:<12} {g.detail}")
         decisions[lad.targets] = {"plateau_rank": lad.plateau_rank, "reason": lad.reason,
+                                  "lr": spec.base_lr if lad.lr is None else lad.lr, "lr_probes": lad.probes,
                                   "rungs": [asdict(g) for g in lad.rungs]}
     for ext in p.extensions:
         lines.append(f"extension: {ext}")
-    verdicts = {(lad.targets, g.r): g for lad in p.ladders for g in lad.rungs}
+    verdicts = {(lad.targets, g.r, g.lr): g for lad in p.ladders for g in lad.rungs}
     return "\n".join(lines), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
                               "records": records, "verdicts": verdicts}
 

@@ -101,6 +101,7 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
         rank_limit=s.budget.max_rank,
         grid=s.strategy == "grid", tuned=s.strategy == "tpe", speculate=s.speculate,
         noise_seeds=[cfg.seed + s.seeds + i for i in range(s.noise_seeds)], compare=compare, confidence=s.confidence,
+        lr_probe=[] if s.strategy != "ladder" else [float(m) for m in s.lr_probe], base_lr=cfg.trainer.lr,
     )
 
 

@@ -31,7 +31,9 @@ def trial_records(study: optuna.Study) -> list:
     for rec in records_from_study(study, trials=snapshot):
         claimed = trials[rec.number].system_attrs.get(POINT_ATTR)
         if rec.state == "RUNNING" and claimed:  # claimed, and maybe part-way through suggesting it
-            rec = dataclasses.replace(rec, targets=claimed["targets"], r=claimed["r"], seed=claimed["seed"])
+            lr = claimed.get("lr")
+            rec = dataclasses.replace(rec, targets=claimed["targets"], r=claimed["r"], seed=claimed["seed"],
+                                      tuned=rec.tuned if lr is None else (("lr", lr),))
         if rec.targets:
             out.append(rec)
     return out
@@ -63,10 +65,10 @@ def claim_point(study: optuna.Study, trial_id: int, number: int, spec: ladder.La
         if point is None:
             storage.set_trial_system_attr(trial_id, POINT_ATTR, None)
             return None
-        claim = {**asdict(point), "speculative": speculative}
+        claim = {**{k: v for k, v in asdict(point).items() if v is not None}, "speculative": speculative}
         storage.set_trial_system_attr(trial_id, POINT_ATTR, claim)
         rivals = [r.number for r in trial_records(study)  # read again, after the write
-                  if r.number != number and r.state != "FAIL" and ladder.Point(r.targets, r.r, r.seed) == point]
+                  if r.number != number and r.state != "FAIL" and ladder.point_of(r) == point]
         if not rivals:
             return claim
         storage.set_trial_system_attr(trial_id, POINT_ATTR, None)  # withdraw, then look again

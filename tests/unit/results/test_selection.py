@@ -345,6 +345,7 @@ def test_summary_table_markdown_and_csv():
         "trainable_params": "1040",
         "not_learning": "True",
         "ci_low": "", "ci_high": "", "decision": "", "vs_r": "", "diff": "", "diff_ci_low": "", "diff_ci_high": "",
+        "label": "Wq,Wv r=2",
     }
 
 

@@ -1,0 +1,63 @@
+"""What a study was asked to do (:class:`LadderSpec`, built from the config by ``study.run.build_spec``) and
+what keeps a point from running (:func:`over_budget`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rank_sweep.results.records import FULL, HEAD
+
+
+@dataclass
+class LadderSpec:
+    target_sets: list[str]
+    ranks: list[int]
+    seeds: list[int]
+    patience: int = 1
+    min_delta: float = 0.005
+    noise_k: float = 1.0
+    direction: str = "maximize"
+    extend: bool = True
+    extend_sets: list[str] = field(default_factory=list)
+    extend_max_rank: int = 4
+    include_full: bool = False
+    head_reference: bool = False  # one trial of the head alone (seed spec.seeds[0]): what the adapters must beat
+    max_retries: int = 2
+    # (targets, r) -> (lora_params, trainable_params); None: no parameter budget
+    cost: Callable[[str, int], tuple[int, int]] | None = None
+    max_lora_params: int | None = None
+    max_trainable_params: int | None = None
+    rank_limit: int | None = None  # search.budget.max_rank
+    grid: bool = False
+    tuned: bool = False  # TPE: the sampler draws points (and other values); the plan neither proposes nor judges
+    speculate: int = 1  # rungs above a running rung that idle workers may start ahead of its decision
+    noise_seeds: list[int] = field(default_factory=list)  # extra seeds on each ladder's first rung (seed noise)
+    # (records of a, records of b, reused seed std) -> Interval of mean score(b) - mean score(a) on the same dev
+    # examples, or None when their predictions are not at hand: then the rule compares means (noise_k, min_delta)
+    compare: Callable | None = None
+    confidence: float = 0.95
+    # multiples of base_lr: a first rung that does not learn is retried at each in turn, and the ladder climbs at
+    # the first that learns (search.lr_probe); empty: no probe
+    lr_probe: list[float] = field(default_factory=list)
+    base_lr: float | None = None
+
+
+def rung_seeds(spec: LadderSpec, r: int) -> list[int]:
+    """The seeds a rung runs: the first rung of a ladder adds the noise seeds (it is the cheapest)."""
+    return spec.seeds + spec.noise_seeds if r == spec.ranks[0] else list(spec.seeds)
+
+
+def over_budget(spec: LadderSpec, targets: str, r: int) -> str | None:
+    if targets in (FULL, HEAD):
+        return None
+    if spec.rank_limit is not None and r > spec.rank_limit:
+        return f"r={r} > budget max_rank {spec.rank_limit}"
+    if spec.cost is None:
+        return None
+    lora_params, trainable = spec.cost(targets, r)
+    if spec.max_lora_params is not None and lora_params > spec.max_lora_params:
+        return f"r={r} needs {lora_params:,} LoRA params > budget {spec.max_lora_params:,}"
+    if spec.max_trainable_params is not None and trainable > spec.max_trainable_params:
+        return f"r={r} needs {trainable:,} trainable params > budget {spec.max_trainable_params:,}"
+    return None
