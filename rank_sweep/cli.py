@@ -2,6 +2,7 @@
 
     rank-sweep experiment=quickstart          # the recipe as an Optuna study
     rank-sweep-trial task=sst2 lora.r=4 lora.targets=[Wq,Wv]
+    rank-sweep-trial task=sst2 method=adalora method.settings.target_r=4   # a reference method (conf/method/)
     rank-sweep-select task=mrpc budget.max_lora_params=50000 select.tolerance=0.005
 
 User errors (bad config values, data, targets, stores) print one line on
@@ -37,6 +38,10 @@ ALIASES = {
     "lora.lora_dropout": "lora.dropout",  # PEFT LoraConfig
     "lora.target_modules": "lora.targets",  # PEFT LoraConfig (module names are valid targets)
 }
+# Sections whose keys are not listed in YAML: ``method.settings`` holds fields of the method's PEFT config, checked
+# by name against that config (rank_sweep.config.method). A plain override below one is passed to Hydra as ``++``
+# (add or override), so ``method.settings.beta1=0.9`` works though adalora.yaml does not list beta1.
+OPEN_SECTIONS = ("method.settings",)
 
 
 @contextlib.contextmanager
@@ -197,7 +202,8 @@ def _unknown_key_error(tree: dict, key: str, section: str, keys: dict) -> Config
 
 def check_overrides(args: list[str], config_name: str) -> tuple[list[str], list[str]]:
     """The command line ``args`` (sys.argv[1:]) with the :data:`ALIASES` rewritten, and a note for each; raises
-    ConfigError for a plain or ``~`` override of a key the composed config ``config_name`` cannot have. Left to
+    ConfigError for a plain or ``~`` override of a key the composed config ``config_name`` cannot have; a plain
+    override under :data:`OPEN_SECTIONS` is passed as ``++`` (its keys are checked when the config is built). Left to
     Hydra: ``+key`` / ``++key`` (they add keys), ``hydra.*``, group options, values, and everything under
     ``--config-path``, ``--shell-completion`` or ``--experimental-rerun``."""
     flags, positions = _split_argv(args)
@@ -211,6 +217,9 @@ def check_overrides(args: list[str], config_name: str) -> tuple[list[str], list[
     added = tuple(f"{key}." for prefix, key, _ in parsed.values() if prefix in ("+", "++"))  # known once added
     for i, (prefix, key, rest) in parsed.items():
         if (not rest and prefix != "~") or not _KEY.fullmatch(key) or key.split(".")[0] == "hydra" or prefix == "+":
+            continue
+        if not prefix and key.startswith(tuple(f"{section}." for section in OPEN_SECTIONS)):
+            out[i] = "++" + args[i]
             continue
         alias = ALIASES.get(key) if prefix != "~" else None
         if alias and _unknown(tree, key) and not _unknown(tree, alias):  # never shadow a key that exists
@@ -269,7 +278,7 @@ def _config(cfg: DictConfig):
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _trial(cfg: DictConfig) -> float:
-    """Train and record one LoRA trial; print its score and parameter counts."""
+    """Train and record one trial (LoRA, or a reference method: ``method=ia3``); print its score and counts."""
     quiet_libraries()
     with user_errors():
         from rank_sweep.train.trial import run_trial

@@ -42,10 +42,11 @@ from rank_sweep.config import (  # noqa: E402
     TrainerConfig,
 )
 from rank_sweep.errors import RankSweepError  # noqa: E402
+from rank_sweep.results.paired import is_gain, paired_difference  # noqa: E402
 from rank_sweep.results.readers import records_from_study  # noqa: E402
 from rank_sweep.results.selection import select  # noqa: E402
 from rank_sweep.study import plan as ladder  # noqa: E402
-from rank_sweep.study.run import build_spec  # noqa: E402
+from rank_sweep.study.run import build_spec, comparer  # noqa: E402
 from rank_sweep.train import batches, lora  # noqa: E402
 from rank_sweep.train.loading import WorkerCache  # noqa: E402
 from rank_sweep.train.trial import prepare, run_trial  # noqa: E402
@@ -58,10 +59,12 @@ MODES = {
 }
 MAX_SEQ_LENGTH, BATCH_SIZE, REPEATS = 64, 32, 3
 GRID_MAX_RANK = 64
+SIMS = {"quick": 1000, "full": 1000, "smoke": 20}  # simulated dev sets per cell of the decision calibration
 TARGETS = {"overhead_ratio": ("<=", 1.03), "setup_seconds": ("<=", 1.0), "lora_vs_full_step_ratio": ("<=", 0.65),
            "merged_latency_ratio": ("<=", 1.02), "unmerged_latency_ratio": ("", None), "mfu": (">=", 0.5),
            "bf16_vs_fp32_step_ratio": ("<=", 0.65), "bf16_vs_fp32_score_diff_points": ("abs <=", 0.5),
-           "ladder_vs_grid_compute": ("<=", 0.35), "ladder_vs_every_rank_grid_compute": ("<=", 0.35)}
+           "ladder_vs_grid_compute": ("<=", 0.35), "ladder_vs_every_rank_grid_compute": ("<=", 0.35),
+           "decision_false_gain_rate": ("<=", 0.05), "decision_power": (">=", 0.8)}
 
 
 def base_cfg(args, tmp: str, **trainer) -> RunConfig:
@@ -250,6 +253,38 @@ def machine(device: str) -> dict:
     return info
 
 
+def decision_calibration(n: int, accuracy: float, sims: int, n_boot: int, confidence: float = 0.95) -> dict:
+    """The plateau rule's gain call, ``is_gain(paired_difference(...), 0)``, on simulated pairs of models on
+    dev sets of ``n`` examples: how often it fires at a true accuracy difference of 0 (false gains) and of 3
+    standard errors of the paired difference (power). Example i has a difficulty q_i in {accuracy -+ 0.15}
+    shared by both models (what pairing exploits); each model is right on it independently."""
+    import numpy as np
+
+    qs = np.array([accuracy - 0.15, accuracy + 0.15])
+    per_example_var = float(np.mean(qs * (1 - qs)))
+    se = (2 * per_example_var / n) ** 0.5
+    delta = 0.0
+    for _ in range(5):  # the SE at the design point moves with the difference: solve delta = 3 SE(delta)
+        delta = 3 * ((2 * per_example_var + delta * (1 - 2 * accuracy) - delta * delta) / n) ** 0.5
+    rng = np.random.default_rng(2026)
+    rates = {}
+    for name, d in (("false_gain", 0.0), ("power", delta)):
+        gains = 0
+        for i in range(sims):
+            q = rng.choice(qs, size=n)
+            y = (rng.random(n) < 0.5).astype(int)
+            a = np.where(rng.random(n) < q, y, 1 - y)
+            b = np.where(rng.random(n) < q + d, y, 1 - y)
+            diff = paired_difference("accuracy", a, b, y, is_regression=False, num_labels=2, confidence=confidence,
+                                     n_boot=n_boot, seed=i)
+            gains += is_gain(diff, 0.0)
+        rates[name] = gains / sims
+    return {"decision_false_gain_rate": rates["false_gain"], "decision_power": rates["power"],
+            "decision_sim": {"dev_examples": n, "accuracy": accuracy, "simulations": sims, "n_boot": n_boot,
+                             "confidence": confidence, "se_at_0": round(se, 4), "power_at_diff": round(delta, 4),
+                             "sampling_margin": round(3 * (0.05 * 0.95 / sims) ** 0.5, 3)}}
+
+
 def write(res: dict, out: str) -> None:
     with open(out, "w") as f:
         json.dump(res, f, indent=2)
@@ -272,6 +307,8 @@ def table(res: dict) -> str:
     for key, value in res.items():  # the measurements behind the ratios
         if key not in targets and isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append(f"| {key} | {value:.4g} | report | |")
+        elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value):
+            rows.append(f"| {key} | [{value[0]:+.4f}, {value[1]:+.4f}] | report | |")
         elif isinstance(value, dict) and key.startswith("peak_"):
             rows.append(f"| {key} | {', '.join(f'{k} {v:.0f}' for k, v in value.items())} | report | |")
     return "\n".join(rows)
@@ -415,7 +452,9 @@ def main() -> None:
     steps = {(t.params["targets"], t.params["r"]): t.user_attrs.get("train_steps", 0) for t in study.trials if t.params}
     lcfg = copy.deepcopy(gcfg)
     lcfg.search.strategy, lcfg.search.ladder = "ladder", None  # the ladder climbs powers of two
-    spec = build_spec(lcfg)
+    lcfg.search.lr_probe = []  # the grid trained one lr: the replay can only ask for its points
+    compare = comparer(lcfg)  # the paired rule, from the grid trials' predictions (outputs under tmp)
+    spec = build_spec(lcfg, compare=compare)
     visited: list = []
     while True:  # replay: feed the ladder the grid's result for each point it asks for
         p = ladder.plan(visited, spec)
@@ -430,10 +469,17 @@ def main() -> None:
     res["ladder_vs_every_rank_grid_compute"] = ladder_steps / (grid_max_rank * 3 * per_trial)
     tol = lcfg.search.min_delta
     best = max(grid, key=lambda r: r.score)
+    by_number = {r.number: r for r in visited}
     try:
-        chosen = select(visited, Budget(), tolerance=tol).chosen
+        chosen = select(visited, Budget(), tolerance=tol,
+                        compare=lambda a, b: compare([by_number[n] for n in a.numbers],
+                                                     [by_number[n] for n in b.numbers])).chosen
         res["ladder_vs_grid_score_gap"] = best.score - chosen.mean
         res["ladder_chosen"] = chosen.label
+        gap = compare([by_number[n] for n in chosen.numbers], [best])  # grid's best - the ladder's choice
+        if gap is not None:
+            res["ladder_vs_grid_score_gap_ci"] = [round(gap.low, 4), round(gap.high, 4)]
+            res["ladder_choice_significantly_worse"] = gap.low > tol
     except RankSweepError as e:  # no visited point learned: nothing to choose, no gap to report
         res["ladder_chosen"] = f"none: {e}"
     res["grid_ranks"] = f"{'every rank' if args.grid == 'all' else 'powers of two'} 1..{grid_max_rank}"
@@ -446,6 +492,10 @@ def main() -> None:
     res["plateau_tolerance"] = tol
     res["complete"] = True
     section("ladder_vs_grid")
+
+    # 5. the plateau rule's calibration at this dev-set size (no training)
+    res.update(decision_calibration(args.eval_samples, res.get("fp32_score", 0.78), sims=SIMS[mode], n_boot=1000))
+    section("decision_calibration")
 
     text = table(res)
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:

@@ -44,6 +44,8 @@ PRUNERS = ("none", "median", "hyperband", "patient")
 
 INITS = ("default", "gaussian")  # PEFT's others are refused by name in LoraConfig (sections.py)
 
+METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "adalora")  # method.name: LoRA or a reference (conf/method/)
+
 SOURCES = ("study", "mlflow", "auto")  # select.source: where rank-sweep-select reads a finished study
 
 FULL = "full"  # the targets of a full fine-tuning trial (r=0): the one definition

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rank_sweep.config.base import SOURCES, default, one_of, positive
+from rank_sweep.config.base import FULL, METHODS, SOURCES, default, one_of, positive
 from rank_sweep.errors import ConfigError
 
 
@@ -100,8 +100,16 @@ class SelectConfig:
     study_name: str | None = default("select", "study_name")
     source: str = default("select", "source")
     output_dir: str | None = default("select", "output_dir")
+    methods: list[str] = default("select", "methods")
 
     def __post_init__(self) -> None:
         one_of("select.source", self.source, SOURCES)
+        if isinstance(self.methods, str):
+            self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
+        valid = (*METHODS, FULL, "all")
+        if not isinstance(self.methods, (list, tuple)) or not self.methods:
+            raise ConfigError(f"select.methods={self.methods!r} is not valid: give a list of {', '.join(valid)}")
+        for m in self.methods:
+            one_of("select.methods", m, valid)
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or not self.tolerance >= 0:
             raise ConfigError(f"tolerance={self.tolerance!r} is not valid: give a score difference >= 0")

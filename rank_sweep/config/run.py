@@ -12,6 +12,7 @@ from typing import Any
 from rank_sweep.config.base import (
     FULL,
     HEAD,
+    METHODS,
     PRUNERS,
     STRATEGIES,
     check_rank,
@@ -22,7 +23,7 @@ from rank_sweep.config.base import (
     sqlite_path,
 )
 from rank_sweep.config.budget import Budget, build_budget
-from rank_sweep.config.method import MethodConfig
+from rank_sweep.config.method import MethodConfig, method_size
 from rank_sweep.config.sections import LoraConfig, ModelConfig, TaskConfig, TrackingConfig, TrainerConfig
 from rank_sweep.errors import ConfigError
 
@@ -51,6 +52,7 @@ class SearchConfig:
     extend_max_rank: int = default("search", "extend_max_rank")  # "a low rank": plateau ranks up to this trigger the extension step
     include_full_finetune: bool = default("search", "include_full_finetune")
     head_reference: bool = default("search", "head_reference")  # one head-only trial the adapters must beat
+    reference_methods: list = default("search", "reference_methods")  # names or {name: ..., <setting>: ...}
     pruner: str = default("search", "pruner")
     n_trials: int | None = default("search", "n_trials")  # tpe only: trials to sample
     tpe_lr_range: list[float] = default("search", "tpe_lr_range")  # tpe only: [low, high] of the lr it draws
@@ -113,10 +115,42 @@ class SearchConfig:
                 f"beats every heartbeat_seconds/3 s, at least every second)"
             )
         check_rank(self.extend_max_rank, "search.extend_max_rank")
+        self.references()
         lr = self.tpe_lr_range
         if (not isinstance(lr, (list, tuple)) or len(lr) != 2 or not all(isinstance(x, (int, float)) for x in lr)
                 or not 0 < lr[0] < lr[1]):
             raise ConfigError(f"search.tpe_lr_range={lr!r} is not valid: give [low, high] with 0 < low < high")
+
+    def references(self) -> list[MethodConfig]:
+        """The reference methods other than ``full`` (that one is :data:`FULL`, as include_full_finetune), each
+        with its settings; refuses an unknown method, a setting it does not have, or the same row twice."""
+        if not isinstance(self.reference_methods, (list, tuple)):
+            raise ConfigError(f"search.reference_methods={self.reference_methods!r} is not valid: give a list, "
+                              f"e.g. [ia3, adalora, full]")
+        out, seen = [], set()
+        valid = [FULL, *(m for m in METHODS if m != "lora")]
+        for entry in self.reference_methods:
+            data = dict(entry) if isinstance(entry, dict) else {"name": entry}
+            name = data.pop("name", None)
+            if name not in valid:
+                raise ConfigError(f"search.reference_methods: {name!r} is not a reference method: valid are "
+                                  f"{', '.join(valid)} (LoRA is what the ladders train)")
+            if name == FULL:
+                if data:
+                    raise ConfigError(f"search.reference_methods: full takes no settings, got {sorted(data)}")
+                continue
+            method = MethodConfig(name=name, settings=data)
+            key = (name, method_size(method))
+            if key in seen:
+                raise ConfigError(f"search.reference_methods: {name} of size {key[1]} is listed twice: give each "
+                                  f"a different size (e.g. num_virtual_tokens) or drop one")
+            seen.add(key)
+            out.append(method)
+        return out
+
+    def full_reference(self) -> bool:
+        """Full fine-tuning as a reference row: ``include_full_finetune`` or ``full`` in reference_methods."""
+        return self.include_full_finetune or FULL in [e for e in self.reference_methods if isinstance(e, str)]
 
     @property
     def ranks(self) -> list[int]:
@@ -162,10 +196,13 @@ def trial_config(cfg: RunConfig, targets: str, r: int, seed: int, **overrides) -
     """``cfg`` for one point: target set (or :data:`FULL`), rank, seed, and ``section.key`` overrides."""
     run = copy.deepcopy(cfg)
     run.seed = seed
+    methods = {(m.name, method_size(m)): m for m in cfg.search.references()}
     if targets == FULL:
         run.lora.full_finetune = True
     elif targets == HEAD:
         run.lora.head_only = True
+    elif targets in METHODS:  # a reference method: targets names it, r is its size
+        run.method = copy.deepcopy(methods.get((targets, r)) or MethodConfig(name=targets))
     else:
         run.lora.targets, run.lora.r = targets.split(","), r
     for key, value in overrides.items():

@@ -42,7 +42,7 @@ from rank_sweep.config import (
 from rank_sweep.errors import RankSweepError, first_line
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import load_mlflow_study, records_from_study
-from rank_sweep.results.records import TrialRecord
+from rank_sweep.results.records import TrialRecord, config_key
 from rank_sweep.results.selection import Selection, select
 from rank_sweep.results.tables import format_selection
 from rank_sweep.study.storage import open_storage
@@ -253,7 +253,7 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     study = read_study(cfg, select_cfg.source, select_cfg.study_name)
     records, direction = study.records, study.direction
     selection = select(records, budget, float(select_cfg.tolerance), direction, _compare(cfg, study),
-                       cfg.search.confidence)
+                       cfg.search.confidence, select_cfg.methods)
     report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", format_selection(selection)]
     print("\n".join(report), flush=True)
     out = os.path.join(select_cfg.output_dir or cfg.output_dir, "select", study.name)
@@ -264,7 +264,7 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
                                direction=direction),
              plots.plot_learning_curves(records, os.path.join(out, "learning_curves.png"), cfg.task.metric)]
     chosen = selection.chosen
-    best_trial = max((r for r in records if r.usable and r.targets == chosen.targets and r.r == chosen.r),
+    best_trial = max((r for r in records if r.usable and config_key(r) == (chosen.targets, chosen.r, chosen.tuned)),
                      key=lambda r: r.score if direction == "maximize" else -r.score)
     # the preset goes in <out>/experiment/, a config group Hydra finds through --config-dir
     name = f"selected_{study.name}".replace("/", "_")

@@ -20,10 +20,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rank_sweep.config import FULL, HEAD
+from rank_sweep.config import FULL, HEAD, METHODS
 
 UNKNOWN = -1  # r or seed of a trial that never got its parameters
-__all__ = ["FULL", "HEAD", "UNKNOWN", "TrialRecord", "ConfigSummary", "aggregate", "statistic", "one_per_seed", "config_key"]
+__all__ = ["FULL", "HEAD", "UNKNOWN", "TrialRecord", "ConfigSummary", "aggregate", "statistic", "one_per_seed", "config_key",
+           "method_of"]
+
+
+def method_of(targets: str) -> str:
+    """The method of a row: ``lora`` (roles such as ``Wq,Wv``), ``full``, a reference method's name, or
+    :data:`HEAD` for the head-only reference."""
+    return targets if targets in (FULL, HEAD) or targets in METHODS else "lora"
 
 
 @dataclass(frozen=True)

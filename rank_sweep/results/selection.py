@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from rank_sweep.config import FULL, HEAD, Budget
 from rank_sweep.config.budget import count_text
 from rank_sweep.errors import RankSweepError
-from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate
+from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate, method_of
 
 DIRECTIONS = ("maximize", "minimize")
 __all__ = ["Budget", "Selection", "select", "pareto_front", "count_text", "score_text"]
@@ -140,6 +140,7 @@ def select(
     direction: str = "maximize",
     compare=None,
     confidence: float = 0.95,
+    methods: Sequence[str] = ("lora",),
 ) -> Selection:
     """Choose a configuration; see the module docstring for the rule. ``compare(a, b)``: the paired
     Interval of score(b) - score(a) for two summaries on the same dev examples (or None); with it, a
@@ -151,7 +152,7 @@ def select(
     if not records_or_summaries:
         raise RankSweepError("the study has no trials")
     summaries = as_summaries(records_or_summaries)
-    with_metrics, eligible, excluded = _eligible(summaries, budget)
+    with_metrics, eligible, excluded = _eligible(summaries, budget, methods)
     bad = _key(direction)
     best = min(eligible, key=lambda s: (bad(s), s.trainable_params, s.r))
     slack = tolerance + 1e-9 * max(1.0, abs(best.mean))  # a tie in print is a tie
@@ -163,6 +164,8 @@ def select(
     else:
         candidates = [s for s in eligible if bad(s) <= bad(best) + slack]
     chosen = min(candidates, key=lambda s: (s.trainable_params, s.r, bad(s)))
+    excluded = [(cat, s, _against(s, chosen, compare) if why.startswith("reference: ") and s.targets != HEAD else why)
+                for cat, s, why in excluded]
     return Selection(
         chosen=chosen,
         best=best,
@@ -178,9 +181,10 @@ def select(
     )
 
 
-def _eligible(summaries: list[ConfigSummary], budget: Budget):
-    """(with metrics, eligible, excluded): eligible ones have metrics, fit the budget and learn; each excluded
-    one is (category, summary, why), the category ordering the runners-up after the eligible ones."""
+def _eligible(summaries: list[ConfigSummary], budget: Budget, methods: Sequence[str] = ("lora",)):
+    """(with metrics, eligible, excluded): eligible ones have metrics, are of one of ``methods`` (``all``: any),
+    fit the budget and learn; each excluded one is (category, summary, why), the category ordering the
+    runners-up after the eligible ones."""
     excluded: list[tuple[int, ConfigSummary, str]] = []
     with_metrics = [s for s in summaries if _has_metrics(s)]
     excluded += [(4, s, "missing metrics") for s in summaries if not _has_metrics(s)]
@@ -198,6 +202,14 @@ def _eligible(summaries: list[ConfigSummary], budget: Budget):
     # the head-only reference is what an adapter must beat, not a configuration to choose
     excluded += [(3, s, "reference: the head alone, no adapter") for s in fitting if s.targets == HEAD]
     fitting = [s for s in fitting if s.targets != HEAD]
+    chosen_from = set(methods)
+    if "all" not in chosen_from:
+        excluded += [(3, s, f"reference: {method_of(s.targets)}, not chosen (select.methods={list(methods)})")
+                     for s in fitting if method_of(s.targets) not in chosen_from]
+        fitting = [s for s in fitting if method_of(s.targets) in chosen_from]
+        if not fitting:
+            raise RankSweepError(f"no configuration of select.methods={list(methods)} is within the budget: the "
+                                 f"study has {', '.join(sorted({method_of(s.targets) for s in with_metrics}))}")
     eligible = [s for s in fitting if not s.not_learning]
     excluded += [(3, s, "not learning") for s in fitting if s.not_learning]
     if not eligible:
@@ -233,9 +245,20 @@ def _runners_up(eligible, candidates, chosen, excluded, bad, tolerance: float, d
     return [(s, why) for _, _, s, why in ranked]
 
 
+def _against(s: ConfigSummary, chosen: ConfigSummary, compare) -> str:
+    """How a reference row compares to the choice: the paired interval of its score minus the choice's."""
+    head = f"reference method {method_of(s.targets)}, not chosen: {cost_text(s)}"
+    d = compare(chosen, s) if compare is not None and s.mean is not None else None
+    if d is not None:
+        return f"{head}; vs the choice {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}] (paired)"
+    return f"{head}; scores {score_text(s.mean)} against the choice's {score_text(chosen.mean)}"
+
+
 def cost_text(s: ConfigSummary) -> str:
     if s.lora_params is None or s.targets == FULL:
         return f"{count_text(s.trainable_params)} trainable params"
+    if method_of(s.targets) != "lora":  # a reference method: its adapter's params, then with the head
+        return f"{count_text(s.lora_params)} {s.targets} params ({count_text(s.trainable_params)} trainable)"
     extra = "" if s.trainable_params == s.lora_params else f" ({count_text(s.trainable_params)} trainable)"
     return f"{count_text(s.lora_params)} LoRA params{extra}"
 

@@ -49,6 +49,8 @@ def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, Categori
     ranks = list(spec.ranks)
     if spec.include_full:
         sets, ranks = sets + [FULL], [0, *ranks]
+    for method, size in spec.references:
+        sets, ranks = sets + ([] if method in sets else [method]), ranks if size in ranks else [*ranks, size]
     if spec.head_reference:
         sets, ranks = [HEAD, *sets], ranks if 0 in ranks else [0, *ranks]
     return {"targets": CategoricalDistribution(sets), "r": CategoricalDistribution(ranks),

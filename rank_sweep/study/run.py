@@ -20,7 +20,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from rank_sweep import tracking
-from rank_sweep.config import FULL, HEAD, RunConfig, targets_key
+from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError, TrackingError
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.study import plan as ladder
@@ -29,7 +29,7 @@ from rank_sweep.study.report import parent_run, trial_line, wrap_up
 from rank_sweep.study.sampler import next_point, trial_records
 from rank_sweep.study.storage import load_or_create_study, open_storage
 from rank_sweep.study.workers import fail_stale_trials
-from rank_sweep.train import lora
+from rank_sweep.train import lora, methods
 from rank_sweep.train.loading import WorkerCache, check_output_dir
 
 
@@ -69,6 +69,11 @@ def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
             lora.check_rank_fits(cost.plan(targets), top)
         except ConfigError as e:
             raise ConfigError(f"search.max_rank/ladder: {e}") from None
+    for method in cfg.search.references():  # a reference method that cannot train on this model: say so now
+        try:
+            methods.check_method_fits(base, method, cfg.model.family, cfg.task.max_seq_length)
+        except ConfigError as e:
+            raise ConfigError(f"search.reference_methods: {e}") from None
     if spec.rank_limit is not None and spec.rank_limit < spec.ranks[0]:
         raise ConfigError(f"search.budget.max_rank={spec.rank_limit} is below the first rung r={spec.ranks[0]}: "
                           f"raise it or lower search.start_rank / search.ladder")
@@ -96,7 +101,8 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
         seeds=[cfg.seed + i for i in range(s.seeds)], patience=s.patience, min_delta=s.min_delta,
         noise_k=s.noise_k, direction=cfg.task.direction, extend=s.extend,
         extend_sets=[targets_key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
-        include_full=s.include_full_finetune, head_reference=s.head_reference, max_retries=s.max_retries, cost=cost,
+        include_full=s.full_reference(), head_reference=s.head_reference,
+        references=[(m.name, method_size(m)) for m in s.references()], max_retries=s.max_retries, cost=cost,
         max_lora_params=s.budget.max_lora_params, max_trainable_params=s.budget.max_trainable_params,
         rank_limit=s.budget.max_rank,
         grid=s.strategy == "grid", tuned=s.strategy == "tpe", speculate=s.speculate,

@@ -22,6 +22,7 @@ class LadderSpec:
     extend_sets: list[str] = field(default_factory=list)
     extend_max_rank: int = 4
     include_full: bool = False
+    references: list[tuple[str, int]] = field(default_factory=list)  # (method, size): one trial per seed
     head_reference: bool = False  # one trial of the head alone (seed spec.seeds[0]): what the adapters must beat
     max_retries: int = 2
     # (targets, r) -> (lora_params, trainable_params); None: no parameter budget
@@ -49,8 +50,8 @@ def rung_seeds(spec: LadderSpec, r: int) -> list[int]:
 
 
 def over_budget(spec: LadderSpec, targets: str, r: int) -> str | None:
-    if targets in (FULL, HEAD):
-        return None
+    if targets in (FULL, HEAD) or any(targets == m for m, _ in spec.references):
+        return None  # reference rows: shown beside the ladders, not bound by their budget
     if spec.rank_limit is not None and r > spec.rank_limit:
         return f"r={r} > budget max_rank {spec.rank_limit}"
     if spec.cost is None:

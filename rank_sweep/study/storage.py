@@ -88,6 +88,8 @@ def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
                 "search.learn_margin": cfg.search.learn_margin, "search.confidence": cfg.search.confidence,
                 "search.pruner": cfg.search.pruner, "search.include_full_finetune": spec.include_full,
                 "search.head_reference": spec.head_reference})
+    if spec.references:  # only when set: the fingerprints of studies from before stay as they were
+        out["search.reference_methods"] = [[m.name, m.settings] for m in cfg.search.references()]
     out.update({f"data.{k}": v for k, v in data_digest(cfg.task).items()})
     return json.loads(json.dumps(out))
 

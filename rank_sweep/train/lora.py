@@ -280,15 +280,21 @@ class ParamCounts:
         }
 
 
+# what PEFT names an adapter's own tensors: LoRA and AdaLoRA (lora_A, lora_B, lora_E), IA3 (ia3_l), prefix and
+# prompt tuning (prompt_encoder.<adapter>.embedding / .transform)
+ADAPTER_MARKERS = ("lora_", "ia3_", "prompt_encoder.")
+
+
 def count_parameters(model: nn.Module, total_params: int) -> ParamCounts:
-    """Exact counts from the wrapped model. PEFT keeps a frozen copy of the head
+    """Exact counts from the wrapped model: ``lora_params`` are the adapter's tensors (LoRA's, or a reference
+    method's: :data:`ADAPTER_MARKERS`), the other trainable ones the head. PEFT keeps a frozen copy of the head
     (``original_module``) beside the trained one; only trainable tensors count."""
     lora = head = trainable = 0
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         trainable += p.numel()
-        if "lora_" in name:
+        if any(marker in name for marker in ADAPTER_MARKERS):
             lora += p.numel()
         else:
             head += p.numel()

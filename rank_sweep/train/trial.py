@@ -1,6 +1,7 @@
 """One trial: wire a config into a Lightning run, fit, record, return the result.
 
     rank-sweep-trial task=sst2 lora.r=4 lora.targets=[Wq,Wv]
+    rank-sweep-trial task=sst2 method=ia3        # a reference method instead of LoRA (conf/method/)
 
 Order matters for "nothing half-done": everything that can reject the input
 (model path, data files, labels, target roles, rank) is checked *before* the
@@ -22,10 +23,11 @@ import torch
 
 from rank_sweep import tracking
 from rank_sweep.analysis import spectra
-from rank_sweep.config import FULL, HEAD, RunConfig, targets_key
+from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
+from rank_sweep.errors import ConfigError
 from rank_sweep.results.paired import is_gain, paired_difference, score_interval
 from rank_sweep.results.predictions import ARTIFACT, predictions_path, save_predictions
-from rank_sweep.train import lora
+from rank_sweep.train import lora, methods
 from rank_sweep.train.batches import GlueDataModule
 from rank_sweep.train.callbacks import BestEpoch, EpochLogger
 from rank_sweep.train.data import data_files
@@ -63,11 +65,20 @@ class TrialResult:
 def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
     """Load, validate and build everything a trial needs; raises before any run is recorded."""
     cache = cache or DEFAULT_CACHE
+    reference = cfg.method.name != "lora"
+    if reference and (cfg.lora.full_finetune or cfg.lora.head_only):
+        flag = "full_finetune" if cfg.lora.full_finetune else "head_only"
+        raise ConfigError(f"method={cfg.method.name} cannot be combined with lora.{flag}=true: a trial trains "
+                          f"one adapter, or none (set method=lora for the {flag} reference)")
     tok, base, total = cache.tokenizer_and_model(cfg)
     (tokenized, (train_labels, val_labels)) = cache.splits(cfg, tok)
     model = fresh_model(base, cfg.seed)
     plan = None
-    if cfg.lora.full_finetune:
+    if reference:  # a reference method (IA3, prompt tuning, ...): no LoRA plan, no spectra
+        methods.check_method_fits(model, cfg.method, cfg.model.family, max_seq_length=cfg.task.max_seq_length)
+        steps = methods.total_steps(cfg.trainer, tokenized["train"].num_rows)
+        model = methods.wrap_method(model, cfg.method, cfg.model.family, steps)
+    elif cfg.lora.full_finetune:
         model = lora.freeze_for_full_finetune(model)
     elif cfg.lora.head_only:
         model = lora.head_alone(model)
@@ -83,13 +94,20 @@ def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
 def trial_params(cfg: RunConfig) -> dict:
     """The MLflow params every trial carries (a contract: later parts rely on these names)."""
     full = cfg.lora.full_finetune or cfg.lora.head_only
+    reference = cfg.method.name != "lora"  # a reference method: targets names it, r is its size
+    if reference:
+        r, targets = method_size(cfg.method), cfg.method.name
+    else:
+        r = 0 if full else cfg.lora.r
+        targets = (HEAD if cfg.lora.head_only else FULL) if full else targets_key(cfg.lora.targets)
     return {
         "model": cfg.model.label,
         "model_path": cfg.model.name_or_path,
         "task": cfg.task.name,
-        "r": 0 if full else cfg.lora.r,
-        "targets": (HEAD if cfg.lora.head_only else FULL) if full else targets_key(cfg.lora.targets),
-        "alpha": None if full else cfg.lora.lora_alpha,
+        "method": cfg.method.name,
+        "r": r,
+        "targets": targets,
+        "alpha": None if full or reference else cfg.lora.lora_alpha,
         "alpha_policy": cfg.lora.alpha_policy,
         "lr": cfg.trainer.lr,
         "epochs": cfg.trainer.epochs,
@@ -137,7 +155,8 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         if cfg.tracking.log_config_artifact:
             client.log_dict(run_id, resolved_config(cfg), "config.json")
         tracking.log(client, run_id, metrics={**counts.as_metrics(), "rank": params["r"], "baseline_score": baseline})
-        fit = _fit(cfg, model, tok, tokenized, EpochLogger(client, run_id), callbacks, t0)
+        fit = _fit(cfg, model, tok, tokenized, EpochLogger(client, run_id),
+                   [*methods.method_callbacks(model, cfg.method), *(callbacks or [])], t0)
         train_labels = (cache or DEFAULT_CACHE).splits(cfg, tok)[1][0]
         score, not_learning, score_ci = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id,
                                                 cache, train_labels)
@@ -233,12 +252,14 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
         path = save_predictions(predictions_path(cfg.output_dir, run_id), fit.module.last_outputs,
                                 fit.module.last_labels)
         client.log_artifact(run_id, path, os.path.dirname(ARTIFACT))
-    if plan is not None:
+    if plan is not None:  # LoRA's own analyses: the spectra of B A (a reference method has no such factors)
         final.update(record_spectra(model, plan, client, run_id, cfg.output_dir))
-    if cfg.save_adapter and plan is not None:
+    final.update(methods.record_method(model, cfg.method, client, run_id))  # e.g. AdaLoRA's rank pattern
+    if cfg.save_adapter and (plan is not None or cfg.method.name != "lora"):  # an adapter to export
         out = os.path.join(cfg.output_dir, "adapters", run_id)
         fresh = (cache or DEFAULT_CACHE).tokenizer_and_model(cfg)[1]
-        final.update(export_adapter(model, fresh, next(iter(fit.datamodule.val_dataloader())), out))
+        final.update(export_adapter(model, fresh, next(iter(fit.datamodule.val_dataloader())), out,
+                                    merge=methods.can_merge(cfg.method)))
         client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
     tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
                                                       "not_learning": str(not_learning).lower()})

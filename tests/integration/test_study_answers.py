@@ -99,3 +99,45 @@ def test_a_metric_to_minimize_runs_the_study_and_select_in_that_direction(tiny_m
         choice = choose(cfg, {"source": source, "output_dir": str(tmp_path / source), "tolerance": 0.0}, {})
         assert choice.selection.direction == "minimize"
         assert choice.selection.best.mean == pytest.approx(min(t.value for t in done))
+
+
+def test_reference_methods_run_beside_the_ladder_and_select_lists_them(tiny_model_dir, toy_data_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    """search.reference_methods (#17): an IA3 and a prompt-tuning row beside the ladder, in the summary, the
+    parent run and select (which chooses LoRA by default and compares each reference to the choice)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tiny_model_dir, toy_data_dir, tmp_path, "search.ladder=[1]",
+               "search.reference_methods=[ia3,{name:prompt_tuning,num_virtual_tokens:2}]")
+    study = run_study(cfg)
+    out = capsys.readouterr().out
+    assert [(t.params["targets"], t.params["r"]) for t in study.trials] == [("Wq,Wv", 1), ("ia3", 0),
+                                                                          ("prompt_tuning", 2)]
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    rows = {r["label"]: r for r in csv.DictReader(io.StringIO(_artifact(cfg, parent, "summary.csv", tmp_path / "a")))}
+    assert set(rows) == {"Wq,Wv r=1", "ia3", "prompt_tuning r=2"}
+    assert all(rows[k]["ci_low"] and rows[k]["ci_high"] for k in rows)  # every row has its interval
+    assert "| ia3 | 0 |" in out
+    client = MlflowClient(cfg.tracking.resolved_uri())
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    runs = {r.data.params["targets"]: r for r in client.search_runs([experiment], "tags.kind = 'trial'")}
+    assert runs["ia3"].data.params["method"] == "ia3" and runs["prompt_tuning"].data.params["method"] == "prompt_tuning"
+    assert int(runs["ia3"].data.metrics["lora_params"]) > 0  # the adapter's params, counted as for LoRA
+    choice = choose(cfg, {"output_dir": str(tmp_path / "select"), "tolerance": 0.005}, {})
+    text = capsys.readouterr().out
+    assert choice.selection.chosen.targets == "Wq,Wv"
+    assert "reference method ia3, not chosen" in text and "vs the choice" in text
+    everything = choose(cfg, {"output_dir": str(tmp_path / "select_all"), "tolerance": 1.0, "methods": ["all"]}, {})
+    assert everything.selection.chosen.trainable_params == min(
+        s.trainable_params for s in [everything.selection.chosen] + [s for s, _ in everything.selection.runners_up]
+        if not s.not_learning and s.targets != "head only")
+
+
+def test_a_reference_method_the_model_cannot_take_is_refused_before_any_trial(tiny_model_dir, toy_data_dir,
+                                                                              tmp_path, monkeypatch):
+    from rank_sweep.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tiny_model_dir, toy_data_dir, tmp_path, "search.reference_methods=[prefix_tuning]")
+    with pytest.raises(ConfigError, match=r"^search.reference_methods: method=prefix_tuning does not fit"):
+        run_study(cfg)
+    assert not (tmp_path / "outputs" / "predictions").exists()

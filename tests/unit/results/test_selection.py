@@ -98,13 +98,13 @@ CASES = {
     "minimize, tolerance 0": (LOSSES, Budget(), 0.0, "minimize", "Wq r=4", "Wq r=4"),
     "minimize, tolerance picks cheaper": (LOSSES, Budget(), 0.01, "minimize", "Wq r=2", "Wq r=4"),
     "maximize on the same numbers": (LOSSES, Budget(), 0.0, "maximize", "Wq r=1", "Wq r=1"),
-    "full fine-tuning can win without a rank limit": (
+    "full fine-tuning is a reference row by default (select.methods=[lora])": (
         [S("full", 0, 0.95, 10_000, lora=0), S("Wq", 4, 0.90, 40)],
         Budget(),
         0.01,
         "maximize",
-        "full",
-        "full",
+        "Wq r=4",
+        "Wq r=4",
     ),
     "full fine-tuning has no rank under max_rank": (
         [S("full", 0, 0.95, 10_000, lora=0), S("Wq", 4, 0.90, 40)],
@@ -416,3 +416,35 @@ def test_without_predictions_select_says_the_choice_rests_on_means():
     sel = select([S("Wq", 1, 0.80, 10), S("Wq", 4, 0.82, 40)], Budget(), 0.005, compare=lambda a, b: None)
     assert sel.chosen.label == "Wq r=4" and sel.confidence is None
     assert sel.confidence_line.startswith("confidence: no per-example predictions were found")
+
+
+def test_select_methods_choose_among_reference_methods_too_and_list_them_beside_the_choice():
+    rows = [S("full", 0, 0.95, 10_000, lora=0), S("ia3", 0, 0.91, 800, lora=30), S("Wq", 4, 0.90, 810, lora=40)]
+    sel = select(rows, Budget(), 0.005)
+    assert sel.chosen.label == "Wq r=4"
+    why = dict((s.label, w) for s, w in sel.runners_up)
+    assert why["ia3"] == ("reference method ia3, not chosen: 30 ia3 params (800 trainable); scores 0.91 against "
+                          "the choice's 0.9")
+    assert why["full"].startswith("reference method full, not chosen: 10,000 trainable params")
+    assert select(rows, Budget(), 0.005, methods=["all"]).chosen.label == "full"
+    assert select(rows, Budget(), 0.05, methods=["lora", "ia3"]).chosen.label == "ia3"  # cheaper, within 0.05
+    with pytest.raises(RankSweepError, match=r"no configuration of select.methods=\['adalora'\] is within"):
+        select(rows, Budget(), 0.005, methods=["adalora"])
+
+
+def test_a_reference_row_is_compared_to_the_choice_with_its_paired_interval():
+    from rank_sweep.results.paired import Interval
+
+    rows = [S("ia3", 0, 0.88, 800, lora=30), S("Wq", 4, 0.90, 810, lora=40)]
+    sel = select(rows, Budget(), 0.005, compare=lambda a, b: Interval(b.mean - a.mean, -0.05, 0.01))
+    assert dict((s.label, w) for s, w in sel.runners_up)["ia3"].endswith("vs the choice -0.0200 [-0.0500, +0.0100] "
+                                                                          "(paired)")
+
+
+def test_select_methods_is_checked_in_one_line():
+    from rank_sweep.config import SelectConfig
+    from rank_sweep.errors import ConfigError
+
+    assert SelectConfig(methods="lora,ia3").methods == ["lora", "ia3"]
+    with pytest.raises(ConfigError, match=r"^select.methods='lorra' is not valid"):
+        SelectConfig(methods=["lorra"])
