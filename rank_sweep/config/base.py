@@ -38,7 +38,7 @@ MINIMIZED = ("loss",)  # metrics that are better when lower: the study's directi
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "auto")
 
-STRATEGIES = ("ladder", "grid", "tpe")
+STRATEGIES = ("ladder", "grid", "tpe", "nested")
 
 PRUNERS = ("none", "median", "hyperband", "patient")
 

@@ -63,11 +63,16 @@ class SearchConfig:
     # with several workers on one study: how many rungs above a running rung an idle worker may start ahead
     # of its decision (0: idle workers wait); the decisions stay those of one worker
     speculate: int = default("search", "speculate")
+    nested_scale: str = default("search", "nested_scale")  # search=nested: policy | dylora
+    nested_frozen: bool = default("search", "nested_frozen")  # search=nested: DyLoRA's frozen mode
     budget: Budget = field(default_factory=lambda: Budget(where="search.budget", **option_defaults("search")["budget"]))
 
     def __post_init__(self) -> None:
         one_of("search.strategy", self.strategy, STRATEGIES)
         one_of("search.pruner", self.pruner, PRUNERS)
+        one_of("search.nested_scale", self.nested_scale, ("policy", "dylora"))
+        if not isinstance(self.nested_frozen, bool):
+            raise ConfigError(f"search.nested_frozen={self.nested_frozen!r} is not valid: give true or false")
         if isinstance(self.budget, dict):
             self.budget = build_budget(self.budget, "search.budget")
         check_rank(self.start_rank, "search.start_rank")

@@ -72,8 +72,10 @@ class PairedComparer:
         try:
             from mlflow.tracking import MlflowClient
 
+            run, _, rank = run_id.partition("/")  # "<run>/r<rank>": a rank of a nested screen
+            artifact = f"{os.path.dirname(ARTIFACT)}/{rank}/{os.path.basename(ARTIFACT)}" if rank else ARTIFACT
             with tempfile.TemporaryDirectory() as tmp:
-                return load_predictions(MlflowClient(self.uri).download_artifacts(run_id, ARTIFACT, tmp))
+                return load_predictions(MlflowClient(self.uri).download_artifacts(run, artifact, tmp))
         except Exception:  # not logged (an older trial), or the store has no artifacts here
             return None
 

@@ -68,6 +68,7 @@ def records_from_study(study: optuna.Study, trials: list | None = None) -> list[
                 config=attrs.get("config"),
                 score_ci_low=_opt(attrs.get("score_ci_low"), float),
                 score_ci_high=_opt(attrs.get("score_ci_high"), float),
+                nested=attrs.get("nested"),
             )
         )
     return records
@@ -141,7 +142,23 @@ def record_from_run(run: Any, number: int, intermediate: Iterable[float] = ()) -
         tuned=tuple(sorted((k, float(v)) for k, v in json.loads(tags.get("tuned") or "{}").items())),
         score_ci_low=_num(metrics.get("score_ci_low"), float),
         score_ci_high=_num(metrics.get("score_ci_high"), float),
+        nested=_nested(metrics),
     )
+
+
+_NESTED = re.compile(r"^nested/r(\d+)/score$")
+
+
+def _nested(metrics: dict) -> dict | None:
+    """A nested-rank screen's per-rank scores from its run's metrics ``nested/r<rank>/score`` (and intervals)."""
+    out = {}
+    for key, value in metrics.items():
+        m = _NESTED.match(key)
+        if m:
+            b = m.group(1)
+            out[b] = [value, metrics.get(f"nested/r{b}/score_ci_low"), metrics.get(f"nested/r{b}/score_ci_high"),
+                      bool(metrics.get(f"nested/r{b}/not_learning", 0.0))]
+    return out or None
 
 
 def trial_number(run: Any) -> int | None:

@@ -56,6 +56,8 @@ class TrialRecord:
     config: dict | None = field(default=None, compare=False, repr=False)  # the trial's resolved config, if stored
     score_ci_low: float | None = None  # the score's interval over dev examples (bootstrap, search.confidence)
     score_ci_high: float | None = None
+    # a nested-rank screen (search=nested): rank -> [score, ci_low, ci_high, not_learning] of each truncation
+    nested: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def usable(self) -> bool:
@@ -88,7 +90,13 @@ class ConfigSummary:
         """How plots and reports name a configuration: ``Wq,Wv r=4``, ``full``, or with its tuned values
         ``Wq r=4 lr=0.0012 alpha_k=2.5``."""
         base = self.targets if self.targets == FULL or self.r == 0 else f"{self.targets} r={self.r}"
-        return " ".join([base, *(f"{k}={v:.3g}" for k, v in self.tuned)])
+        marks = {"screen": "(nested screen)", "screened": "(screened)"}  # search=nested's rows
+        return " ".join([base, *(marks[k] if k in marks else f"{k}={v:.3g}" for k, v in self.tuned)])
+
+    @property
+    def screened(self) -> bool:
+        """A nested screen, or a rank scored by truncating one: shown beside the trials, never chosen."""
+        return any(k in ("screen", "screened") for k, _ in self.tuned)
 
 
 def _first(values: Iterable[Any]) -> Any:

@@ -201,7 +201,9 @@ def _eligible(summaries: list[ConfigSummary], budget: Budget, methods: Sequence[
         raise _no_fit_error(budget, with_metrics)
     # the head-only reference is what an adapter must beat, not a configuration to choose
     excluded += [(3, s, "reference: the head alone, no adapter") for s in fitting if s.targets == HEAD]
-    fitting = [s for s in fitting if s.targets != HEAD]
+    excluded += [(3, s, "screened (search=nested): the confirmed trials are chosen from") for s in fitting
+                 if s.screened]
+    fitting = [s for s in fitting if s.targets != HEAD and not s.screened]
     chosen_from = set(methods)
     if "all" not in chosen_from:
         excluded += [(3, s, f"reference: {method_of(s.targets)}, not chosen (select.methods={list(methods)})")

@@ -38,7 +38,10 @@ HEADER = ["targets", "r", "mean", "interval", "std", "n", "LoRA params", "traina
 
 def note(s: ConfigSummary) -> str:
     """What a row must say beside its numbers: seeds that did not learn, seeds that collapsed."""
-    parts = ["not learning"] if s.not_learning else (
+    marks = dict(s.tuned)
+    screen = (["nested screen (its ranks: the screened rows)"] if "screen" in marks else
+              ["screened: truncated from the nested screen"] if "screened" in marks else [])
+    parts = screen + ["not learning"] if s.not_learning else screen + (
         [f"{s.n_not_learning} of {s.n} seeds not learning"] if s.n_not_learning else [])
     if s.unstable:
         parts.append(f"unstable: {len(s.unstable)} of {s.n} seeds collapsed (trials {', '.join(map(str, s.unstable))})")

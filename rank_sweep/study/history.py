@@ -5,9 +5,13 @@ A *point* is (target set, rank, seed, and the learning rate of a probe): what on
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from rank_sweep.results.records import TrialRecord
+
+SCREEN = ("screen", 1.0)  # the tuned value that marks a nested-rank screen trial (search=nested)
+SCREENED = ("screened", 1.0)  # ... and the rows derived from it, one per truncated rank
 
 
 @dataclass(frozen=True)
@@ -16,14 +20,38 @@ class Point:
     r: int
     seed: int
     lr: float | None = None  # None: the configured trainer.lr; else a probe's (search.lr_probe)
+    screen: bool = False  # a nested-rank screen at r (search=nested), not an ordinary trial
 
     def __str__(self) -> str:
-        return f"{self.targets} r={self.r} seed={self.seed}" + ("" if self.lr is None else f" lr={self.lr:g}")
+        return (f"{self.targets} r={self.r} seed={self.seed}" + ("" if self.lr is None else f" lr={self.lr:g}")
+                + (" (nested screen)" if self.screen else ""))
 
 
 def point_of(rec: TrialRecord) -> Point:
-    """The point a record ran: a probe trial carries its learning rate as the tuned value ``lr``."""
-    return Point(rec.targets, rec.r, rec.seed, dict(rec.tuned).get("lr"))
+    """The point a record ran: a probe trial carries its learning rate as the tuned value ``lr``, a nested
+    screen the tuned value ``screen``."""
+    tuned = dict(rec.tuned)
+    return Point(rec.targets, rec.r, rec.seed, tuned.get("lr"), tuned.get("screen") == 1.0)
+
+
+def _counts_at(screen: TrialRecord, b: int) -> dict:
+    """LoRA's counts are linear in the rank (r (d_in + d_out) per matrix): those of rank b, exactly."""
+    if screen.lora_params is None or screen.trainable_params is None or screen.r <= 0:
+        return {"lora_params": None, "trainable_params": None}
+    lora = screen.lora_params * b // screen.r
+    return {"lora_params": lora, "trainable_params": screen.trainable_params - screen.lora_params + lora}
+
+
+def screened_records(screen: TrialRecord) -> list[TrialRecord]:
+    """One record per rank a nested screen scored by truncation: its run id is ``<run>/r<rank>`` (where its
+    per-example predictions are), its tuned value ``screened`` keeps it apart from ordinary trials."""
+    out = []
+    for b, (score, low, high, not_learning) in sorted((screen.nested or {}).items(), key=lambda kv: int(kv[0])):
+        out.append(dataclasses.replace(
+            screen, r=int(b), score=score, score_ci_low=low, score_ci_high=high, not_learning=bool(not_learning),
+            run_id=None if screen.run_id is None else f"{screen.run_id}/r{b}", tuned=(SCREENED,), nested=None,
+            intermediate=(), **_counts_at(screen, int(b))))
+    return out
 
 
 class History:

@@ -20,6 +20,8 @@ from rank_sweep.errors import TrackingError
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.sampler import POINT_ATTR, trial_records
 from rank_sweep.study.workers import claim_for_this_worker
+from rank_sweep.train import nested
+from rank_sweep.train.loading import resolve_precision
 from rank_sweep.train.trial import resolved_config, run_trial
 
 
@@ -82,6 +84,13 @@ class Objective:
             overrides = {"trainer.lr": probe_lr}
         run = trial_config(self.cfg, targets, r, seed, **overrides)
         callbacks = [_pruning_callback(trial, f"val/{self.cfg.task.metric}")]
+        screen = None
+        if claim.get("screen"):  # search=nested: one training for every rank of the ladder
+            trial.suggest_categorical("screen", [1.0])
+            s = self.cfg.search
+            screen = nested.NestedRanks([x for x in self.spec.ranks if x <= r], run.lora, s.nested_scale,
+                                        s.nested_frozen, seed, resolve_precision(run))
+            callbacks = [screen]  # no pruning of a screen on its r_max score
         if claim.get("speculative"):
             trial.set_user_attr("speculative", True)
             callbacks.append(PointlessCheck(trial, self.spec, ladder.Point(targets, r, seed, probe_lr)))
@@ -90,7 +99,8 @@ class Objective:
             result = run_trial(run, cache=self.cache, client=self.client, experiment_id=self.experiment_id,
                                parent_run_id=self.parent_run_id, callbacks=callbacks,
                                run_name=f"trial {trial.number}: {targets} r={r} seed={seed}"
-                               + ("" if probe_lr is None else f" lr={probe_lr:g}"),
+                               + ("" if probe_lr is None else f" lr={probe_lr:g}")
+                               + ("" if screen is None else " (nested screen)"),
                                learn_margin=self.cfg.search.learn_margin,
                                tags={"optuna_trial": trial.number, "optuna_study": trial.study.study_name,
                                      "worker": f"{socket.gethostname()}:{os.getpid()}"
@@ -106,6 +116,10 @@ class Objective:
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
             raise
+        if screen is not None:
+            trial.set_user_attr("nested", nested.record_ranks(
+                screen, run.task, self.cfg.search.confidence, self.cfg.search.learn_margin, run.output_dir,
+                self.client, result.run_id))
         c = result.counts
         for key, value in {**c.as_metrics(), "train_seconds": result.train_seconds, "mlflow_run_id": result.run_id,
                            "not_learning": result.not_learning, "baseline_score": result.baseline_score,

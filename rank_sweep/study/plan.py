@@ -23,11 +23,11 @@ once their ladder stopped below them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rank_sweep.results.paired import is_gain
 from rank_sweep.results.records import FULL, HEAD, TrialRecord, statistic
-from rank_sweep.study.history import History, Point, point_of
+from rank_sweep.study.history import History, Point, point_of, screened_records
 from rank_sweep.study.spec import LadderSpec, over_budget, rung_seeds
 
 __all__ = ["LadderSpec", "Plan", "Point", "Rung", "LadderState", "plan", "point_of", "pointless", "over_budget",
@@ -57,6 +57,7 @@ class LadderState:
     reason: str = "running"
     plateau_rank: int | None = None
     threshold: float = 0.0
+    screen: LadderState | None = None  # search=nested: the ladder's rule on the screen's truncated ranks
     lr: float | None = None  # the learning rate it climbs at: None, the configured one; else the probe's that learned
     probes: list[str] = field(default_factory=list)  # what each learning-rate probe found
 
@@ -149,6 +150,30 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
     _plateau(state, spec, best, best_r, by_rank, spread)
     if state.finished and state.plateau_rank is not None and head:
         _against_the_head(state, spec, head, by_rank, spread)
+    return state
+
+
+def walk_nested(targets: str, spec: LadderSpec, hist: History, pending: list[Point],
+                speculative: list[Point] | None = None, head: list[TrialRecord] | None = None) -> LadderState:
+    """search=nested: one screen at the top rank, the ladder's rule on its truncated ranks, then ordinary trials
+    from the screened plateau rank up: its rung and the one above confirm it, or the ladder climbs on from there
+    (the ordinary rule decides). A screen that finds no plateau rank hands over to the ordinary ladder."""
+    point = Point(targets, spec.ranks[-1], spec.seeds[0], screen=True)
+    screen = hist.completed(point)
+    if screen is None:
+        if hist.status(point) == "pending":
+            pending.append(point)
+        state = LadderState(targets)
+        if hist.status(point) == "failed":  # the screen cannot run: the ordinary ladder instead
+            return walk_ladder(targets, spec, hist, pending, speculative, head)
+        return state
+    quick = replace(spec, seeds=spec.seeds[:1], noise_seeds=[], lr_probe=[], nested=False)
+    screened = walk_ladder(targets, quick, History(screened_records(screen), spec.max_retries), [], None, head)
+    start = screened.plateau_rank
+    state = walk_ladder(targets, spec if start is None else replace(spec, ranks=[r for r in spec.ranks if r >= start],
+                                                                      noise_seeds=[]),
+                        hist, pending, speculative, head)
+    state.screen = screened
     return state
 
 
@@ -252,7 +277,8 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
             pending.append(point)
         done = hist.completed(point)
         head = [done] if done is not None else None
-    ladders = [walk_ladder(ts, spec, hist, pending, speculative, head) for ts in spec.target_sets]
+    walk = walk_nested if spec.nested else walk_ladder
+    ladders = [walk(ts, spec, hist, pending, speculative, head) for ts in spec.target_sets]
     extensions: list[str] = []
     if spec.grid:  # every rank of every target set, and of the extension sets only when extend is on
         sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
@@ -290,10 +316,10 @@ def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str
     A speculative rung becomes pointless when the rung under it ends its ladder, or when its ladder learned at
     another lr (a probe's); other points of a ladder that is still climbing, of the grid, of an extension or
     of full fine-tuning are never pointless."""
-    if spec.grid or point.targets not in spec.target_sets:
+    if spec.grid or point.targets not in spec.target_sets or point.screen:
         return None
     hist = History([r for r in records if r.targets], spec.max_retries)
-    state = walk_ladder(point.targets, spec, hist, [])
+    state = (walk_nested if spec.nested else walk_ladder)(point.targets, spec, hist, [])
     if point.lr != state.lr and point.r != spec.ranks[0] and any(g.mean is not None for g in state.rungs):
         return f"speculative rung no longer needed: {point.targets} climbs at lr {state.lr or spec.base_lr:g}"
     if not state.finished:

@@ -24,6 +24,7 @@ from rank_sweep.results.readers import records_from_study
 from rank_sweep.results.records import aggregate
 from rank_sweep.results.tables import summary_table
 from rank_sweep.study import plan as ladder
+from rank_sweep.study.history import screened_records
 from rank_sweep.study.sampler import trial_records
 from rank_sweep.study.workers import WORKER_ATTR, this_worker, worker_is_gone
 from rank_sweep.train.trial import factors_path
@@ -94,6 +95,8 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
             lad = lads.get(p["targets"])
             rung = next((g for g in lad.rungs if g.r == p["r"] and g.lr == p.get("lr")), None) if lad else None
             decision = f"[{rung.decision}: {rung.detail}]" if rung else ""
+            if p.get("screen"):
+                decision = f"[nested screen: ranks {', '.join(trial.user_attrs.get('nested', {}))} scored by truncation]"
             if trial.user_attrs.get("not_learning"):
                 decision = "[not learning] " + decision
         score = f"{metric}={trial.value:.4f}" if trial.value is not None else state.lower()
@@ -111,7 +114,8 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
 
 def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> tuple[str, dict]:
     records = records_from_study(study)
-    summaries = aggregate(records, cfg.search.confidence, cfg.task.direction)
+    screened = [x for rec in records if rec.nested for x in screened_records(rec)]  # search=nested's rows
+    summaries = aggregate(records + screened, cfg.search.confidence, cfg.task.direction)
     lines = [f"study {study.study_name}: {len(records)} trials, metric {cfg.task.metric} ({cfg.task.direction})", ""]
     lines.append(summary_table(summaries) if summaries else "(no completed trial)")
     lines.append("")
@@ -139,6 +143,12 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
         decisions[lad.targets] = {"plateau_rank": lad.plateau_rank, "reason": lad.reason,
                                   "lr": spec.base_lr if lad.lr is None else lad.lr, "lr_probes": lad.probes,
                                   "rungs": [asdict(g) for g in lad.rungs]}
+        if lad.screen is not None:  # search=nested: what the screen decided, before the confirmations
+            found = f"plateau rank r={lad.screen.plateau_rank}" if lad.screen.plateau_rank else "no plateau rank"
+            lines.append(f"    screened (one nested-rank training at r={spec.ranks[-1]}): {found}; {lad.screen.reason}")
+            lines += [f"      screened r={g.r:<3} {g.decision:<12} {g.detail}" for g in lad.screen.rungs]
+            decisions[lad.targets]["screen"] = {"plateau_rank": lad.screen.plateau_rank, "reason": lad.screen.reason,
+                                                "rungs": [asdict(g) for g in lad.screen.rungs]}
     for ext in p.extensions:
         lines.append(f"extension: {ext}")
     verdicts = {(lad.targets, g.r, g.lr): g for lad in p.ladders for g in lad.rungs}

@@ -17,6 +17,7 @@ from optuna.samplers import BaseSampler
 
 from rank_sweep.results.readers import records_from_study
 from rank_sweep.study import plan as ladder
+from rank_sweep.study.history import SCREEN
 from rank_sweep.study.workers import claim_for_this_worker
 
 POINT_ATTR = "rank_sweep:point"
@@ -32,8 +33,8 @@ def trial_records(study: optuna.Study) -> list:
         claimed = trials[rec.number].system_attrs.get(POINT_ATTR)
         if rec.state == "RUNNING" and claimed:  # claimed, and maybe part-way through suggesting it
             lr = claimed.get("lr")
-            rec = dataclasses.replace(rec, targets=claimed["targets"], r=claimed["r"], seed=claimed["seed"],
-                                      tuned=rec.tuned if lr is None else (("lr", lr),))
+            tuned = (SCREEN,) if claimed.get("screen") else rec.tuned if lr is None else (("lr", lr),)
+            rec = dataclasses.replace(rec, targets=claimed["targets"], r=claimed["r"], seed=claimed["seed"], tuned=tuned)
         if rec.targets:
             out.append(rec)
     return out
@@ -65,7 +66,8 @@ def claim_point(study: optuna.Study, trial_id: int, number: int, spec: ladder.La
         if point is None:
             storage.set_trial_system_attr(trial_id, POINT_ATTR, None)
             return None
-        claim = {**{k: v for k, v in asdict(point).items() if v is not None}, "speculative": speculative}
+        claim = {**{k: v for k, v in asdict(point).items() if v is not None and v is not False},
+                 "speculative": speculative}
         storage.set_trial_system_attr(trial_id, POINT_ATTR, claim)
         rivals = [r.number for r in trial_records(study)  # read again, after the write
                   if r.number != number and r.state != "FAIL" and ladder.point_of(r) == point]

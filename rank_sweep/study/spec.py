@@ -31,6 +31,7 @@ class LadderSpec:
     max_trainable_params: int | None = None
     rank_limit: int | None = None  # search.budget.max_rank
     grid: bool = False
+    nested: bool = False  # search=nested: one nested-rank screen per target set, then confirmations
     tuned: bool = False  # TPE: the sampler draws points (and other values); the plan neither proposes nor judges
     speculate: int = 1  # rungs above a running rung that idle workers may start ahead of its decision
     noise_seeds: list[int] = field(default_factory=list)  # extra seeds on each ladder's first rung (seed noise)

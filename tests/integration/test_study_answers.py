@@ -141,3 +141,30 @@ def test_a_reference_method_the_model_cannot_take_is_refused_before_any_trial(ti
     with pytest.raises(ConfigError, match=r"^search.reference_methods: method=prefix_tuning does not fit"):
         run_study(cfg)
     assert not (tmp_path / "outputs" / "predictions").exists()
+
+
+def test_a_nested_study_screens_every_rank_in_one_training_then_confirms(tiny_model_dir, toy_data_dir, tmp_path,
+                                                                       monkeypatch, capsys):
+    """search=nested (#15): one screen at the top rank logs nested/r<rank>/score with intervals and keeps
+    per-rank predictions; the ladder's rule runs on them; ordinary trials confirm; select picks a confirmed one."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tiny_model_dir, toy_data_dir, tmp_path, "search=nested", "search.ladder=[1,2,4]")
+    study = run_study(cfg)
+    out = capsys.readouterr().out
+    screen, *confirmations = sorted(study.trials, key=lambda t: t.number)
+    assert screen.params["screen"] == 1.0 and screen.params["r"] == 4
+    assert set(screen.user_attrs["nested"]) == {"1", "2", "4"}
+    assert confirmations and all("screen" not in t.params for t in confirmations)
+    client = MlflowClient(cfg.tracking.resolved_uri())
+    metrics = client.get_run(screen.user_attrs["mlflow_run_id"]).data.metrics
+    for b in (1, 2, 4):
+        assert metrics[f"nested/r{b}/score_ci_low"] <= metrics[f"nested/r{b}/score"] <= metrics[f"nested/r{b}/score_ci_high"]
+        assert (tmp_path / "outputs" / "predictions" / screen.user_attrs["mlflow_run_id"] / f"r{b}" / "val.npz").exists()
+    assert sum(metrics[f"nested/r{b}/steps"] for b in (1, 2, 4)) == screen.user_attrs["train_steps"]
+    assert "screened (one nested-rank training at r=4)" in out and "screened: truncated from the nested screen" in out
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    decisions = json.loads(_artifact(cfg, parent, "decisions.json", tmp_path / "b"))
+    assert "screen" in decisions["ladders"]["Wq,Wv"]
+    choice = choose(cfg, {"output_dir": str(tmp_path / "select"), "tolerance": 0.005}, {})
+    assert not choice.selection.chosen.screened
+    assert "screen" not in study.trials[choice.trial.number].params
