@@ -64,7 +64,9 @@ TARGETS = {"overhead_ratio": ("<=", 1.03), "setup_seconds": ("<=", 1.0), "lora_v
            "merged_latency_ratio": ("<=", 1.02), "unmerged_latency_ratio": ("", None), "mfu": (">=", 0.5),
            "bf16_vs_fp32_step_ratio": ("<=", 0.65), "bf16_vs_fp32_score_diff_points": ("abs <=", 0.5),
            "ladder_vs_grid_compute": ("<=", 0.35), "ladder_vs_every_rank_grid_compute": ("<=", 0.35),
-           "decision_false_gain_rate": ("<=", 0.05), "decision_power": (">=", 0.8)}
+           "decision_false_gain_rate": ("<=", 0.05), "decision_power": (">=", 0.8),
+           "nested_vs_ladder_compute": ("<=", 0.35), "nested_plateau_agreement": (">=", 1.0),
+           "nested_curve_rank_correlation": ("", None), "verdict_vs_grid3_compute": ("", None)}
 
 
 def base_cfg(args, tmp: str, **trainer) -> RunConfig:
@@ -294,7 +296,7 @@ def table(res: dict) -> str:
     rows = ["| key | value | target | met |", "|---|---|---|---|"]
     targets = dict(TARGETS, ladder_vs_grid_score_gap=("<=", res.get("plateau_tolerance")))
     for key, (op, goal) in targets.items():
-        if key not in res:
+        if key not in res or res[key] is None:
             continue
         value = res[key]
         if goal is None:
@@ -493,7 +495,14 @@ def main() -> None:
     res["complete"] = True
     section("ladder_vs_grid")
 
-    # 5. the plateau rule's calibration at this dev-set size (no training)
+    # 5. search=nested: one nested-rank screen per target set, then its confirmations, as a real study
+    from experiments.nested_rank.measure import nested_cfg, nested_vs_grid
+
+    res.update(nested_vs_grid(nested_cfg(lcfg, "bench-nested"), grid, spec, visited, ladder_steps, per_trial, cache,
+                              compare, tol))
+    section("nested")
+
+    # 6. the plateau rule's calibration at this dev-set size (no training)
     res.update(decision_calibration(args.eval_samples, res.get("fp32_score", 0.78), sims=SIMS[mode], n_boot=1000))
     section("decision_calibration")
 

@@ -154,6 +154,7 @@ def test_mlflow_records_are_the_optuna_records_of_a_real_sweep(toy_cfg, tmp_path
     cfg = toy_cfg
     cfg.trainer.epochs = 2
     cfg.search.ladder, cfg.search.target_sets, cfg.search.extend = [1, 2], [["Wq", "Wv"]], False
+    cfg.search.lr_probe = []  # the points this test counts: no learning-rate probe
     cfg.search.study_name = "contract"
     cfg.search.budget.max_trials, cfg.search.max_consecutive_failures = 4, 2  # a broken sweep stops, never loops
     study = run_study(cfg)

@@ -44,6 +44,7 @@ def sweep_args(model_dir, data_dir, tmp, *extra) -> list[str]:
     """One ladder [1, 2] of Wq; 128 training examples so a trial lasts seconds."""
     return toy_overrides(model_dir, data_dir, tmp) + [
         "search.ladder=[1,2]", "search.target_sets=[[Wq]]", "search.extend=false", "search.heartbeat_seconds=2",
+        "search.lr_probe=[]",  # a first rung at 128 examples may not learn: no probe here (tests/unit/study)
         "task.max_train_samples=128", "trainer.epochs=3", f"search.storage=sqlite:///{tmp}/optuna.db", *extra,
     ]
 
@@ -67,7 +68,7 @@ def by_trial(children) -> dict[int, object]:
 def set_search(cfg, storage: str, **values):
     cfg.search.storage = storage
     for key, value in {"ladder": [1, 2], "target_sets": [["Wq"]], "extend": False, "heartbeat_seconds": 2,
-                       **values}.items():
+                       "lr_probe": [], **values}.items():  # the points these tests count: no learning-rate probe
         setattr(cfg.search, key, value)
     cfg.task.max_train_samples, cfg.trainer.epochs = 64, 1
     return cfg
@@ -255,7 +256,7 @@ def test_consecutive_failures_stop_the_study_with_a_clear_message(toy_cfg, tmp_p
 def test_two_workers_share_one_study_on_a_journal_file(tiny_model_dir, toy_data_dir, tmp_path):
     journal = tmp_path / "study.journal"
     args = toy_overrides(tiny_model_dir, toy_data_dir, tmp_path) + [
-        "search.ladder=[1,2]", "search.target_sets=[[Wq],[Wq,Wv]]", "search.extend=false",
+        "search.ladder=[1,2]", "search.target_sets=[[Wq],[Wq,Wv]]", "search.extend=false", "search.lr_probe=[]",
         "task.max_train_samples=128", "trainer.epochs=3", "trainer.num_threads=1", f"search.storage={journal}"]
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     procs = [subprocess.Popen([os.path.join(BIN, "rank-sweep"), *args], cwd=tmp_path, env=env, text=True,
