@@ -66,7 +66,11 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
               "extend_max_rank": s.extend_max_rank, "pruner": s.pruner, "task": cfg.task.name,
               "model": cfg.model.label, "direction": cfg.task.direction, "metric": cfg.task.metric,
               "alpha_policy": cfg.lora.alpha_policy, "epochs": cfg.trainer.epochs,
-              "lr": cfg.trainer.lr, **{f"budget.{k}": v for k, v in asdict(s.budget).items()}}
+              "lr": cfg.trainer.lr, "confidence": s.confidence, "noise_seeds": spec.noise_seeds,
+              "head_reference": spec.head_reference, "lr_probe": spec.lr_probe,
+              "reference_methods": [m for m, _ in spec.references] + (["full"] if spec.include_full else []),
+              **({"nested_scale": s.nested_scale, "nested_frozen": s.nested_frozen} if spec.nested else {}),
+              **{f"budget.{k}": v for k, v in asdict(s.budget).items()}}
     run_id = tracking.start_run(client, experiment_id, f"study {study.study_name}", params,
                                 tags={"kind": "study", "study_name": study.study_name})
     latest = study.user_attrs.get(PARENT_ATTR)

@@ -121,6 +121,7 @@ def test_reference_methods_run_beside_the_ladder_and_select_lists_them(tiny_mode
     experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     runs = {r.data.params["targets"]: r for r in client.search_runs([experiment], "tags.kind = 'trial'")}
     assert runs["ia3"].data.params["method"] == "ia3" and runs["prompt_tuning"].data.params["method"] == "prompt_tuning"
+    assert client.get_run(parent).data.params["reference_methods"] == "['ia3', 'prompt_tuning']"
     assert int(runs["ia3"].data.metrics["lora_params"]) > 0  # the adapter's params, counted as for LoRA
     choice = choose(cfg, {"output_dir": str(tmp_path / "select"), "tolerance": 0.005}, {})
     text = capsys.readouterr().out
