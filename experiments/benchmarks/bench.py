@@ -327,10 +327,14 @@ def main() -> None:
     ap.add_argument("--grid", choices=["pow2", "all"], default="pow2",
                     help="grid ranks: powers of two 1..64 (default) or every rank 1..64 (192 trials)")
     ap.add_argument("--out", default="bench.json")
+    ap.add_argument("--train-samples", type=int, default=None, help="override the mode's training subsample")
+    ap.add_argument("--grid-max-rank", type=int, default=None, help="override the grid's top rank (64)")
+    ap.add_argument("--decisions-only", action="store_true",
+                    help="skip the timings (sections 1-3): only the ladder, grid, nested screen and the rule")
     args = ap.parse_args()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    m = MODES[mode]
-    grid_max_rank = m.get("grid_max_rank", GRID_MAX_RANK)
+    m = dict(MODES[mode], **({"train": args.train_samples} if args.train_samples else {}))
+    grid_max_rank = args.grid_max_rank or m.get("grid_max_rank", GRID_MAX_RANK)
     args.train_samples, args.eval_samples, args.epochs, args.lr = m["train"], m["eval"], m["epochs"], m["lr"]
     dev = args.device
     if not args.glue_dir:
@@ -353,93 +357,94 @@ def main() -> None:
         res["wall_seconds"] = round(time.perf_counter() - t_start, 1)
         write(res, args.out)
 
-    # 1. overhead and set-up: trials after the first in one worker
-    run_trial(cfg, cache=cache)  # warm: base model and tokenized data now cached
-    setups, trial_times, bare_times, scores = [], [], [], []
-    for _ in range(REPEATS):  # interleaved, so a change of load hits numerator and denominator alike
-        sync(dev)
-        t = time.perf_counter()
-        r = run_trial(cfg, cache=cache)
-        trial_times.append(time.perf_counter() - t)
-        setups.append(r.setup_seconds)
-        scores.append(r.score)
-        bare_times.append(median_time(lambda: bare_loop(cfg, cache, dev), 1, dev))
-    bare = statistics.median(bare_times)
-    res["overhead_ratio"] = statistics.median(trial_times) / bare
-    res["trial_seconds"], res["bare_loop_seconds"] = statistics.median(trial_times), bare
-    res["setup_seconds"] = statistics.median(setups)
-    res["train_steps_per_trial"] = r.train_steps
-    print(f"overhead {res['overhead_ratio']:.3f} (trial {res['trial_seconds']:.1f}s, bare {bare:.1f}s), "
-          f"setup {res['setup_seconds']:.2f}s; the grid will take about "
-          f"{res['trial_seconds'] * 3 * (grid_max_rank if args.grid == 'all' else grid_max_rank.bit_length()):.0f}s",
-          flush=True)
-    section("overhead")
+    if not args.decisions_only:  # sections 1-3: the timings
+        # 1. overhead and set-up: trials after the first in one worker
+        run_trial(cfg, cache=cache)  # warm: base model and tokenized data now cached
+        setups, trial_times, bare_times, scores = [], [], [], []
+        for _ in range(REPEATS):  # interleaved, so a change of load hits numerator and denominator alike
+            sync(dev)
+            t = time.perf_counter()
+            r = run_trial(cfg, cache=cache)
+            trial_times.append(time.perf_counter() - t)
+            setups.append(r.setup_seconds)
+            scores.append(r.score)
+            bare_times.append(median_time(lambda: bare_loop(cfg, cache, dev), 1, dev))
+        bare = statistics.median(bare_times)
+        res["overhead_ratio"] = statistics.median(trial_times) / bare
+        res["trial_seconds"], res["bare_loop_seconds"] = statistics.median(trial_times), bare
+        res["setup_seconds"] = statistics.median(setups)
+        res["train_steps_per_trial"] = r.train_steps
+        print(f"overhead {res['overhead_ratio']:.3f} (trial {res['trial_seconds']:.1f}s, bare {bare:.1f}s), "
+              f"setup {res['setup_seconds']:.2f}s; the grid will take about "
+              f"{res['trial_seconds'] * 3 * (grid_max_rank if args.grid == 'all' else grid_max_rank.bit_length()):.0f}s",
+              flush=True)
+        section("overhead")
 
-    # 2. LoRA vs full step, memory peaks, merged/unmerged latency, MFU, bf16 vs fp32 step
-    tok, lora_model, *_ = prepare(cfg, cache)
-    full_cfg = copy.deepcopy(cfg)
-    full_cfg.lora.full_finetune = True
-    _, full_model, *_ = prepare(full_cfg, cache)
-    batch = fixed_batch(tok, device=dev)
-    runs: dict = {"lora": [], "full": [], "lora32": []}
-    inner = 20 if dev == "cuda" else 2  # timed steps per round, after a warm-up step
-    for _ in range(REPEATS):  # interleaved rounds
-        runs["lora"].append(step_time(lora_model, batch, True, inner, dev))
-        runs["full"].append(step_time(full_model, batch, True, inner, dev))
-        runs["lora32"].append(step_time(lora_model, batch, False, inner, dev))
-    del full_model
-    t_lora, t_full, t_lora32 = (statistics.median(t for t, _ in runs[k]) for k in ("lora", "full", "lora32"))
-    peak_lora, peak_full = (max(p or 0.0 for _, p in runs[k]) for k in ("lora", "full"))
-    res["lora_step_seconds"], res["full_step_seconds"], res["lora_fp32_step_seconds"] = t_lora, t_full, t_lora32
-    res["lora_vs_full_step_ratio"] = t_lora / t_full
-    res["bf16_vs_fp32_step_ratio"] = t_lora / t_lora32
-    if dev == "cuda":
-        res["peak_cuda_allocated_mb"] = {"lora": peak_lora, "full": peak_full}
-    else:
-        res["peak_rss_mb"] = {"lora": peak_rss_mb("lora", args.model), "full": peak_rss_mb("full", args.model)}
-    section("steps")
+        # 2. LoRA vs full step, memory peaks, merged/unmerged latency, MFU, bf16 vs fp32 step
+        tok, lora_model, *_ = prepare(cfg, cache)
+        full_cfg = copy.deepcopy(cfg)
+        full_cfg.lora.full_finetune = True
+        _, full_model, *_ = prepare(full_cfg, cache)
+        batch = fixed_batch(tok, device=dev)
+        runs: dict = {"lora": [], "full": [], "lora32": []}
+        inner = 20 if dev == "cuda" else 2  # timed steps per round, after a warm-up step
+        for _ in range(REPEATS):  # interleaved rounds
+            runs["lora"].append(step_time(lora_model, batch, True, inner, dev))
+            runs["full"].append(step_time(full_model, batch, True, inner, dev))
+            runs["lora32"].append(step_time(lora_model, batch, False, inner, dev))
+        del full_model
+        t_lora, t_full, t_lora32 = (statistics.median(t for t, _ in runs[k]) for k in ("lora", "full", "lora32"))
+        peak_lora, peak_full = (max(p or 0.0 for _, p in runs[k]) for k in ("lora", "full"))
+        res["lora_step_seconds"], res["full_step_seconds"], res["lora_fp32_step_seconds"] = t_lora, t_full, t_lora32
+        res["lora_vs_full_step_ratio"] = t_lora / t_full
+        res["bf16_vs_fp32_step_ratio"] = t_lora / t_lora32
+        if dev == "cuda":
+            res["peak_cuda_allocated_mb"] = {"lora": peak_lora, "full": peak_full}
+        else:
+            res["peak_rss_mb"] = {"lora": peak_rss_mb("lora", args.model), "full": peak_rss_mb("full", args.model)}
+        section("steps")
 
-    infer = {k: v for k, v in batch.items() if k != "labels"}
-    base = cache.tokenizer_and_model(cfg)[1]
-    merged = lora.merged_copy(lora_model.to("cpu"))
+        infer = {k: v for k, v in batch.items() if k != "labels"}
+        base = cache.tokenizer_and_model(cfg)[1]
+        merged = lora.merged_copy(lora_model.to("cpu"))
 
-    models = {"base": base, "merged": merged, "unmerged": lora_model}
-    for model in models.values():
-        model.to(dev).eval()
-    times: dict = {k: [] for k in models}
-    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):  # the trials' precision
+        models = {"base": base, "merged": merged, "unmerged": lora_model}
         for model in models.values():
-            model(**infer)
-        for _ in range(REPEATS * 3):  # interleaved rounds, each model timed in each; ratios within a round
-            for name, model in models.items():
-                times[name].append(median_time(lambda m=model: m(**infer), inner + 1, dev))
-    for model in models.values():
-        model.to("cpu")
-    ratio = {k: statistics.median(t / b for t, b in zip(times[k], times["base"], strict=True)) for k in models}
-    res["merged_latency_ratio"], res["unmerged_latency_ratio"] = ratio["merged"], ratio["unmerged"]
-    res["base_latency_seconds"] = statistics.median(times["base"])
-    del merged
+            model.to(dev).eval()
+        times: dict = {k: [] for k in models}
+        with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):  # the trials' precision
+            for model in models.values():
+                model(**infer)
+            for _ in range(REPEATS * 3):  # interleaved rounds, each model timed in each; ratios within a round
+                for name, model in models.items():
+                    times[name].append(median_time(lambda m=model: m(**infer), inner + 1, dev))
+        for model in models.values():
+            model.to("cpu")
+        ratio = {k: statistics.median(t / b for t, b in zip(times[k], times["base"], strict=True)) for k in models}
+        res["merged_latency_ratio"], res["unmerged_latency_ratio"] = ratio["merged"], ratio["unmerged"]
+        res["base_latency_seconds"] = statistics.median(times["base"])
+        del merged
 
-    tokens_per_batch = float(batch["attention_mask"].sum())
-    mc = base.config
-    flops = train_flops_per_token(base, MAX_SEQ_LENGTH, mc.num_hidden_layers, mc.hidden_size) * tokens_per_batch
-    peak, n = matmul_peak_flops(dev)
-    res["mfu"] = flops / t_lora / peak
-    res["peak_matmul_tflops_bf16"] = peak / 1e12
-    res["peak_matmul_size"] = n
-    print(f"lora/full {res['lora_vs_full_step_ratio']:.3f}, bf16/fp32 {res['bf16_vs_fp32_step_ratio']:.3f}, "
-          f"merged {res['merged_latency_ratio']:.3f}, mfu {res['mfu']:.3f}", flush=True)
-    if dev == "cuda":
-        torch.cuda.empty_cache()
-    section("latency_mfu")
+        tokens_per_batch = float(batch["attention_mask"].sum())
+        mc = base.config
+        flops = train_flops_per_token(base, MAX_SEQ_LENGTH, mc.num_hidden_layers, mc.hidden_size) * tokens_per_batch
+        peak, n = matmul_peak_flops(dev)
+        res["mfu"] = flops / t_lora / peak
+        res["peak_matmul_tflops_bf16"] = peak / 1e12
+        res["peak_matmul_size"] = n
+        print(f"lora/full {res['lora_vs_full_step_ratio']:.3f}, bf16/fp32 {res['bf16_vs_fp32_step_ratio']:.3f}, "
+              f"merged {res['merged_latency_ratio']:.3f}, mfu {res['mfu']:.3f}", flush=True)
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+        section("latency_mfu")
 
-    # 3. bf16 vs fp32 score: the timed trials above were bf16 (seeded: the same score on CPU); one fp32 trial
-    s16 = statistics.median(scores)
-    s32 = run_trial(base_cfg(args, tmp, precision="32-true"), cache=cache).score
-    res["bf16_score"], res["fp32_score"] = s16, s32
-    res["bf16_vs_fp32_score_diff_points"] = 100 * (s16 - s32)
-    res["baseline_score"] = r.baseline_score
-    section("bf16_score")
+        # 3. bf16 vs fp32 score: the timed trials above were bf16 (seeded: the same score on CPU); one fp32 trial
+        s16 = statistics.median(scores)
+        s32 = run_trial(base_cfg(args, tmp, precision="32-true"), cache=cache).score
+        res["bf16_score"], res["fp32_score"] = s16, s32
+        res["bf16_vs_fp32_score_diff_points"] = 100 * (s16 - s32)
+        res["baseline_score"] = r.baseline_score
+        section("bf16_score")
 
     # 4. ladder vs grid: the grid as a real study, the ladder replayed on its results
     from rank_sweep.study.run import run_study

@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["policy", "dylora"])
     ap.add_argument("--frozen", action="store_true", help="also each variant in DyLoRA's frozen mode")
     ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"))
+    ap.add_argument("--precision", default="auto", help="trainer.precision (32-true where bf16 is slow)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     glue, length = TASKS[args.task]
@@ -67,7 +68,7 @@ def main() -> None:
     cfg = RunConfig()
     cfg.task = TaskConfig(**{**conf_yaml(f"task/{args.task}.yaml"), "data_dir": os.path.join(args.glue_dir, glue),
                              "max_train_samples": args.train, "max_seq_length": length})
-    cfg.trainer = TrainerConfig(epochs=args.epochs, lr=args.lr, progress_bar=False)
+    cfg.trainer = TrainerConfig(epochs=args.epochs, lr=args.lr, progress_bar=False, precision=args.precision)
     cfg.tracking.uri, cfg.output_dir = f"sqlite:///{tmp}/mlflow.db", f"{tmp}/outputs"
     cfg.search = SearchConfig(ladder=args.ranks, target_sets=[args.targets.split(",")], extend=False, lr_probe=[])
     client, experiment = tracking.connect(cfg.tracking.resolved_uri(), "nested_rank")
