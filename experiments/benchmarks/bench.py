@@ -329,6 +329,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench.json")
     ap.add_argument("--train-samples", type=int, default=None, help="override the mode's training subsample")
     ap.add_argument("--grid-max-rank", type=int, default=None, help="override the grid's top rank (64)")
+    ap.add_argument("--grid-precision", default="bf16-mixed",
+                    help="precision of the grid and nested trials (32-true where bf16 is slow, e.g. CPUs without AMX)")
     ap.add_argument("--decisions-only", action="store_true",
                     help="skip the timings (sections 1-3): only the ladder, grid, nested screen and the rule")
     args = ap.parse_args()
@@ -449,7 +451,7 @@ def main() -> None:
     # 4. ladder vs grid: the grid as a real study, the ladder replayed on its results
     from rank_sweep.study.run import run_study
 
-    gcfg = base_cfg(args, tmp, precision="bf16-mixed")
+    gcfg = base_cfg(args, tmp, precision=args.grid_precision)
     gcfg.search = SearchConfig(strategy="grid", max_rank=grid_max_rank, target_sets=[["Wq"], ["Wq", "Wv"]],
                                extend_target_sets=[["Wq", "Wk", "Wv", "Wo"]], study_name="bench-grid",
                                storage=f"sqlite:///{tmp}/optuna.db",
