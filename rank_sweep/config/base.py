@@ -33,8 +33,15 @@ ALPHA_POLICIES = ("fixed", "scaled", "rslora")
 
 TASK_SOURCES = ("glue", "csv", "jsonl", "hub")
 
-METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "loss")  # loss: validation cross-entropy (MSE: regression)
-MINIMIZED = ("loss",)  # metrics that are better when lower: the study's direction follows the primary metric
+METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "loss", "perplexity")  # loss: validation cross-entropy
+# (MSE: regression; per completion token: a causal LM task); perplexity: exp(loss), causal LM tasks only
+MINIMIZED = ("loss", "perplexity")  # better when lower: the study's direction follows the primary metric
+
+# task.type: a task yaml without it is a classification (or regression) task, as every GLUE preset is
+TASK_TYPES = ("classification", "causal_lm")
+LM_FORMATS = ("prompt_completion", "chat", "text")  # task.format of a causal_lm task
+TRUNCATIONS = ("error", "left")  # task.truncation: refuse over-long examples, or cut their prompts from the left
+LM_TASK_DEFAULTS = "task/jsonl_lm.yaml"  # the home of the causal-LM keys' defaults: the generic LM preset
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "auto")
 
@@ -92,6 +99,12 @@ def default(group: str | None, key: str) -> Any:
         return copy.deepcopy(option_defaults(group)[key])
 
     return field(default_factory=value)
+
+
+def lm_default(key: str) -> Any:
+    """A dataclass field for a causal-LM key of the task: its default is that of :data:`LM_TASK_DEFAULTS`
+    (classification presets do not list these keys)."""
+    return field(default_factory=lambda: copy.deepcopy(conf_yaml(LM_TASK_DEFAULTS)[key]))
 
 
 def sqlite_path(uri: str | None) -> str | None:

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rank_sweep.config.base import (
     ALPHA_POLICIES,
     INITS,
+    LM_FORMATS,
     METRICS,
     MINIMIZED,
     PRECISIONS,
     TASK_SOURCES,
+    TASK_TYPES,
+    TRUNCATIONS,
     check_rank,
     conf_yaml,
     default,
     is_int,
+    lm_default,
     one_of,
+    option_defaults,
     positive,
 )
 from rank_sweep.errors import ConfigError
@@ -61,9 +66,19 @@ class ModelConfig:
         return path  # a hub id: org/name
 
 
+CHOICE_METRICS = ("accuracy", "f1", "mcc")  # of a causal LM task: on the most likely of task.choices
+
+
 @dataclass
 class TaskConfig:
-    """A classification or regression task and where its data lives."""
+    """A classification or regression task, or a causal LM task (``type: causal_lm``), and where its data lives.
+
+    A causal LM task trains on completions (the loss counts completion tokens only): ``format`` says where
+    they come from: ``prompt_completion`` (``prompt_field`` and ``completion_field``, or a prompt built from
+    ``text_fields`` by ``prompt_template`` and the completion ``choices[label]``), ``chat`` (``messages_field``
+    rendered by the tokenizer's chat template, the last assistant turn the completion) or ``text`` (all of
+    ``text_field``). With ``choices``, the answer is also scored as the most likely choice (``accuracy``);
+    ``labels`` then name the label values of ``choices`` in order (default: the choices themselves)."""
 
     name: str = default("task", "name")
     source: str = default("task", "source")  # glue | csv | jsonl | hub
@@ -81,15 +96,33 @@ class TaskConfig:
     max_seq_length: int = default("task", "max_seq_length")
     max_train_samples: int | None = default("task", "max_train_samples")
     max_eval_samples: int | None = default("task", "max_eval_samples")
+    type: str = field(default_factory=lambda: option_defaults("task").get("type", TASK_TYPES[0]))
+    format: str = lm_default("format")
+    prompt_field: str = lm_default("prompt_field")
+    completion_field: str = lm_default("completion_field")
+    messages_field: str = lm_default("messages_field")
+    text_field: str = lm_default("text_field")
+    prompt_template: str | None = lm_default("prompt_template")  # str.format over text_fields
+    choices: list[str] | None = lm_default("choices")
+    truncation: str = lm_default("truncation")  # error | left (cut the prompt's start; never the completion)
+    append_eos: bool = lm_default("append_eos")  # end each completion with the tokenizer's eos token
+
+    # the keys only a causal LM task reads (left out of a classification task's recorded config)
+    LM_KEYS = ("type", "format", "prompt_field", "completion_field", "messages_field", "text_field",
+               "prompt_template", "choices", "truncation", "append_eos")
 
     def __post_init__(self) -> None:
+        one_of("task.type", self.type, TASK_TYPES)
+        if self.is_causal:
+            self._check_causal()
+            return
         one_of("task.source", self.source, TASK_SOURCES)
         if not self.text_fields or len(self.text_fields) > 2:
             raise ConfigError(
                 f"task.text_fields={self.text_fields!r} is not valid: give one or two column names"
             )
         for m in [self.metric, *self.metrics]:
-            one_of("task.metric", m, METRICS)
+            one_of("task.metric", m, tuple(x for x in METRICS if x != "perplexity"))  # perplexity: causal LM only
         if self.metric not in self.metrics:
             self.metrics = [self.metric, *self.metrics]
         if self.labels is not None:
@@ -111,8 +144,56 @@ class TaskConfig:
                 f"(got {self.train_file!r}, {self.validation_file!r})"
             )
 
+    def _check_causal(self) -> None:
+        one_of("task.source", self.source, TASK_SOURCES)
+        one_of("task.format", self.format, LM_FORMATS)
+        one_of("task.truncation", self.truncation, TRUNCATIONS)
+        for m in [self.metric, *self.metrics]:
+            one_of("task.metric", m, ("loss", "perplexity", *CHOICE_METRICS))
+        if self.metric == "perplexity":
+            raise ConfigError("task.metric='perplexity' is not valid as the primary metric: it is exp(loss) and ranks "
+                              "trials the same; use task.metric=loss (perplexity is logged as val/perplexity)")
+        self.metrics = list(dict.fromkeys([self.metric, *self.metrics]))
+        if self.choices is not None:
+            self.choices = [str(c) for c in self.choices]
+            if len(self.choices) < 2 or len(set(self.choices)) < len(self.choices) or not all(c.strip() for c in self.choices):
+                raise ConfigError(f"task.choices={self.choices!r} is not valid: give two or more distinct, non-empty answers")
+            if self.format == "text":
+                raise ConfigError("task.choices is not valid with task.format=text: a text task has no prompt to answer")
+            self.labels = [str(x) for x in (self.labels if self.labels is not None else self.choices)]
+            if len(self.labels) != len(self.choices):
+                raise ConfigError(f"task.labels={self.labels!r} is not valid: give one label value per task.choices "
+                                  f"entry ({len(self.choices)}), in the same order")
+        elif self.labels is not None:
+            raise ConfigError("task.labels is set but task.choices is not: a causal LM task's labels name the "
+                              "label values of its choices; set task.choices (or task.labels=null)")
+        needs = [m for m in self.metrics if m in CHOICE_METRICS]
+        if needs and self.choices is None:
+            raise ConfigError(f"task.metrics contains {needs[0]!r}, which scores the most likely of task.choices: "
+                              f"set task.choices (e.g. [' yes',' no']) or use loss and perplexity")
+        if self.prompt_template is not None:
+            try:
+                self.prompt_template.format(**{f: "" for f in self.text_fields})
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"task.prompt_template={self.prompt_template!r} is not valid: {type(e).__name__} "
+                                  f"{e}; it may name only task.text_fields {list(self.text_fields)} as {{field}}") from None
+        positive("task.max_seq_length", self.max_seq_length, integer=True)
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                positive(f"task.{name}", getattr(self, name), integer=True)
+        if self.source in ("csv", "jsonl") and not (self.train_file and self.validation_file):
+            raise ConfigError(f"task.source={self.source} needs task.train_file and task.validation_file "
+                              f"(got {self.train_file!r}, {self.validation_file!r})")
+
+    @property
+    def is_causal(self) -> bool:
+        """A causal LM task: completions trained and scored by a model's LM head."""
+        return self.type == "causal_lm"
+
     @property
     def is_regression(self) -> bool:
+        """No labels: a regression task, or a causal LM task without choices (its per-example losses then
+        travel as one value per example, as regression outputs do)."""
         return self.labels is None
 
     @property
@@ -207,6 +288,8 @@ class TrainerConfig:
     group_by_length: bool = default("trainer", "group_by_length")
     progress_bar: bool = default("trainer", "progress_bar")
     max_steps: int = default("trainer", "max_steps")  # for benchmarks; -1 means epochs decide
+    accumulate_grad_batches: int = default("trainer", "accumulate_grad_batches")  # optimizer step every N batches
+    gradient_checkpointing: bool = default("trainer", "gradient_checkpointing")  # recompute activations: less memory
 
     def __post_init__(self) -> None:
         positive("trainer.epochs", self.epochs, integer=True)
@@ -216,6 +299,9 @@ class TrainerConfig:
         positive("trainer.weight_decay", self.weight_decay, allow_zero=True)
         if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} is not valid: it must be in [0, 1)")
+        positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches, integer=True)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(f"trainer.gradient_checkpointing={self.gradient_checkpointing!r} is not valid: true or false")
         one_of("trainer.precision", self.precision, PRECISIONS)
         one_of("trainer.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
         # Under DDP each process would score only its shard of the dev set (predictions are not gathered), so

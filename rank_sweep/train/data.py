@@ -282,18 +282,32 @@ def _subsample(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
     return ds.shuffle(seed=0).select(range(n))
 
 
+def raw_splits(task: TaskConfig, cache_dir: str | None = None) -> tuple[dict, dict]:
+    """The ``train`` and ``validation`` data as read (every column), and where each came from (for messages)."""
+    layout = _layout(task)
+    if task.source == "hub" or (task.source == "glue" and task.resolved_data_dir() is None):
+        return _hub_splits(task, layout, cache_dir)
+    return _file_splits(task, layout, cache_dir)
+
+
+def prepare_labels(ds: datasets.Dataset, task: TaskConfig, where: str) -> datasets.Dataset:
+    """``ds`` with the task's ``text_fields`` and its labels as ``label`` (an index into ``task.labels``)."""
+    return _prepare(ds, task, _layout(task)["aliases"], where)
+
+
+def subsample(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
+    """A seeded random subset of ``n`` rows (the same for every trial), or ``ds`` when it has no more."""
+    return _subsample(ds, n)
+
+
 def load_splits(task: TaskConfig, cache_dir: str | None = None) -> datasets.DatasetDict:
     """The task's ``train`` and ``validation`` splits: ``text_fields`` plus ``label``."""
     if "label" in task.text_fields:
         raise ConfigError(
             f"task.text_fields={task.text_fields!r} is not valid: 'label' is reserved for the label column"
         )
-    layout = _layout(task)
-    if task.source == "hub" or (task.source == "glue" and task.resolved_data_dir() is None):
-        raw, where = _hub_splits(task, layout, cache_dir)
-    else:
-        raw, where = _file_splits(task, layout, cache_dir)
-    out = {k: _prepare(raw[k], task, layout["aliases"], where[k]) for k in ("train", "validation")}
+    raw, where = raw_splits(task, cache_dir)
+    out = {k: prepare_labels(raw[k], task, where[k]) for k in ("train", "validation")}
     out["train"] = _subsample(out["train"], task.max_train_samples)
     out["validation"] = _subsample(out["validation"], task.max_eval_samples)
     return datasets.DatasetDict(out)

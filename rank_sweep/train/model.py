@@ -52,6 +52,14 @@ class SequenceClassifier(pl.LightningModule):
     def forward(self, **batch):
         return self.model(**batch)
 
+    def on_fit_start(self) -> None:
+        if self.cfg.gradient_checkpointing:  # during fit only: validation and the cached base stay as they are
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def is_constant(self, outputs) -> bool:
+        """Whether ``outputs`` (this module's dev-set outputs) are one class or one value for every example."""
+        return constant_outputs(outputs, self.task.is_regression)
+
     def training_step(self, batch, batch_idx):
         batch = {k: v for k, v in batch.items() if k != "length"}
         loss = self.model(**batch).loss

@@ -27,14 +27,14 @@ from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError
 from rank_sweep.results.paired import is_gain, paired_difference, score_interval
 from rank_sweep.results.predictions import ARTIFACT, predictions_path, save_predictions
-from rank_sweep.train import lora, methods
+from rank_sweep.train import causal, lora, methods
 from rank_sweep.train.batches import GlueDataModule
 from rank_sweep.train.callbacks import BestEpoch, EpochLogger
 from rank_sweep.train.data import data_files
 from rank_sweep.train.export import export_adapter
 from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
 from rank_sweep.train.metrics import baseline_outputs, baseline_score
-from rank_sweep.train.model import SequenceClassifier, constant_outputs
+from rank_sweep.train.model import SequenceClassifier
 
 
 @dataclass
@@ -192,11 +192,14 @@ class _Fit:
 
 
 def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: list | None, t0: float) -> _Fit:
-    datamodule = GlueDataModule(
-        tokenized, tok, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
-        group_by_length=cfg.trainer.group_by_length, seed=cfg.seed,
-    )
-    module = SequenceClassifier(model, cfg.task, cfg.trainer)
+    if cfg.task.is_causal:  # a causal LM: completions, left-padded batches (rank_sweep.train.causal)
+        datamodule, module = causal.fit_parts(cfg, model, tok, tokenized)
+    else:
+        datamodule = GlueDataModule(
+            tokenized, tok, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
+            group_by_length=cfg.trainer.group_by_length, seed=cfg.seed,
+        )
+        module = SequenceClassifier(model, cfg.task, cfg.trainer)
     best = BestEpoch(cfg.task.metric, cfg.task.direction)
     all_callbacks = [logger, best, *(callbacks or [])]
     if cfg.trainer.early_stopping_patience:
@@ -210,6 +213,7 @@ def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: 
         devices=cfg.trainer.devices, strategy=cfg.trainer.strategy, precision=resolve_precision(cfg), logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
         enable_progress_bar=cfg.trainer.progress_bar, callbacks=all_callbacks,
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
     )
     setup_seconds = time.perf_counter() - t0
     t_fit = time.perf_counter()
@@ -224,7 +228,7 @@ def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: 
     if cfg.trainer.early_stopping_patience and best.epoch is not None:
         best.restore(module)  # the weights, metrics and outputs of the best epoch: what the trial reports
         score_epoch = best.epoch
-        module.constant_predictions = constant_outputs(module.last_outputs, cfg.task.is_regression)
+        module.constant_predictions = module.is_constant(module.last_outputs)
     return _Fit(module, datamodule, dict(module.last_metrics), train_seconds, setup_seconds, trainer.global_step,
                 score_epoch, last_epoch if best.epoch is None else best.epoch)
 
@@ -261,6 +265,8 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
         final.update(export_adapter(model, fresh, next(iter(fit.datamodule.val_dataloader())), out,
                                     merge=methods.can_merge(cfg.method)))
         client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
+    if cfg.task.is_causal:  # zero-shot metrics, per-example losses, the merged model's generation check
+        final.update(causal.record(cfg, fit, model, train_labels, client, run_id))
     tracking.log(client, run_id, metrics=final, tags={"score_metric": cfg.task.metric,
                                                       "not_learning": str(not_learning).lower()})
     ci = (final["score_ci_low"], final["score_ci_high"]) if "score_ci_low" in final else None
@@ -295,12 +301,22 @@ def record_spectra(model, plan: lora.TargetPlan, client, run_id: str, output_dir
     return spectra.summarize_spectra(rows)
 
 
+# trainer keys added after studies were stored, with the value every trial had before them
+TRAINER_KEYS_ADDED = {"accumulate_grad_batches": 1, "gradient_checkpointing": False}
+
+
 def resolved_config(cfg: RunConfig) -> dict:
     """The config as the trial ran it, reproducible elsewhere: the data location absolute (GLUE folder, or the
     csv/jsonl files), the precision resolved on this machine, credentials redacted. Logged as ``config.json``
     and stored on the Optuna trial (user attr ``config``); ``rank-sweep-select`` writes its preset from it."""
     d = asdict(cfg)
     task = d["task"]
+    if not cfg.task.is_causal:  # keys a classifier never reads: its record stays as before they existed
+        for key in cfg.task.LM_KEYS:
+            task.pop(key, None)
+    for key, before in TRAINER_KEYS_ADDED.items():  # recorded when set: a stored study's fingerprint still matches
+        if d["trainer"].get(key) == before:
+            d["trainer"].pop(key)
     if cfg.task.source == "glue" and cfg.task.resolved_data_dir():
         task["data_dir"] = os.path.abspath(os.path.expanduser(cfg.task.resolved_data_dir()))
     elif cfg.task.source in ("csv", "jsonl"):

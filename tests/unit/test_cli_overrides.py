@@ -42,7 +42,7 @@ VALID_SELECT = [["budget.max_lora_params=20000", "select.tolerance=0.005"], ["se
 # argv, config, the start of the message
 UNKNOWN = [
     (["trainer.epoch=1"], "config", "trainer.epoch is not a known key: did you mean trainer.epochs? "
-                                    "(valid keys of trainer: accelerator, batch_size, "),
+                                    "(valid keys of trainer: accelerator, accumulate_grad_batches, batch_size, "),
     (["search.max_rnak=8"], "config", "search.max_rnak is not a known key: did you mean search.max_rank? "
                                       "(valid keys of search: budget, confidence, extend, "),
     (["search.budget.max_trial=2"], "config", "search.budget.max_trial is not a known key: did you mean "

@@ -1,0 +1,202 @@
+"""Causal-LM trials: the LightningModule, the zero-shot reference, and what a causal trial records.
+
+    rank-sweep-trial task=sst2_lm model=smollm2_135m lora.r=4 lora.targets=[Wq,Wv]
+    rank-sweep experiment=quickstart_lm
+
+:class:`CausalLM` trains on completion tokens only (``labels`` hold -100 on the prompt, see
+:mod:`rank_sweep.train.lm_data`) and runs the LM head on the last positions of each left-padded batch only
+(``logits_to_keep``: the completion's), so a short answer costs one head projection per answer token, not per
+prompt token. Validation gathers each example's completion NLL sum and token count and, with
+``task.choices``, the log-likelihood of every choice after the prompt (lm-eval's multiple choice: the sum over
+the choice's tokens; one-token choices are read off the same forward pass, longer ones get one more pass per
+choice); :mod:`rank_sweep.train.metrics` scores them. :func:`zero_shot` scores the base model the same way
+once per worker: that is a causal task's baseline (``baseline_score``, ``zero_shot/<metric>``) and what
+"not learning" is tested against.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rank_sweep.config import RunConfig
+from rank_sweep.config.sections import CHOICE_METRICS
+from rank_sweep.errors import ConfigError
+from rank_sweep.train.lm_data import IGNORE, CausalDataModule
+from rank_sweep.train.metrics import Reference, causal_metrics, causal_outputs
+from rank_sweep.train.model import NonFiniteLossError, SequenceClassifier
+
+DETAILS = "predictions/val_lm.npz"  # MLflow artifact: per-example nll, tokens, choice_ll, choice of the scored epoch
+
+
+def check_causal_run(cfg: RunConfig) -> None:
+    """What a causal LM task cannot be combined with, refused before anything loads."""
+    if cfg.lora.head_only or cfg.search.head_reference:
+        key = "lora.head_only" if cfg.lora.head_only else "search.head_reference"
+        raise ConfigError(f"{key}=true is not valid for causal LM task {cfg.task.name}: its head is the (tied) LM "
+                          f"head, and its reference is the base model before training (baseline_score)")
+    if cfg.method.name != "lora" or cfg.search.reference_methods:
+        raise ConfigError(f"method={cfg.method.name} / search.reference_methods are not supported on causal LM task "
+                          f"{cfg.task.name} yet: use method=lora (lora.full_finetune=true for full fine-tuning)")
+
+
+def _logits(model, batch: dict, keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` positions (all of them for a model whose forward has no logits_to_keep)."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    try:
+        return model(**inputs, logits_to_keep=keep, use_cache=False).logits[:, -keep:]
+    except TypeError:
+        return model(**inputs, use_cache=False).logits[:, -keep:]
+
+
+def completion_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-probs of every vocabulary token at the completion positions ``(B, L, V)``, the target ids
+    ``(B, L)`` with -100 where a row's completion is shorter, the log-prob of each target ``(B, L)``, 0 there)."""
+    labels = batch["labels"]
+    width = int((labels != IGNORE).sum(1).max())
+    logp = _logits(model, batch, width + 1)[:, :-1].float().log_softmax(-1)
+    targets = labels[:, labels.shape[1] - width:]
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets != IGNORE)
+    return logp, targets, picked
+
+
+class CausalLM(SequenceClassifier):
+    """A causal LM (with or without a PEFT adapter) trained on completions; ``val/<metric>`` per epoch."""
+
+    def __init__(self, model: torch.nn.Module, task, trainer_cfg):
+        super().__init__(model, task, trainer_cfg)
+        self._parts: list[tuple] = []
+        self.choice_ids: list[list[int]] | None = None
+        self.val_choice: np.ndarray | None = None
+        self.pad_id = 0
+        self.details: dict[int, dict[str, np.ndarray]] = {}  # epoch -> per-example values, for the record
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        self.choice_ids, self.val_choice, self.pad_id = dm.choice_ids, dm.val_choice, dm.pad_id
+
+    def training_step(self, batch, batch_idx):
+        labels = batch["labels"]
+        width = int((labels != IGNORE).sum(1).max())
+        logits = _logits(self.model, batch, width + 1)[:, :-1]
+        targets = labels[:, labels.shape[1] - width:]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logp, targets, picked = completion_logprobs(self.model, batch)
+        lengths = (targets != IGNORE).sum(1)
+        scores = None
+        if self.choice_ids is not None:
+            if all(len(c) == 1 for c in self.choice_ids):  # read off this pass: the first completion position
+                first = logp[torch.arange(len(lengths)), targets.shape[1] - lengths]
+                scores = first[:, [c[0] for c in self.choice_ids]]
+            else:
+                scores = self._choice_scores(batch)
+        self._parts.append(tuple(x.detach().cpu().numpy() if x is not None else None
+                                 for x in (-picked.sum(1), lengths, scores)))
+
+    @torch.no_grad()
+    def _choice_scores(self, batch) -> torch.Tensor:
+        """Log-likelihood of every choice after each row's prompt: one more forward of B x K rows."""
+        real = batch["attention_mask"].bool()
+        completion = (batch["labels"] != IGNORE).sum(1)
+        rows = []
+        for i in range(len(real)):
+            prompt = batch["input_ids"][i][real[i]][: int(real[i].sum() - completion[i])].tolist()
+            rows += [{"input_ids": prompt + c, "labels": [IGNORE] * len(prompt) + c} for c in self.choice_ids]
+        sub = self.trainer.datamodule.collator(rows)
+        sub = {k: v.to(batch["input_ids"].device) for k, v in sub.items()}
+        return completion_logprobs(self.model, sub)[2].sum(1).view(len(real), len(self.choice_ids))
+
+    def on_validation_epoch_end(self):
+        if not self._parts:
+            return
+        nll, tokens, scores = (np.concatenate(p) if p[0] is not None else None for p in zip(*self._parts, strict=True))
+        self._parts = []
+        choice = self.val_choice if scores is not None else None
+        metrics = causal_metrics(self.task, nll, tokens, scores, choice)
+        self.last_outputs, self.last_labels = causal_outputs(self.task, nll, tokens, scores, choice)
+        self.last_metrics = metrics
+        self.constant_predictions = self.is_constant(self.last_outputs)
+        details = {"nll": nll, "tokens": tokens}
+        if scores is not None:
+            details.update(choice_ll=scores, choice=choice)
+        self.details[self.current_epoch] = details
+        if not self.trainer.sanity_checking:
+            self.history.append({"epoch": self.current_epoch, **metrics})
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == self.task.metric)
+
+    def is_constant(self, outputs) -> bool:
+        """A choice metric scores constant answers as constant; a loss has no such degenerate output."""
+        if self.task.metric not in CHOICE_METRICS or outputs is None or len(outputs) == 0:
+            return False
+        answers = np.asarray(outputs).argmax(-1)
+        return bool(np.all(answers == answers[0]))
+
+
+def fit_parts(cfg: RunConfig, model, tok, tokenized) -> tuple[CausalDataModule, CausalLM]:
+    """The data module and LightningModule of a causal LM trial."""
+    dm = CausalDataModule(tokenized, tok, cfg.task, batch_size=cfg.trainer.batch_size,
+                          eval_batch_size=cfg.trainer.eval_batch_size, group_by_length=cfg.trainer.group_by_length,
+                          seed=cfg.seed)
+    return dm, CausalLM(model, cfg.task, cfg.trainer)
+
+
+def zero_shot(cfg: RunConfig, tok, base, tokenized, precision: str) -> Reference:
+    """The base model before training, scored on the dev set as a trial scores it (same batches, precision)."""
+    dm, module = fit_parts(cfg, base, tok, tokenized)
+    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=precision,
+                         logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=False)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    base.eval()
+    return Reference(module.last_outputs, module.last_labels, dict(module.last_metrics),
+                     module.details[max(module.details)])
+
+
+@torch.no_grad()
+def generate(model, batch: dict, max_new_tokens: int, pad_id: int) -> torch.Tensor:
+    """Greedy continuation tokens of a left-padded prompt batch (float32, no sampling)."""
+    was = model.training
+    model.eval()
+    out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                         max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+    model.train(was)
+    return out[:, batch["input_ids"].shape[1]:]
+
+
+def same_generation(peft_model, merged_dir: str, batch: dict, pad_id: int, max_new_tokens: int = 8) -> dict:
+    """Whether the exported merged model generates the same greedy tokens as the trained (unmerged) one."""
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    a = generate(peft_model, batch, max_new_tokens, pad_id)
+    b = generate(merged, batch, max_new_tokens, pad_id)
+    same = a.shape == b.shape and bool((a == b).all())
+    return {"export/merge_same_generation": float(same), "export/generated_tokens": float(a.numel())}
+
+
+def record(cfg: RunConfig, fit, model, reference, client, run_id: str) -> dict[str, float]:
+    """A causal trial's own record: the zero-shot metrics, the scored epoch's per-example values
+    (:data:`DETAILS`), and with ``save_adapter`` the merged model's generation check."""
+    final = {f"zero_shot/{k}": v for k, v in reference.metrics.items()} if isinstance(reference, Reference) else {}
+    details = fit.module.details.get(fit.score_epoch) or fit.module.details.get(max(fit.module.details, default=0))
+    if details:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, os.path.basename(DETAILS))
+            np.savez_compressed(path, **details)
+            client.log_artifact(run_id, path, os.path.dirname(DETAILS))
+    merged = os.path.join(cfg.output_dir, "adapters", run_id, "merged")
+    if cfg.save_adapter and os.path.isdir(merged):
+        final.update(same_generation(model, merged, fit.datamodule.prompt_batch(), fit.datamodule.pad_id))
+    return final
