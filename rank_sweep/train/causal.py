@@ -40,6 +40,9 @@ def check_causal_run(cfg: RunConfig) -> None:
         key = "lora.head_only" if cfg.lora.head_only else "search.head_reference"
         raise ConfigError(f"{key}=true is not valid for causal LM task {cfg.task.name}: its head is the (tied) LM "
                           f"head, and its reference is the base model before training (baseline_score)")
+    if cfg.search.strategy == "nested":
+        raise ConfigError(f"search=nested is not supported on causal LM task {cfg.task.name} yet: use search=ladder "
+                          f"(the screen scores a classifier's truncated ranks)")
     if cfg.method.name != "lora" or cfg.search.reference_methods:
         raise ConfigError(f"method={cfg.method.name} / search.reference_methods are not supported on causal LM task "
                           f"{cfg.task.name} yet: use method=lora (lora.full_finetune=true for full fine-tuning)")

@@ -204,3 +204,20 @@ def test_a_classification_task_refuses_perplexity_and_is_not_causal():
     with pytest.raises(ConfigError, match="task.metric='perplexity' is not valid"):
         TaskConfig(metric="perplexity")
     assert not TaskConfig().is_causal and TaskConfig().type == "classification"
+
+
+@pytest.mark.parametrize("search, shown", [
+    ({"strategy": "nested"}, "search=nested is not supported on causal LM task"),
+    ({"reference_methods": ["ia3"]}, "method=lora / search.reference_methods are not supported on causal LM task"),
+    ({"head_reference": True}, "search.head_reference=true is not valid for causal LM task"),
+])
+def test_what_a_causal_task_cannot_be_combined_with_is_refused_in_one_line(search, shown):
+    from rank_sweep.config import RunConfig, SearchConfig
+    from rank_sweep.train.causal import check_causal_run
+
+    cfg = RunConfig()
+    cfg.task = lm_task()
+    cfg.search = SearchConfig(**search)
+    with pytest.raises(ConfigError) as e:
+        check_causal_run(cfg)
+    assert str(e.value).startswith(shown) and "\n" not in str(e.value)
