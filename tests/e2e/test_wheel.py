@@ -47,7 +47,7 @@ def test_wheel_ships_conf_and_the_commands_run_from_an_empty_folder(tmp_path):
 
     help_ = _sh([sys.executable, str(site / "bin" / "rank-sweep"), "--help"], empty, env)
     assert help_.returncode == 0, help_.stderr[-3000:]
-    assert "model: bert_base, deberta_v3_base" in help_.stdout and "search: grid, ladder, tpe" in help_.stdout
+    assert "model: bert_base, deberta_v3_base" in help_.stdout and "search: grid, ladder, nested, tpe" in help_.stdout
     job = _sh([sys.executable, str(site / "bin" / "rank-sweep-trial"), "--cfg", "job", "task=mrpc"], empty, env)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "name: mrpc" in job.stdout and "glue_name: MRPC" in job.stdout, job.stdout

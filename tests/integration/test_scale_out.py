@@ -31,7 +31,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
 ]
 SEARCH = ["search.ladder=[1,2,4,8]", "search.target_sets=[[Wq],[Wq,Wv]]", "search.extend_max_rank=2",
-          "search.heartbeat_seconds=10"]
+          "search.heartbeat_seconds=10", "search.lr_probe=[]"]  # the points compared here: no learning-rate probe
 
 
 def worker_args(model_dir, data_dir, tmp, name, storage, uri) -> list[str]:
@@ -49,7 +49,7 @@ def start(args, cwd) -> subprocess.Popen:
 def decisions(study) -> tuple:
     """What the ladder decided: per ladder its rungs (rank, decision), reason and plateau rank; the extensions."""
     cfg = RunConfig()
-    cfg.search = SearchConfig(ladder=[1, 2, 4, 8], target_sets=[["Wq"], ["Wq", "Wv"]], extend_max_rank=2)
+    cfg.search = SearchConfig(ladder=[1, 2, 4, 8], target_sets=[["Wq"], ["Wq", "Wv"]], extend_max_rank=2, lr_probe=[])
     p = ladder.plan(study_sampler.trial_records(study), study_run.build_spec(cfg))
     return ([(lad.targets, [(g.r, g.decision) for g in lad.rungs], lad.reason.split(" (")[0], lad.plateau_rank)
              for lad in p.ladders], p.extensions, p.done)
