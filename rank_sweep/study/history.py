@@ -42,6 +42,11 @@ def _counts_at(screen: TrialRecord, b: int) -> dict:
     return {"lora_params": lora, "trainable_params": screen.trainable_params - screen.lora_params + lora}
 
 
+def tuned_of(point: Point) -> tuple:
+    """The tuned values a record of ``point`` carries: the inverse of :func:`point_of`."""
+    return (SCREEN,) if point.screen else () if point.lr is None else (("lr", point.lr),)
+
+
 def screened_records(screen: TrialRecord) -> list[TrialRecord]:
     """One record per rank a nested screen scored by truncation: its run id is ``<run>/r<rank>`` (where its
     per-example predictions are), its tuned value ``screened`` keeps it apart from ordinary trials."""

@@ -17,7 +17,7 @@ from optuna.samplers import BaseSampler
 
 from rank_sweep.results.readers import records_from_study
 from rank_sweep.study import plan as ladder
-from rank_sweep.study.history import SCREEN
+from rank_sweep.study.history import tuned_of
 from rank_sweep.study.workers import claim_for_this_worker
 
 POINT_ATTR = "rank_sweep:point"
@@ -32,9 +32,10 @@ def trial_records(study: optuna.Study) -> list:
     for rec in records_from_study(study, trials=snapshot):
         claimed = trials[rec.number].system_attrs.get(POINT_ATTR)
         if rec.state == "RUNNING" and claimed:  # claimed, and maybe part-way through suggesting it
-            lr = claimed.get("lr")
-            tuned = (SCREEN,) if claimed.get("screen") else rec.tuned if lr is None else (("lr", lr),)
-            rec = dataclasses.replace(rec, targets=claimed["targets"], r=claimed["r"], seed=claimed["seed"], tuned=tuned)
+            point = ladder.Point(claimed["targets"], claimed["r"], claimed["seed"], claimed.get("lr"),
+                                 bool(claimed.get("screen")))
+            rec = dataclasses.replace(rec, targets=point.targets, r=point.r, seed=point.seed,
+                                      tuned=tuned_of(point) or rec.tuned)
         if rec.targets:
             out.append(rec)
     return out

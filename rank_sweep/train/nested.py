@@ -73,9 +73,10 @@ class _Mask(nn.Module):
 
 
 def lora_layers(model: nn.Module) -> list[nn.Module]:
-    """PEFT's LoRA layers of ``model`` (modules with ``lora_A``/``lora_B`` dicts holding an adapter)."""
-    return [m for m in model.modules() if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict)
-            and len(m.lora_A) > 0]
+    """PEFT's LoRA layers of ``model`` holding the adapter ``default`` (as ``analysis.spectra`` finds them)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer) and "default" in m.lora_A]
 
 
 def attach(model: nn.Module, r_max: int, factor, frozen: bool = False) -> _State:
@@ -190,19 +191,17 @@ def record_ranks(callback: NestedRanks, task, confidence: float, learn_margin: f
     ``nested/r<rank>/score``, ``..._ci_low``, ``..._ci_high``, ``.../not_learning``. Returns
     rank -> [score, ci_low, ci_high, not_learning] (the trial's user attr ``nested``)."""
     from rank_sweep import tracking
-    from rank_sweep.results.paired import is_gain, paired_difference, score_interval
+    from rank_sweep.results.paired import is_gain
     from rank_sweep.results.predictions import predictions_path, save_predictions
-    from rank_sweep.train.metrics import baseline_outputs, compute_metrics
+    from rank_sweep.train.metrics import compute_metrics
     from rank_sweep.train.model import constant_outputs
+    from rank_sweep.train.trial import dev_intervals
 
-    kw = {"is_regression": task.is_regression, "num_labels": task.num_labels, "confidence": confidence}
     out, metrics = {}, {}
     for b, outputs in sorted(callback.outputs.items()):
         labels = callback.labels
         score = compute_metrics(task, outputs, labels)[task.metric]
-        ci = score_interval(task.metric, outputs, labels, **kw)
-        vs = paired_difference(task.metric, baseline_outputs(task, callback.train_labels, len(labels)), outputs,
-                               labels, **kw)
+        ci, vs = dev_intervals(task, outputs, labels, callback.train_labels, confidence)
         not_learning = constant_outputs(outputs, task.is_regression) or not is_gain(vs, learn_margin, task.direction)
         path = save_predictions(predictions_path(output_dir, f"{run_id}/r{b}"), outputs, labels)
         client.log_artifact(run_id, path, f"predictions/r{b}")

@@ -244,7 +244,8 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
              "best_epoch": fit.best_epoch, **{f"final/{k}": v for k, v in fit.metrics.items()}}
     beats = score > baseline + margin if cfg.task.direction == "maximize" else score < baseline - margin
     if fit.module.last_outputs is not None and train_labels is not None:
-        ci, vs_baseline = _intervals(cfg, fit, train_labels)
+        ci, vs_baseline = dev_intervals(cfg.task, fit.module.last_outputs, fit.module.last_labels, train_labels,
+                                        cfg.search.confidence)
         # learning = better than the trivial predictor by more than learn_margin, on the same dev examples,
         # with confidence: a head that flips a few examples by chance is not learning
         beats = is_gain(vs_baseline, margin, cfg.task.direction)
@@ -273,13 +274,12 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     return score, not_learning, ci
 
 
-def _intervals(cfg: RunConfig, fit: _Fit, train_labels):
-    """The score's interval over dev examples, and the paired interval of score - the trivial predictor's."""
-    t, conf = cfg.task, cfg.search.confidence
-    outputs, labels = fit.module.last_outputs, fit.module.last_labels
-    kw = {"is_regression": t.is_regression, "num_labels": t.num_labels, "confidence": conf}
-    ci = score_interval(t.metric, outputs, labels, **kw)
-    vs = paired_difference(t.metric, baseline_outputs(t, train_labels, len(labels)), outputs, labels, **kw)
+def dev_intervals(task, outputs, labels, train_labels, confidence: float):
+    """The score's interval over dev examples, and the paired interval of score - the trivial predictor's: what
+    a trial (and each rank of a nested screen) reports and tests learning with."""
+    kw = {"is_regression": task.is_regression, "num_labels": task.num_labels, "confidence": confidence}
+    ci = score_interval(task.metric, outputs, labels, **kw)
+    vs = paired_difference(task.metric, baseline_outputs(task, train_labels, len(labels)), outputs, labels, **kw)
     return ci, vs
 
 
