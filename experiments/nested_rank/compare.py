@@ -96,7 +96,11 @@ def main() -> None:
     ladder_steps = sum(steps[x.run_id] for x in visited)
     out = {"task": args.task, "train": args.train, "epochs": args.epochs, "lr": args.lr, "targets": args.targets,
            "ranks": args.ranks, "seeds": args.seeds, "ladder_plateau": walk.ladders[0].plateau_rank,
-           "ladder_trials": len(visited), "ladder_steps": ladder_steps, "variants": {}}
+           "ladder_trials": len(visited), "ladder_steps": ladder_steps, "variants": {},
+           "ladder_rungs": [{"r": g.r, "decision": g.decision, "vs_r": g.vs_r, "diff": g.diff,
+                             "diff_ci": [g.diff_ci_low, g.diff_ci_high]} for g in walk.ladders[0].rungs],
+           "separate_runs": {r: [x.run_id for x in recs] for r, recs in separate.items()}, "folder": tmp}
+    lp = out["ladder_plateau"]
     variants = [(v, False) for v in args.variants] + ([(v, True) for v in args.variants] if args.frozen else [])
     for scale, frozen in variants:
         name = scale + (" frozen" if frozen else "")
@@ -114,7 +118,13 @@ def main() -> None:
             sspec.seeds, sspec.noise_seeds = [seed], []
             plateau = ladder.plan(list(screened.values()), sspec).ladders[0].plateau_rank
             confirm = 2 * statistics.median(steps.values())  # the plateau rank and the one above, as trained
-            rows.append({"seed": seed, "screen_steps": res.train_steps, "plateau": plateau, **curve,
+            agrees, gap = plateau == lp, None  # the same rank, or one the separate trials do not tell apart from it
+            if not agrees and plateau in separate and lp in separate:
+                d = compare(separate[lp], separate[plateau])
+                gap = None if d is None else [round(d.estimate, 4), round(d.low, 4), round(d.high, 4)]
+                agrees = d is not None and d.low <= 0 <= d.high
+            rows.append({"seed": seed, "screen_steps": res.train_steps, "plateau": plateau, "plateau_agrees": agrees,
+                         "plateau_gap": gap, **curve,
                          "compute_vs_ladder": (res.train_steps + confirm) / ladder_steps})
             print(f"{name} seed={seed}: spearman {curve['spearman']}, max diff {curve['max_abs_diff']}, plateau r={plateau}",
                   flush=True)
@@ -129,15 +139,18 @@ def main() -> None:
 def table(out: dict) -> str:
     lines = [f"{out['task']}: {out['targets']}, ranks {out['ranks']}, {out['seeds']} seeds; ladder on separate "
              f"trials: plateau r={out['ladder_plateau']}, {out['ladder_trials']} trials, {out['ladder_steps']} steps",
-             "", "| variant | seed | Spearman | largest diff (screened - separate) [95%] at r | screened plateau | "
-             "compute vs ladder |", "|---|---|---|---|---|---|"]
+             "", "| variant | seed | Spearman | largest diff (screened - separate) [95%] at r | mean abs diff | "
+             "ranks outside [95%] | screened plateau | compute vs ladder |", "|---|---|---|---|---|---|---|---|"]
+    agree = {True: "agrees", False: "DISAGREES", None: ""}
     for name, rows in out["variants"].items():
         for row in rows:
             d = row["max_abs_diff"]
             diff = "?" if d is None else f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] at r={d[3]}"
             rho = "?" if row["spearman"] is None else f"{row['spearman']:.2f}"
-            lines.append(f"| {name} | {row['seed']} | {rho} | {diff} | r={row['plateau']} | "
-                         f"{row['compute_vs_ladder']:.2f} |")
+            mad = statistics.fmean(abs(x["screened"] - x["separate"]) for x in row["rows"])
+            off = sum(1 for x in row["rows"] if x["diff"] and not x["diff"][1] <= 0 <= x["diff"][2])
+            lines.append(f"| {name} | {row['seed']} | {rho} | {diff} | {mad:.4f} | {off} of {len(row['rows'])} | "
+                         f"r={row['plateau']} {agree[row.get('plateau_agrees')]} | {row['compute_vs_ladder']:.2f} |")
     lines += ["", "| r | separate (mean of seeds) | " + " | ".join(f"{n} seed {r['seed']}" for n, rs in
                                                               out["variants"].items() for r in rs) + " |"]
     lines.append("|---|---|" + "---|" * sum(len(rs) for rs in out["variants"].values()))
@@ -149,4 +162,8 @@ def table(out: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":  # re-print the table of a finished run's json
+        with open(sys.argv[2]) as f:
+            print(table(json.load(f)))
+    else:
+        main()

@@ -129,6 +129,16 @@ class SearchConfig:
     def references(self) -> list[MethodConfig]:
         """The reference methods other than ``full`` (that one is :data:`FULL`, as include_full_finetune), each
         with its settings; refuses an unknown method, a setting it does not have, or the same row twice."""
+        return [m for m, _ in self._reference_entries() if m is not None]
+
+    def reference_lrs(self) -> dict[tuple[str, int], float]:
+        """(method, size) -> the learning rate a reference row trains at, for the rows given ``lr``
+        (``{name: full, lr: 5e-5}``; ``full`` is ``(full, 0)``); the others train at ``trainer.lr``."""
+        return {(FULL, 0) if m is None else (m.name, method_size(m)): lr
+                for m, lr in self._reference_entries() if lr is not None}
+
+    def _reference_entries(self) -> list[tuple[MethodConfig | None, float | None]]:
+        """(method, lr) per entry of reference_methods; method None for ``full``."""
         if not isinstance(self.reference_methods, (list, tuple)):
             raise ConfigError(f"search.reference_methods={self.reference_methods!r} is not valid: give a list, "
                               f"e.g. [ia3, adalora, full]")
@@ -140,9 +150,18 @@ class SearchConfig:
             if name not in valid:
                 raise ConfigError(f"search.reference_methods: {name!r} is not a reference method: valid are "
                                   f"{', '.join(valid)} (LoRA is what the ladders train)")
+            lr = data.pop("lr", None)
+            if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+                raise ConfigError(f"search.reference_methods: {name} lr={lr!r} is not valid: give a positive "
+                                  f"learning rate, e.g. {{name: {name}, lr: 5.0e-5}}")
+            lr = None if lr is None else float(lr)
             if name == FULL:
                 if data:
-                    raise ConfigError(f"search.reference_methods: full takes no settings, got {sorted(data)}")
+                    raise ConfigError(f"search.reference_methods: full takes no settings but lr, got {sorted(data)}")
+                if (FULL, 0) in seen:
+                    raise ConfigError("search.reference_methods: full is listed twice: give it once")
+                seen.add((FULL, 0))
+                out.append((None, lr))
                 continue
             method = MethodConfig(name=name, settings=data)
             key = (name, method_size(method))
@@ -150,12 +169,12 @@ class SearchConfig:
                 raise ConfigError(f"search.reference_methods: {name} of size {key[1]} is listed twice: give each "
                                   f"a different size (e.g. num_virtual_tokens) or drop one")
             seen.add(key)
-            out.append(method)
+            out.append((method, lr))
         return out
 
     def full_reference(self) -> bool:
         """Full fine-tuning as a reference row: ``include_full_finetune`` or ``full`` in reference_methods."""
-        return self.include_full_finetune or FULL in [e for e in self.reference_methods if isinstance(e, str)]
+        return self.include_full_finetune or any(m is None for m, _ in self._reference_entries())
 
     @property
     def ranks(self) -> list[int]:

@@ -79,7 +79,7 @@ class Objective:
             overrides = {}
         claim = trial.study._storage.get_trial_system_attrs(trial._trial_id).get(POINT_ATTR) or {}
         probe_lr = None
-        if claim.get("lr") is not None:  # a learning-rate probe of a first rung that did not learn
+        if claim.get("lr") is not None:  # a probe of a first rung that did not learn, or a reference row's own lr
             probe_lr = trial.suggest_float("lr", PROBE_LR.low, PROBE_LR.high, log=True)
             overrides = {"trainer.lr": probe_lr}
         run = trial_config(self.cfg, targets, r, seed, **overrides)

@@ -302,9 +302,11 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
                         if hist.status(p) == "pending" and p not in pending:
                             pending.append(p)
     if spec.include_full:
-        pending.extend(p for p in (Point(FULL, 0, s) for s in spec.seeds) if hist.status(p) == "pending")
+        lr = spec.reference_lr.get((FULL, 0))
+        pending.extend(p for p in (Point(FULL, 0, s, lr) for s in spec.seeds) if hist.status(p) == "pending")
     for method, size in spec.references:  # reference methods: one trial per seed, after the ladders
-        pending.extend(p for p in (Point(method, size, s) for s in spec.seeds) if hist.status(p) == "pending")
+        lr = spec.reference_lr.get((method, size))  # its own lr where given (search.reference_methods), else None
+        pending.extend(p for p in (Point(method, size, s, lr) for s in spec.seeds) if hist.status(p) == "pending")
     running = any(s == "RUNNING" for recs in hist.by_point.values() for s in (r.state for r in recs))
     done = not pending and not running and all(lad.finished for lad in ladders)
     return Plan(pending, done, ladders, extensions, speculative)

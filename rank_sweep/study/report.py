@@ -69,6 +69,8 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
               "lr": cfg.trainer.lr, "confidence": s.confidence, "noise_seeds": spec.noise_seeds,
               "head_reference": spec.head_reference, "lr_probe": spec.lr_probe,
               "reference_methods": [m for m, _ in spec.references] + (["full"] if spec.include_full else []),
+              **({"reference_lr": {f"{m}" + (f" {r}" if r else ""): lr for (m, r), lr in spec.reference_lr.items()}}
+                 if spec.reference_lr else {}),
               **({"nested_scale": s.nested_scale, "nested_frozen": s.nested_frozen} if spec.nested else {}),
               **{f"budget.{k}": v for k, v in asdict(s.budget).items()}}
     run_id = tracking.start_run(client, experiment_id, f"study {study.study_name}", params,

@@ -23,6 +23,8 @@ class LadderSpec:
     extend_max_rank: int = 4
     include_full: bool = False
     references: list[tuple[str, int]] = field(default_factory=list)  # (method, size): one trial per seed
+    # (method, size) -> the lr a reference row trains at ((full, 0) for full fine-tuning); absent: trainer.lr
+    reference_lr: dict[tuple[str, int], float] = field(default_factory=dict)
     head_reference: bool = False  # one trial of the head alone (seed spec.seeds[0]): what the adapters must beat
     max_retries: int = 2
     # (targets, r) -> (lora_params, trainable_params); None: no parameter budget

@@ -90,6 +90,8 @@ def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
                 "search.head_reference": spec.head_reference})
     if spec.references:  # only when set: the fingerprints of studies from before stay as they were
         out["search.reference_methods"] = [[m.name, m.settings] for m in cfg.search.references()]
+    if spec.reference_lr:  # the same: only when a reference row has its own lr
+        out["search.reference_lr"] = sorted([m, size, lr] for (m, size), lr in spec.reference_lr.items())
     out.update({f"data.{k}": v for k, v in data_digest(cfg.task).items()})
     return json.loads(json.dumps(out))
 

@@ -104,17 +104,19 @@ def test_a_metric_to_minimize_runs_the_study_and_select_in_that_direction(tiny_m
 def test_reference_methods_run_beside_the_ladder_and_select_lists_them(tiny_model_dir, toy_data_dir, tmp_path,
                                                                       monkeypatch, capsys):
     """search.reference_methods (#17): an IA3 and a prompt-tuning row beside the ladder, in the summary, the
-    parent run and select (which chooses LoRA by default and compares each reference to the choice)."""
+    parent run and select (which chooses LoRA by default and compares each reference to the choice); the
+    prompt-tuning row trains at its own lr."""
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(tiny_model_dir, toy_data_dir, tmp_path, "search.ladder=[1]",
-               "search.reference_methods=[ia3,{name:prompt_tuning,num_virtual_tokens:2}]")
+               "search.reference_methods=[ia3,{name:prompt_tuning,num_virtual_tokens:2,lr:0.03}]")
     study = run_study(cfg)
     out = capsys.readouterr().out
     assert [(t.params["targets"], t.params["r"]) for t in study.trials] == [("Wq,Wv", 1), ("ia3", 0),
                                                                           ("prompt_tuning", 2)]
     parent = study.user_attrs["mlflow_parent_run_id"]
     rows = {r["label"]: r for r in csv.DictReader(io.StringIO(_artifact(cfg, parent, "summary.csv", tmp_path / "a")))}
-    assert set(rows) == {"Wq,Wv r=1", "ia3", "prompt_tuning r=2"}
+    assert set(rows) == {"Wq,Wv r=1", "ia3", "prompt_tuning r=2 lr=0.03"}
+    assert study.trials[2].params["lr"] == 0.03 and "lr" not in study.trials[1].params
     assert all(rows[k]["ci_low"] and rows[k]["ci_high"] for k in rows)  # every row has its interval
     assert "| ia3 | 0 |" in out
     client = MlflowClient(cfg.tracking.resolved_uri())
@@ -122,6 +124,8 @@ def test_reference_methods_run_beside_the_ladder_and_select_lists_them(tiny_mode
     runs = {r.data.params["targets"]: r for r in client.search_runs([experiment], "tags.kind = 'trial'")}
     assert runs["ia3"].data.params["method"] == "ia3" and runs["prompt_tuning"].data.params["method"] == "prompt_tuning"
     assert client.get_run(parent).data.params["reference_methods"] == "['ia3', 'prompt_tuning']"
+    assert client.get_run(parent).data.params["reference_lr"] == "{'prompt_tuning 2': 0.03}"
+    assert float(runs["prompt_tuning"].data.params["lr"]) == 0.03 and float(runs["ia3"].data.params["lr"]) == cfg.trainer.lr
     assert int(runs["ia3"].data.metrics["lora_params"]) > 0  # the adapter's params, counted as for LoRA
     choice = choose(cfg, {"output_dir": str(tmp_path / "select"), "tolerance": 0.005}, {})
     text = capsys.readouterr().out

@@ -52,7 +52,10 @@ def test_a_reference_point_trains_its_method_with_its_settings():
     (["lora"], "search.reference_methods: 'lora' is not a reference method"),
     ([{"name": "ia3", "num_virtual_tokens": 4}], "method.settings.num_virtual_tokens is not a setting of ia3"),
     (["ia3", "ia3"], "search.reference_methods: ia3 of size 0 is listed twice"),
-    ([{"name": "full", "lr": 1}], "search.reference_methods: full takes no settings"),
+    ([{"name": "full", "r": 1}], "search.reference_methods: full takes no settings but lr, got ['r']"),
+    ([{"name": "full", "lr": 0}], "search.reference_methods: full lr=0 is not valid: give a positive learning rate"),
+    ([{"name": "ia3", "lr": "fast"}], "search.reference_methods: ia3 lr='fast' is not valid"),
+    (["full", {"name": "full", "lr": 5e-5}], "search.reference_methods: full is listed twice"),
     ("ia3", "search.reference_methods='ia3' is not valid: give a list"),
 ])
 def test_bad_reference_methods_are_refused_in_one_line(entries, message):
@@ -85,3 +88,40 @@ def test_a_whole_study_runs_its_reference_rows_through_the_real_sampler_and_obje
     assert trained == [("lora", 1), ("lora", 2), ("ia3", None), ("prompt_tuning", None)]
     assert [(t.params["targets"], t.params["r"]) for t in study.trials] == [("Wq", 1), ("Wq", 2), ("ia3", 0),
                                                                           ("prompt_tuning", 4)]
+
+
+def test_a_reference_row_with_its_own_lr_trains_at_that_lr_and_keeps_it_apart():
+    """Full fine-tuning does not learn at a LoRA learning rate (measured: experiments/reference_methods): a row
+    may carry its own lr, which its points, the trial, the record and the fingerprint carry."""
+    cfg = cfg_with(reference_methods=[{"name": "full", "lr": 5e-5}, {"name": "ia3", "lr": 3e-3}, "prompt_tuning"])
+    spec = build_spec(cfg)
+    assert spec.include_full and spec.reference_lr == {(FULL, 0): 5e-5, ("ia3", 0): 3e-3}
+    ladder = [TrialRecord(i, "Wq", r, 0, "COMPLETE", 0.7, 10, 12, 1.0) for i, r in enumerate([1, 2])]
+    pending = plan(ladder, spec).pending
+    assert pending == [Point(FULL, 0, 0, 5e-5), Point("ia3", 0, 0, 3e-3), Point("prompt_tuning", 20, 0)]
+    done = ladder + [TrialRecord(2, FULL, 0, 0, "COMPLETE", 0.8, 0, 99, 1.0, tuned=(("lr", 5e-5),))]
+    assert plan(done, spec).pending[0] == Point("ia3", 0, 0, 3e-3)  # the full row with its lr is done
+    at_base = ladder + [TrialRecord(2, FULL, 0, 0, "COMPLETE", 0.5, 0, 99, 1.0)]  # full at trainer.lr: another row
+    assert plan(at_base, spec).pending[0] == Point(FULL, 0, 0, 5e-5)
+    assert study_fingerprint(cfg, spec)["search.reference_lr"] == [["full", 0, 5e-5], ["ia3", 0, 3e-3]]
+    assert "search.reference_lr" not in study_fingerprint(cfg_with(reference_methods=["full"]),
+                                                          build_spec(cfg_with(reference_methods=["full"])))
+
+
+def test_the_objective_trains_a_reference_row_at_its_own_lr(monkeypatch, tmp_path):
+    cfg = cfg_with(reference_methods=[{"name": "full", "lr": 5e-5}, "ia3"])
+    cfg.output_dir = str(tmp_path)
+    trained = []
+
+    def fake_run_trial(run, **kwargs):
+        trained.append((run.lora.full_finetune, run.method.name, run.trainer.lr))
+        return TrialResult(0.7, "accuracy", {}, ParamCounts(10, 2, 12, 100), 1.0, 0.1, 0.5, False, False)
+
+    monkeypatch.setattr(study_objective, "run_trial", fake_run_trial)
+    spec = build_spec(cfg)
+    study = optuna.create_study(direction="maximize", sampler=LadderSampler(spec))
+    study.optimize(study_objective.Objective(cfg, spec, None, None, None, None), n_trials=10,
+                   callbacks=[StopWhenDone(spec, cfg, printer=lambda *a: None)])
+    base = cfg.trainer.lr
+    assert trained == [(False, "lora", base), (False, "lora", base), (True, "lora", 5e-5), (False, "ia3", base)]
+    assert study.trials[2].params == {"targets": FULL, "r": 0, "seed": 0, "lr": 5e-5}
