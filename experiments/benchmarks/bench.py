@@ -459,7 +459,7 @@ def main() -> None:
         if args.lm_only:
             res["complete"] = True
             write(res, args.out)
-            print(table(res))
+            report(res, args.out, mode, dev)
             return
 
     if not args.decisions_only:  # sections 1-3: the timings
@@ -616,8 +616,13 @@ def main() -> None:
     res.update(decision_calibration(args.eval_samples, res.get("fp32_score", 0.78), sims=SIMS[mode], n_boot=1000))
     section("decision_calibration")
 
+    report(res, args.out, mode, dev)
+
+
+def report(res: dict, out: str, mode: str, dev: str) -> None:
+    """bench.md beside bench.json (the table of keys and targets), and the same table printed."""
     text = table(res)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write(f"{mode} mode on {dev} ({res['machine'].get('gpu') or res['machine'].get('cpu')}, torch "
                 f"{torch.__version__}), {res['wall_seconds']:.0f} s; subsample {res['subsample']}\n\n{text}\n")
     print(text)
