@@ -71,13 +71,13 @@ def test_the_fingerprint_names_the_references_only_when_there_are_some():
     assert study_fingerprint(ref, build_spec(ref))["search.reference_methods"][0][0] == "ia3"
 
 
-def test_a_whole_study_runs_its_reference_rows_through_the_real_sampler_and_objective(monkeypatch, tmp_path):
-    cfg = cfg_with(reference_methods=["ia3", {"name": "prompt_tuning", "num_virtual_tokens": 4}])
+def run_faked(cfg, monkeypatch, tmp_path, seen) -> tuple[list, optuna.Study]:
+    """A whole study through the real sampler and objective, each trial faked: ``seen(run)`` is what it trained."""
     cfg.output_dir = str(tmp_path)
     trained = []
 
     def fake_run_trial(run, **kwargs):
-        trained.append((run.method.name, run.lora.r if run.method.name == "lora" else None))
+        trained.append(seen(run))
         return TrialResult(0.7, "accuracy", {}, ParamCounts(10, 2, 12, 100), 1.0, 0.1, 0.5, False, False)
 
     monkeypatch.setattr(study_objective, "run_trial", fake_run_trial)
@@ -85,6 +85,13 @@ def test_a_whole_study_runs_its_reference_rows_through_the_real_sampler_and_obje
     study = optuna.create_study(direction="maximize", sampler=LadderSampler(spec))
     study.optimize(study_objective.Objective(cfg, spec, None, None, None, None), n_trials=10,
                    callbacks=[StopWhenDone(spec, cfg, printer=lambda *a: None)])
+    return trained, study
+
+
+def test_a_whole_study_runs_its_reference_rows_through_the_real_sampler_and_objective(monkeypatch, tmp_path):
+    cfg = cfg_with(reference_methods=["ia3", {"name": "prompt_tuning", "num_virtual_tokens": 4}])
+    trained, study = run_faked(cfg, monkeypatch, tmp_path,
+                               lambda run: (run.method.name, run.lora.r if run.method.name == "lora" else None))
     assert trained == [("lora", 1), ("lora", 2), ("ia3", None), ("prompt_tuning", None)]
     assert [(t.params["targets"], t.params["r"]) for t in study.trials] == [("Wq", 1), ("Wq", 2), ("ia3", 0),
                                                                           ("prompt_tuning", 4)]
@@ -110,18 +117,8 @@ def test_a_reference_row_with_its_own_lr_trains_at_that_lr_and_keeps_it_apart():
 
 def test_the_objective_trains_a_reference_row_at_its_own_lr(monkeypatch, tmp_path):
     cfg = cfg_with(reference_methods=[{"name": "full", "lr": 5e-5}, "ia3"])
-    cfg.output_dir = str(tmp_path)
-    trained = []
-
-    def fake_run_trial(run, **kwargs):
-        trained.append((run.lora.full_finetune, run.method.name, run.trainer.lr))
-        return TrialResult(0.7, "accuracy", {}, ParamCounts(10, 2, 12, 100), 1.0, 0.1, 0.5, False, False)
-
-    monkeypatch.setattr(study_objective, "run_trial", fake_run_trial)
-    spec = build_spec(cfg)
-    study = optuna.create_study(direction="maximize", sampler=LadderSampler(spec))
-    study.optimize(study_objective.Objective(cfg, spec, None, None, None, None), n_trials=10,
-                   callbacks=[StopWhenDone(spec, cfg, printer=lambda *a: None)])
+    trained, study = run_faked(cfg, monkeypatch, tmp_path,
+                               lambda run: (run.lora.full_finetune, run.method.name, run.trainer.lr))
     base = cfg.trainer.lr
     assert trained == [(False, "lora", base), (False, "lora", base), (True, "lora", 5e-5), (False, "ia3", base)]
     assert study.trials[2].params == {"targets": FULL, "r": 0, "seed": 0, "lr": 5e-5}
