@@ -214,17 +214,25 @@ def lm_bare_loop(cfg: RunConfig, cache: WorkerCache, device: str) -> None:
                        dm.val_choice)
 
 
+def trial_vs_bare(cfg: RunConfig, cache: WorkerCache, device: str, bare) -> tuple[list, list, list]:
+    """``REPEATS`` rounds of one trial then ``bare(cfg, cache, device)``, interleaved so that a change of load hits
+    numerator and denominator alike: (trial seconds, bare-loop seconds, the trials' results)."""
+    trial_times, bare_times, results = [], [], []
+    for _ in range(REPEATS):
+        sync(device)
+        t = time.perf_counter()
+        results.append(run_trial(cfg, cache=cache))
+        trial_times.append(time.perf_counter() - t)
+        bare_times.append(median_time(lambda: bare(cfg, cache, device), 1, device))
+    return trial_times, bare_times, results
+
+
 def lm_overhead(args, tmp: str, cache: WorkerCache) -> dict:
     """``lm_overhead_ratio``: a causal-LM trial (after the first in its worker) against :func:`lm_bare_loop`."""
     cfg = lm_cfg(args, tmp)
     run_trial(cfg, cache=cache)  # warm: the model, the tokenized data and the zero-shot reference now cached
-    trial_times, bare_times, r = [], [], None
-    for _ in range(REPEATS):  # interleaved
-        sync(args.device)
-        t = time.perf_counter()
-        r = run_trial(cfg, cache=cache)
-        trial_times.append(time.perf_counter() - t)
-        bare_times.append(median_time(lambda: lm_bare_loop(cfg, cache, args.device), 1, args.device))
+    trial_times, bare_times, results = trial_vs_bare(cfg, cache, args.device, lm_bare_loop)
+    r = results[-1]
     out = {"lm_overhead_ratio": statistics.median(trial_times) / statistics.median(bare_times),
            "lm_trial_seconds": statistics.median(trial_times), "lm_bare_loop_seconds": statistics.median(bare_times),
            "lm_train_steps_per_trial": r.train_steps, "lm_score": r.score, "lm_baseline_score": r.baseline_score,
@@ -465,15 +473,8 @@ def main() -> None:
     if not args.decisions_only:  # sections 1-3: the timings
         # 1. overhead and set-up: trials after the first in one worker
         run_trial(cfg, cache=cache)  # warm: base model and tokenized data now cached
-        setups, trial_times, bare_times, scores = [], [], [], []
-        for _ in range(REPEATS):  # interleaved, so a change of load hits numerator and denominator alike
-            sync(dev)
-            t = time.perf_counter()
-            r = run_trial(cfg, cache=cache)
-            trial_times.append(time.perf_counter() - t)
-            setups.append(r.setup_seconds)
-            scores.append(r.score)
-            bare_times.append(median_time(lambda: bare_loop(cfg, cache, dev), 1, dev))
+        trial_times, bare_times, results = trial_vs_bare(cfg, cache, dev, bare_loop)
+        setups, scores, r = [x.setup_seconds for x in results], [x.score for x in results], results[-1]
         bare = statistics.median(bare_times)
         res["overhead_ratio"] = statistics.median(trial_times) / bare
         res["trial_seconds"], res["bare_loop_seconds"] = statistics.median(trial_times), bare

@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from experiments.nested_rank.measure import screen_vs_separate  # noqa: E402
+from experiments.nested_rank.measure import plateaus_agree, screen_vs_separate  # noqa: E402
 from rank_sweep import tracking  # noqa: E402
 from rank_sweep.config import RunConfig, SearchConfig, TaskConfig, TrainerConfig, trial_config  # noqa: E402
 from rank_sweep.config.base import conf_yaml  # noqa: E402
@@ -118,11 +118,8 @@ def main() -> None:
             sspec.seeds, sspec.noise_seeds = [seed], []
             plateau = ladder.plan(list(screened.values()), sspec).ladders[0].plateau_rank
             confirm = 2 * statistics.median(steps.values())  # the plateau rank and the one above, as trained
-            agrees, gap = plateau == lp, None  # the same rank, or one the separate trials do not tell apart from it
-            if not agrees and plateau in separate and lp in separate:
-                d = compare(separate[lp], separate[plateau])
-                gap = None if d is None else [round(d.estimate, 4), round(d.low, 4), round(d.high, 4)]
-                agrees = d is not None and d.low <= 0 <= d.high
+            agrees, gap = plateaus_agree(plateau, lp, separate, compare)
+            gap = gap and [round(x, 4) for x in gap]
             rows.append({"seed": seed, "screen_steps": res.train_steps, "plateau": plateau, "plateau_agrees": agrees,
                          "plateau_gap": gap, **curve,
                          "compute_vs_ladder": (res.train_steps + confirm) / ladder_steps})

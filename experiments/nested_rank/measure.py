@@ -38,6 +38,19 @@ def screen_vs_separate(screened: dict[int, object], separate: dict[int, list], c
     return {"ranks": ranks, "spearman": rho, "max_abs_diff": worst, "rows": rows}
 
 
+def plateaus_agree(screened: int | None, ladder: int | None, separate: dict[int, list], compare) -> tuple[bool, list | None]:
+    """Whether the screen's plateau rank is the ordinary ladder's, or one the separately trained ranks do not tell
+    apart from it (their paired interval at the two ranks holds 0); with that interval, [estimate, low, high]."""
+    if screened == ladder:
+        return True, None
+    if screened not in separate or ladder not in separate:
+        return False, None
+    d = compare(separate[ladder], separate[screened])
+    if d is None:
+        return False, None
+    return d.low <= 0 <= d.high, [d.estimate, d.low, d.high]
+
+
 def train_steps(records, steps_of) -> int:
     return sum(steps_of(r) for r in records)
 
@@ -68,11 +81,9 @@ def nested_vs_grid(ncfg, grid: list, ladder_spec, ladder_visited: list, ladder_s
         curves[nl.targets] = screen_vs_separate(screened, separate, compare)
         plateaus[nl.targets] = {"nested": nl.plateau_rank, "screened": nl.screen.plateau_rank if nl.screen else None,
                                 "ladder": ll.plateau_rank}
-        same = nl.plateau_rank == ll.plateau_rank
-        if not same and nl.plateau_rank and ll.plateau_rank and nl.plateau_rank in separate and ll.plateau_rank in separate:
-            d = compare(separate[ll.plateau_rank], separate[nl.plateau_rank])  # grid scores at the two ranks
-            same = d is not None and d.low <= 0 <= d.high
-            plateaus[nl.targets]["grid_diff_at_the_two_ranks"] = None if d is None else [d.estimate, d.low, d.high]
+        same, gap = plateaus_agree(nl.plateau_rank, ll.plateau_rank, separate, compare)  # grid scores at the two
+        if nl.plateau_rank != ll.plateau_rank and nl.plateau_rank in separate and ll.plateau_rank in separate:
+            plateaus[nl.targets]["grid_diff_at_the_two_ranks"] = gap
         agree.append(same)
     out["nested_plateau_agreement"] = sum(agree) / len(agree)
     rhos = [c["spearman"] for c in curves.values() if c["spearman"] is not None]

@@ -22,8 +22,8 @@ sys.path.insert(0, ROOT)
 
 from rank_sweep.cli import CONF_DIR  # noqa: E402
 from rank_sweep.config import build_config  # noqa: E402
-from rank_sweep.results.command import _compare, read_study  # noqa: E402
-from rank_sweep.results.records import aggregate  # noqa: E402
+from rank_sweep.results.command import read_study, summary_comparer  # noqa: E402
+from rank_sweep.results.records import aggregate, method_of  # noqa: E402
 from rank_sweep.results.selection import score_text  # noqa: E402
 from rank_sweep.results.tables import interval_text  # noqa: E402
 
@@ -32,10 +32,9 @@ def main(overrides: list[str]) -> str:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = build_config(compose("config", overrides=overrides))
     study = read_study(cfg, "study")
-    compare = _compare(cfg, study)
+    compare = summary_comparer(cfg, study)
     rows = aggregate([r for r in study.records if r.usable], cfg.search.confidence, study.direction)
-    lora = [s for s in rows if s.targets not in {m if isinstance(m, str) else m["name"]
-                                                 for m in cfg.search.reference_methods}]
+    lora = [s for s in rows if method_of(s.targets) == "lora"]
     ref = max(lora, key=lambda s: s.mean if study.direction == "maximize" else -s.mean)
     seconds = {}
     for rec in study.records:

@@ -47,7 +47,7 @@ from rank_sweep.results.selection import Selection, select
 from rank_sweep.results.tables import format_selection
 from rank_sweep.study.storage import open_storage
 
-__all__ = ["SOURCES", "choose", "read_study", "adapter_dir", "Choice", "StudyRecords"]
+__all__ = ["SOURCES", "choose", "read_study", "summary_comparer", "adapter_dir", "Choice", "StudyRecords"]
 
 
 class StudyNotFound(RankSweepError):
@@ -227,7 +227,7 @@ def save_chosen_adapter(cfg: RunConfig, rec: TrialRecord, out: str, retrain: str
     return None, f"adapter: {why}; to get it: {retrain} save_adapter=true"
 
 
-def _compare(cfg: RunConfig, study: StudyRecords):
+def summary_comparer(cfg: RunConfig, study: StudyRecords):
     """compare(summary a, summary b) -> paired Interval of b - a from the trials' per-example predictions, on the
     metric the trials were scored with (their stored config, else this command's task)."""
     by_number = {r.number: r for r in study.records}
@@ -252,7 +252,7 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     budget = budget_cfg if not isinstance(budget_cfg, dict | None) else build_budget(budget_cfg, "budget")
     study = read_study(cfg, select_cfg.source, select_cfg.study_name)
     records, direction = study.records, study.direction
-    selection = select(records, budget, float(select_cfg.tolerance), direction, _compare(cfg, study),
+    selection = select(records, budget, float(select_cfg.tolerance), direction, summary_comparer(cfg, study),
                        cfg.search.confidence, select_cfg.methods)
     report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", format_selection(selection)]
     print("\n".join(report), flush=True)
