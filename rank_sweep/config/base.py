@@ -49,6 +49,8 @@ STRATEGIES = ("ladder", "grid", "tpe", "nested")
 
 PRUNERS = ("none", "median", "hyperband", "patient")
 
+POOLINGS = ("auto", "cls", "cls_frozen", "mean")  # model.pooling: how a classifier reads the encoder (train/head.py)
+
 INITS = ("default", "gaussian")  # PEFT's others are refused by name in LoraConfig (sections.py)
 
 METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "adalora")  # method.name: LoRA or a reference (conf/method/)

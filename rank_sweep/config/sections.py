@@ -17,6 +17,7 @@ from rank_sweep.config.base import (
     LM_FORMATS,
     METRICS,
     MINIMIZED,
+    POOLINGS,
     PRECISIONS,
     TASK_SOURCES,
     TASK_TYPES,
@@ -42,10 +43,13 @@ class ModelConfig:
     name_or_path: str = default("model", "name_or_path")
     family: str | None = default("model", "family")  # auto-detected from config.model_type when None
     trust_remote_code: bool = default("model", "trust_remote_code")
+    pooling: str = default("model", "pooling")  # how a classifier reads the encoder: rank_sweep.train.head
 
     def __post_init__(self) -> None:
         if not self.name_or_path or not isinstance(self.name_or_path, str):
             raise ConfigError(f"model.name_or_path={self.name_or_path!r} is not valid: give a hub id or a local folder")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling={self.pooling!r} is not valid: use one of {', '.join(POOLINGS)}")
 
     @property
     def label(self) -> str:

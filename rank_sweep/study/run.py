@@ -36,9 +36,10 @@ from rank_sweep.train.loading import WorkerCache, check_output_dir
 class CostModel:
     """(targets, r) -> (LoRA params, trainable params) from the closed form, before training."""
 
-    def __init__(self, base, cfg: RunConfig, total_params: int):
+    def __init__(self, base, cfg: RunConfig, total_params: int, heads: list[str] | None = None):
         self.base, self.family, self.total = base, cfg.model.family, total_params
-        self.head = sum(p.numel() for n in lora.head_names(base) for p in getattr(base, n).parameters())
+        heads = lora.head_names(base) if heads is None else heads  # with a trained pooler: head + pooler
+        self.head = sum(p.numel() for n in heads for p in base.get_submodule(n).parameters())
         self._plans: dict[str, lora.TargetPlan] = {}
 
     def plan(self, targets: str) -> lora.TargetPlan:
@@ -58,7 +59,7 @@ class CostModel:
 def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
     tok, base, total = cache.tokenizer_and_model(cfg)
     cache.splits(cfg, tok)
-    cost = CostModel(base, cfg, total)
+    cost = CostModel(base, cfg, total, cache.trained_heads(cfg))
     spec = build_spec(cfg, cost, comparer(cfg))
     sets = spec.target_sets + spec.extend_sets
     for targets in sets:

@@ -104,7 +104,13 @@ def _legacy_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
             "max_train_samples": cfg.task.max_train_samples, "max_seq_length": cfg.task.max_seq_length}
 
 
+# keys a stored fingerprint lacks because the version that wrote it had no such setting: the value that version
+# behaved as, so its study resumes when the user asks for that behaviour (and only then)
+BEFORE_THE_KEY = {"model.pooling": "cls_frozen"}
+
+
 def _refuse(study, storage_url: str, stored: dict, now: dict) -> None:
+    stored = {**{k: v for k, v in BEFORE_THE_KEY.items() if k in now}, **stored}
     diff = sorted(k for k in set(stored) | set(now) if stored.get(k, "(unset)") != now.get(k, "(unset)"))
     if diff:
         shown = "; ".join(f"{k}={stored.get(k, '(unset)')!r}, now {now.get(k, '(unset)')!r}" for k in diff[:6])

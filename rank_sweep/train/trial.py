@@ -55,13 +55,6 @@ class TrialResult:
     score_ci: tuple[float, float] | None = None  # (low, high) over dev examples, at search.confidence
 
 
-
-
-
-
-
-
-
 def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
     """Load, validate and build everything a trial needs; raises before any run is recorded."""
     cache = cache or DEFAULT_CACHE
@@ -72,27 +65,29 @@ def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
                           f"one adapter, or none (set method=lora for the {flag} reference)")
     tok, base, total = cache.tokenizer_and_model(cfg)
     (tokenized, (train_labels, val_labels)) = cache.splits(cfg, tok)
-    model = fresh_model(base, cfg.seed)
+    model = fresh_model(base, cfg.seed, cache.pooling(cfg))
+    heads = cache.trained_heads(cfg)  # the classification layer, and the pooler under model.pooling=cls
     plan = None
     if reference:  # a reference method (IA3, prompt tuning, ...): no LoRA plan, no spectra
         methods.check_method_fits(model, cfg.method, cfg.model.family, max_seq_length=cfg.task.max_seq_length)
         steps = methods.total_steps(cfg.trainer, tokenized["train"].num_rows)
-        model = methods.wrap_method(model, cfg.method, cfg.model.family, steps)
+        model = methods.wrap_method(model, cfg.method, cfg.model.family, steps, heads=heads)
     elif cfg.lora.full_finetune:
         model = lora.freeze_for_full_finetune(model)
     elif cfg.lora.head_only:
-        model = lora.head_alone(model)
+        model = lora.head_alone(model, heads)
     else:
         plan = lora.plan_targets(model, cfg.lora.targets, cfg.model.family)
         lora.check_rank_fits(plan, cfg.lora.r)
-        model = lora.wrap(model, cfg.lora, cfg.model.family, plan)
+        model = lora.wrap(model, cfg.lora, cfg.model.family, plan, heads=heads)
     counts = lora.count_parameters(model, total)
     baseline = baseline_score(cfg.task, train_labels, val_labels)
     return tok, model, tokenized, counts, baseline, plan
 
 
-def trial_params(cfg: RunConfig) -> dict:
-    """The MLflow params every trial carries (a contract: later parts rely on these names)."""
+def trial_params(cfg: RunConfig, pooling: str | None = None) -> dict:
+    """The MLflow params every trial carries (a contract: later parts rely on these names). ``pooling`` is
+    ``model.pooling`` as resolved for the checkpoint (:func:`rank_sweep.train.head.resolve_pooling`)."""
     full = cfg.lora.full_finetune or cfg.lora.head_only
     reference = cfg.method.name != "lora"  # a reference method: targets names it, r is its size
     if reference:
@@ -121,6 +116,7 @@ def trial_params(cfg: RunConfig) -> dict:
         "warmup_ratio": cfg.trainer.warmup_ratio,
         "precision": resolve_precision(cfg),
         "metric": cfg.task.metric,
+        "pooling": None if cfg.task.is_causal else (pooling or cfg.model.pooling),
     }
 
 
@@ -141,7 +137,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     tok, model, tokenized, counts, baseline, plan = prepare(cfg, cache)
-    params = trial_params(cfg)
+    params = trial_params(cfg, (cache or DEFAULT_CACHE).pooling(cfg))
     name = run_name or f"{params['targets']} r={params['r']} seed={cfg.seed}"
     uri = cfg.tracking.resolved_uri()
     try:
@@ -262,7 +258,8 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     final.update(methods.record_method(model, cfg.method, client, run_id))  # e.g. AdaLoRA's rank pattern
     if cfg.save_adapter and (plan is not None or cfg.method.name != "lora"):  # an adapter to export
         out = os.path.join(cfg.output_dir, "adapters", run_id)
-        fresh = (cache or DEFAULT_CACHE).tokenizer_and_model(cfg)[1]
+        cache = cache or DEFAULT_CACHE
+        fresh = fresh_model(cache.tokenizer_and_model(cfg)[1], cfg.seed, cache.pooling(cfg))
         final.update(export_adapter(model, fresh, next(iter(fit.datamodule.val_dataloader())), out,
                                     merge=methods.can_merge(cfg.method)))
         client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")

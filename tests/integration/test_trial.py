@@ -152,10 +152,16 @@ def test_a_trial_keeps_its_per_example_predictions(toy_cfg, tmp_path):
     assert rescored == pytest.approx(result.score)
 
 
-def test_the_head_only_reference_trains_the_head_alone(toy_cfg):
-    toy_cfg.lora.head_only = True
+@pytest.mark.parametrize(("pooling", "head"), [
+    ("auto", 32 * 32 + 32 + 32 * 2 + 2),  # no sentence-transformers config: cls, BERT's pooler trained with the head
+    ("cls_frozen", 32 * 2 + 2),  # the classifier alone: 32 -> 2, as every trial before model.pooling
+    ("mean", 32 * 2 + 2),  # mean pooling has no parameters
+])
+def test_the_head_only_reference_trains_the_head_alone(toy_cfg, pooling, head):
+    toy_cfg.lora.head_only, toy_cfg.model.pooling = True, pooling
     result = run_trial(toy_cfg, cache=WorkerCache())
     c = result.counts
-    assert c.lora_params == 0 and c.trainable_params == c.head_params == 32 * 2 + 2  # BERT's classifier: 32 -> 2
+    assert c.lora_params == 0 and c.trainable_params == c.head_params == head
     _, [run] = _runs(toy_cfg)
     assert (run.data.params["targets"], run.data.params["r"]) == ("head only", "0")
+    assert run.data.params["pooling"] == ("cls" if pooling == "auto" else pooling)  # resolved, never auto
