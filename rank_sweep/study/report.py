@@ -48,7 +48,8 @@ def _usable_run(client, run_id: str | None, uri: str) -> bool:
         raise tracking.store_failed(uri, f"reading the study's parent run {run_id}", e) from e
 
 
-def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, spec: ladder.LadderSpec) -> str:
+def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, spec: ladder.LadderSpec,
+               pooling: str | None = None) -> str:
     """The study's MLflow parent run: created once, found again on resume through the study.
 
     Workers that start together may each create one: each writes its id to the study attr unless another
@@ -65,7 +66,7 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
               "patience": s.patience, "min_delta": s.min_delta, "noise_k": s.noise_k, "learn_margin": s.learn_margin,
               "extend_max_rank": s.extend_max_rank, "pruner": s.pruner, "task": cfg.task.name,
               "model": cfg.model.label, "direction": cfg.task.direction, "metric": cfg.task.metric,
-              "alpha_policy": cfg.lora.alpha_policy, "epochs": cfg.trainer.epochs,
+              "alpha_policy": cfg.lora.alpha_policy, "epochs": cfg.trainer.epochs, "pooling": pooling,
               "lr": cfg.trainer.lr, "confidence": s.confidence, "noise_seeds": spec.noise_seeds,
               "head_reference": spec.head_reference, "lr_probe": spec.lr_probe,
               "reference_methods": [m for m, _ in spec.references] + (["full"] if spec.include_full else []),
@@ -122,7 +123,10 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
     records = records_from_study(study)
     screened = [x for rec in records if rec.nested for x in screened_records(rec)]  # search=nested's rows
     summaries = aggregate(records + screened, cfg.search.confidence, cfg.task.direction)
-    lines = [f"study {study.study_name}: {len(records)} trials, metric {cfg.task.metric} ({cfg.task.direction})", ""]
+    pooling = study.user_attrs.get("pooling")
+    head = f", head pooling={pooling}" if pooling else ""
+    lines = [f"study {study.study_name}: {len(records)} trials, metric {cfg.task.metric} ({cfg.task.direction}){head}",
+             ""]
     lines.append(summary_table(summaries) if summaries else "(no completed trial)")
     lines.append("")
     if spec.tuned:  # TPE draws points, it does not climb ladders: report its best configurations, no verdicts

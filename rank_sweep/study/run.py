@@ -219,13 +219,18 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
     storage = open_storage(storage_url, cfg.search.heartbeat_seconds)
     spec = validate(cfg, cache)
     study = load_or_create_study(cfg, spec, storage_url, storage=storage)
+    pooling = None if cfg.task.is_causal else cache.pooling(cfg)  # model.pooling as resolved for this checkpoint
     try:
-        run_id = parent_run(study, client, experiment_id, cfg, spec)
+        run_id = parent_run(study, client, experiment_id, cfg, spec, pooling)
     except Exception as e:
         raise tracking.store_failed(cfg.tracking.resolved_uri(), "creating the study's parent run", e) from e
+    head = ""
+    if pooling:
+        study.set_user_attr("pooling", pooling)  # the summary's header names the head every trial had
+        head = f"; head: pooling={pooling} (model.pooling={cfg.model.pooling})"
     print(f"study {cfg.study_name()}: storage {tracking.redact(storage_url)}, mlflow "
           f"{tracking.redact(cfg.tracking.resolved_uri())} (parent run {run_id})\n"
-          f"ladder {spec.ranks} x target sets {spec.target_sets} x seeds {spec.seeds}", flush=True)
+          f"ladder {spec.ranks} x target sets {spec.target_sets} x seeds {spec.seeds}{head}", flush=True)
     stopper = StopWhenDone(spec, cfg, trial_line(spec, cfg.task.metric))
     objective = Objective(cfg, spec, cache, client, experiment_id, run_id)
     stop, status = None, "FINISHED"
