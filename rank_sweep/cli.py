@@ -279,11 +279,11 @@ def _config(cfg: DictConfig):
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _trial(cfg: DictConfig) -> float:
     """Train and record one trial (LoRA, or a reference method: ``method=ia3``); print its score and counts."""
-    quiet_libraries()
     with user_errors():
+        run = _config(cfg)  # the config is checked before the training stack is imported: an error in ~1 s
+        quiet_libraries()
         from rank_sweep.train.trial import run_trial
 
-        run = _config(cfg)
         result = run_trial(run, learn_margin=run.search.learn_margin)
         c = result.counts
         print(
@@ -303,24 +303,27 @@ def _trial(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _sweep(cfg: DictConfig) -> None:
     """Run (or resume) the study that walks the rank ladder."""
-    quiet_libraries()
     with user_errors():
+        run = _config(cfg)  # checked before the training stack is imported
+        quiet_libraries()
         from rank_sweep.study.run import run_study
 
-        run_study(_config(cfg))
+        run_study(run)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="select")
 def _select(cfg: DictConfig) -> None:
     """Pick the best configuration of a finished study for a budget."""
-    quiet_libraries(training=False)
     with user_errors():
         from rank_sweep.config import SelectConfig, build, build_budget
-        from rank_sweep.results.command import choose
 
         tree = OmegaConf.to_container(cfg, resolve=True)
         sweep = {k: v for k, v in tree.items() if k not in ("select", "budget")}  # the sweep's config finds the study
-        choose(_config(sweep), build(SelectConfig, tree.get("select"), "select"), build_budget(tree.get("budget"), "budget"))
+        run, how, budget = _config(sweep), build(SelectConfig, tree.get("select"), "select"), build_budget(tree.get("budget"), "budget")
+        quiet_libraries(training=False)
+        from rank_sweep.results.command import choose
+
+        choose(run, how, budget)
 
 
 # The console scripts (pyproject.toml [project.scripts]): check the command line, then let Hydra compose.

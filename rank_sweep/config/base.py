@@ -142,6 +142,26 @@ def positive(name: str, value: Any, allow_zero: bool = False, integer: bool = Fa
         raise ConfigError(f"{name}={value!r} is not valid: it must be {bound}")
 
 
+def boolean(name: str, value: Any) -> None:
+    """A switch is true or false; ``save_adapter=no`` arrives as the string 'no', which Python reads as true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is not valid: give true or false")
+
+
+def optional_count(name: str, value: Any, what: str, off: str) -> None:
+    """None (``off``) or a positive integer (``trainer.num_threads``, ``trainer.early_stopping_patience``)."""
+    if value is not None and (not is_int(value) or value < 1):
+        raise ConfigError(f"{name}={value!r} is not valid: give a positive integer ({what}) or null ({off})")
+
+
+def distinct_roles(name: str, targets: list) -> None:
+    """A target set names each role once: ``[Wq,Wq]`` trains Wq but is logged (and selected) as another set."""
+    twice = sorted({str(t) for t in targets if list(targets).count(t) > 1})
+    if twice:
+        raise ConfigError(f"{name}={list(targets)!r} is not valid: {', '.join(twice)} is named twice; name each "
+                          f"role once")
+
+
 def targets_key(targets: list[str] | tuple[str, ...]) -> str:
     """The logged form of a target set: roles joined by commas, e.g. ``Wq,Wv``."""
     return ",".join(targets)

@@ -21,13 +21,16 @@ from rank_sweep.config.base import (
     TASK_SOURCES,
     TASK_TYPES,
     TRUNCATIONS,
+    boolean,
     check_rank,
     conf_yaml,
     default,
+    distinct_roles,
     is_int,
     lm_default,
     one_of,
     option_defaults,
+    optional_count,
     positive,
 )
 from rank_sweep.errors import ConfigError
@@ -46,6 +49,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.name_or_path or not isinstance(self.name_or_path, str):
             raise ConfigError(f"model.name_or_path={self.name_or_path!r} is not valid: give a hub id or a local folder")
+        boolean("model.trust_remote_code", self.trust_remote_code)
 
     @property
     def label(self) -> str:
@@ -66,6 +70,7 @@ class ModelConfig:
         return path  # a hub id: org/name
 
 
+MIN_SEQ_LENGTH = 8  # task.max_seq_length below this leaves no room for text after a model's special tokens
 CHOICE_METRICS = ("accuracy", "f1", "mcc")  # of a causal LM task: on the most likely of task.choices
 
 
@@ -129,12 +134,24 @@ class TaskConfig:
             self.labels = [str(x) for x in self.labels]
             if len(self.labels) < 2:
                 raise ConfigError(f"task.labels={self.labels!r} is not valid: a classification task needs >= 2 labels")
+            if len(set(self.labels)) < len(self.labels):
+                raise ConfigError(f"task.labels={self.labels!r} is not valid: each label once (a repeated label adds "
+                                  f"a class no example can have)")
+            for m in self.metrics:
+                if m in ("pearson", "spearman"):
+                    key = "task.metric" if m == self.metric else "task.metrics"
+                    raise ConfigError(f"{key} contains {m!r}, not valid for a classification task (task.labels is "
+                                      f"set): it correlates numbers; use mcc, accuracy or f1 (or task.labels=null "
+                                      f"for a regression task)")
         else:
             for m in self.metrics:
                 if m not in ("pearson", "spearman", "loss"):
                     key = "task.metric" if m == self.metric else "task.metrics"
                     raise ConfigError(f"{key} contains {m!r}, not valid for a regression task: use pearson or spearman")
         positive("task.max_seq_length", self.max_seq_length, integer=True)
+        if self.max_seq_length < MIN_SEQ_LENGTH:
+            raise ConfigError(f"task.max_seq_length={self.max_seq_length} is not valid: it must be >= "
+                              f"{MIN_SEQ_LENGTH} (the special tokens alone take 2-3 of them)")
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
                 positive(f"task.{name}", getattr(self, name), integer=True)
@@ -148,6 +165,7 @@ class TaskConfig:
         one_of("task.source", self.source, TASK_SOURCES)
         one_of("task.format", self.format, LM_FORMATS)
         one_of("task.truncation", self.truncation, TRUNCATIONS)
+        boolean("task.append_eos", self.append_eos)
         for m in [self.metric, *self.metrics]:
             one_of("task.metric", m, ("loss", "perplexity", *CHOICE_METRICS))
         if self.metric == "perplexity":
@@ -250,11 +268,14 @@ class LoraConfig:
         positive("lora.alpha_k", self.alpha_k)
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"lora.dropout={self.dropout!r} is not valid: it must be in [0, 1)")
+        boolean("lora.full_finetune", self.full_finetune)
+        boolean("lora.head_only", self.head_only)
         if not (self.full_finetune or self.head_only):
             if isinstance(self.targets, str):
                 self.targets = [t for t in self.targets.split(",") if t]
             if not self.targets:
                 raise ConfigError("lora.targets=[] is not valid: name at least one role (Wq, Wk, Wv, Wo, Wup, Wdown) or module name")
+            distinct_roles("lora.targets", self.targets)
 
     @property
     def lora_alpha(self) -> float:
@@ -302,6 +323,14 @@ class TrainerConfig:
         positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches, integer=True)
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(f"trainer.gradient_checkpointing={self.gradient_checkpointing!r} is not valid: true or false")
+        boolean("trainer.group_by_length", self.group_by_length)
+        boolean("trainer.progress_bar", self.progress_bar)
+        optional_count("trainer.num_threads", self.num_threads, "torch threads", "all cores")
+        optional_count("trainer.early_stopping_patience", self.early_stopping_patience,
+                       "epochs without a better dev score", "no early stopping")
+        if not is_int(self.max_steps) or (self.max_steps < 1 and self.max_steps != -1):
+            raise ConfigError(f"trainer.max_steps={self.max_steps!r} is not valid: a positive integer, or -1 (the "
+                              f"epochs decide)")
         one_of("trainer.precision", self.precision, PRECISIONS)
         one_of("trainer.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
         # Under DDP each process would score only its shard of the dev set (predictions are not gathered), so
@@ -331,6 +360,9 @@ class TrackingConfig:
     uri: str | None = default("tracking", "uri")  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = default("tracking", "experiment")
     log_config_artifact: bool = default("tracking", "log_config_artifact")
+
+    def __post_init__(self) -> None:
+        boolean("tracking.log_config_artifact", self.log_config_artifact)
 
     def resolved_uri(self) -> str:
         return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"

@@ -75,6 +75,7 @@ class WorkerCache:
     def tokenizer_and_model(self, cfg: RunConfig):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        check_device(cfg.trainer.accelerator)
         causal = cfg.task.is_causal
         if causal:
             from rank_sweep.train.causal import check_causal_run
@@ -92,8 +93,17 @@ class WorkerCache:
                     f"model.name_or_path={cfg.model.name_or_path!r} is not valid: folder {path!r} does not exist "
                     f"(give a local model folder or a Hugging Face Hub id)"
                 )
+            check_model_folder(cfg.model.name_or_path, path)
             try:
-                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+                try:
+                    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+                except OSError:
+                    raise
+                except Exception as e:  # sentencepiece / tiktoken conversions fail with their own errors
+                    raise ConfigError(f"model.name_or_path={cfg.model.name_or_path!r}: its tokenizer cannot be "
+                                      f"loaded ({type(e).__name__}: {first_line(e)[:160]}): the folder needs the "
+                                      f"tokenizer files the model was saved with (tokenizer.json, or vocab "
+                                      f"files)") from None
                 if causal:
                     model = load_causal_lm(path, cfg)
                 else:
@@ -101,6 +111,9 @@ class WorkerCache:
                         path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code
                     )
             except OSError as e:
+                if os.path.isdir(os.path.expanduser(path)):  # a local folder: the hub is not to blame
+                    raise ConfigError(f"model.name_or_path={cfg.model.name_or_path!r}: cannot load the model from "
+                                      f"folder {path!r}: {first_line(e)[:200]}") from None
                 raise ConfigError(
                     f"cannot load model {cfg.model.name_or_path!r} (not a local folder, and the Hugging Face Hub "
                     f"is unreachable or has no such model): {first_line(e)[:160]}; "
@@ -204,9 +217,34 @@ def fresh_model(base: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
+def check_device(accelerator: str) -> None:
+    """A GPU asked for (``trainer=gpu``) must be there before anything loads or a trial is recorded."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = f"torch {torch.__version__}, " + ("a CPU build" if torch.version.cuda is None else "no CUDA device visible")
+        raise ConfigError(f"trainer.accelerator={accelerator!r} is not valid on this machine: torch sees no GPU "
+                          f"({build}); use trainer=cpu, or install a CUDA build (make install TORCH=...)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator='mps' is not valid on this machine: torch sees no Apple GPU; "
+                          "use trainer=cpu")
+
+
+def check_model_folder(name: str, path: str) -> None:
+    """A local model folder holds a Hugging Face checkpoint (config.json at least): an empty or half-copied one
+    would otherwise fail deep inside the tokenizer's conversion code."""
+    if not os.path.isdir(os.path.expanduser(path)):
+        return
+    files = sorted(os.listdir(os.path.expanduser(path)))
+    if "config.json" not in files:
+        shown = "found " + ", ".join(files[:6]) + (", ..." if len(files) > 6 else "") if files else "it is empty"
+        raise ConfigError(f"model.name_or_path={name!r} is not valid: folder {path!r} has no config.json ({shown}): "
+                          f"give a folder saved by save_pretrained (config.json, weights, tokenizer files)")
+
+
 def check_output_dir(path: str) -> None:
     """Create ``output_dir`` and prove it writable now, not after a trial has trained (root ignores
     permission bits, so this writes a probe file rather than trusting ``os.access``)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"output_dir={path!r} is a file, not a folder: set output_dir to a folder you can write")
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)

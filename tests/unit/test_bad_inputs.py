@@ -39,6 +39,14 @@ def _regular_file(data: Path, tmp: Path):
     (tmp / "a_file").write_text("not a folder\n")
 
 
+def _folder(name: str, files: dict[str, str] | None = None):
+    def setup(data: Path, tmp: Path):
+        (tmp / name).mkdir()
+        for file, text in (files or {}).items():
+            (tmp / name / file).write_text(text)
+    return setup
+
+
 # id, overrides ({tmp} and {data} are filled in), data setup, expected part of the message
 CASES = [
     # ranks and the ladder
@@ -118,6 +126,38 @@ CASES = [
      "output_dir='{tmp}/a_file/outputs' is not writable (Not a directory): set output_dir to a folder you can write"),
     ("output-dir-in-proc", ["output_dir=/proc/forbidden"], None,
      "output_dir='/proc/forbidden' is not writable (No such file or directory)"),
+    # issue #28: inputs that got a traceback, were accepted silently, or got a message pointing the wrong way
+    ("seed-not-integer", ["seed=abc"], None, "seed='abc' is not valid: give an integer from 0 to"),
+    ("seed-negative", ["seed=-1"], None, "seed=-1 is not valid: give an integer from 0 to"),
+    ("num-threads-negative", ["trainer.num_threads=-2"], None,
+     "trainer.num_threads=-2 is not valid: give a positive integer (torch threads) or null (all cores)"),
+    ("patience-negative", ["trainer.early_stopping_patience=-1"], None,
+     "trainer.early_stopping_patience=-1 is not valid: give a positive integer"),
+    ("max-steps-zero", ["trainer.max_steps=0"], None,
+     "trainer.max_steps=0 is not valid: a positive integer, or -1 (the epochs decide)"),
+    ("switch-not-boolean", ["save_adapter=no"], None, "save_adapter='no' is not valid: give true or false"),
+    ("lora-target-twice", ["lora.targets=[Wq,Wq]"], None,
+     "lora.targets=['Wq', 'Wq'] is not valid: Wq is named twice; name each role once"),
+    ("target-set-role-twice", ["search.target_sets=[[Wq,Wq]]"], None,
+     "search.target_sets: target set=['Wq', 'Wq'] is not valid: Wq is named twice"),
+    ("target-sets-same-set", ["search.target_sets=[[Wq,Wv],[Wv,Wq]]"], None,
+     "['Wq', 'Wv'] and ['Wv', 'Wq'] are the same set of matrices (two ladders of one adapter)"),
+    ("labels-repeated", ["task.labels=[0,1,1]"], None,
+     "task.labels=['0', '1', '1'] is not valid: each label once"),
+    ("correlation-on-classes", ["task.metric=pearson"], None,
+     "task.metric contains 'pearson', not valid for a classification task (task.labels is set)"),
+    ("seq-length-too-short", ["task.max_seq_length=1"], None,
+     "task.max_seq_length=1 is not valid: it must be >= 8"),
+    ("output-dir-is-a-file", ["output_dir={tmp}/a_file"], _regular_file,
+     "output_dir='{tmp}/a_file' is a file, not a folder"),
+    ("model-folder-empty", ["model.name_or_path={tmp}/empty_model"], _folder("empty_model"),
+     "model.name_or_path='{tmp}/empty_model' is not valid: folder '{tmp}/empty_model' has no config.json (it is "
+     "empty)"),
+    ("model-folder-without-weights", ["model.name_or_path={tmp}/half_model"],
+     _folder("half_model", {"config.json": '{"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, '
+                                           '"num_attention_heads": 2, "intermediate_size": 37}'}),
+     "model.name_or_path='{tmp}/half_model': cannot load the model from folder '{tmp}/half_model': Error no file "
+     "named model.safetensors"),
 ]
 
 
