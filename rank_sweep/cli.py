@@ -229,6 +229,9 @@ def check_overrides(args: list[str], config_name: str) -> tuple[list[str], list[
         where = _unknown(tree, key) if prefix != "++" and not f"{key}.".startswith(added) else None
         if where:
             raise _unknown_key_error(tree, key, *where)
+        if config_name == "select" and key.startswith("search.budget."):  # known, but select would ignore it
+            raise ConfigError(f"{key} limits which trials a study trains, not the choice: rank-sweep-select reads "
+                              f"{key.removeprefix('search.')}")
     return out, notes
 
 

