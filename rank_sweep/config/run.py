@@ -220,6 +220,7 @@ class RunConfig:
             raise ConfigError(f"seed={self.seed!r} is not valid: give an integer from 0 to {2**32 - 1001} (numpy's "
                               f"range, less room for the seeds a rung adds)")
         boolean("save_adapter", self.save_adapter)
+        boolean("tracking.log_config_artifact", self.tracking.log_config_artifact)
 
     def storage_url(self) -> str:
         """The Optuna storage: ``search.storage``, else ``optuna.db`` beside a sqlite ``mlflow.db``."""

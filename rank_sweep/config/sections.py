@@ -22,6 +22,7 @@ from rank_sweep.config.base import (
     TASK_TYPES,
     TRUNCATIONS,
     boolean,
+    check_classes,
     check_rank,
     conf_yaml,
     default,
@@ -70,7 +71,7 @@ class ModelConfig:
         return path  # a hub id: org/name
 
 
-MIN_SEQ_LENGTH = 8  # task.max_seq_length below this leaves no room for text after a model's special tokens
+MIN_SEQ_LENGTH = (8, "the special tokens alone take 2-3 of them")  # task.max_seq_length's lower bound, and why
 CHOICE_METRICS = ("accuracy", "f1", "mcc")  # of a causal LM task: on the most likely of task.choices
 
 
@@ -131,27 +132,13 @@ class TaskConfig:
         if self.metric not in self.metrics:
             self.metrics = [self.metric, *self.metrics]
         if self.labels is not None:
-            self.labels = [str(x) for x in self.labels]
-            if len(self.labels) < 2:
-                raise ConfigError(f"task.labels={self.labels!r} is not valid: a classification task needs >= 2 labels")
-            if len(set(self.labels)) < len(self.labels):
-                raise ConfigError(f"task.labels={self.labels!r} is not valid: each label once (a repeated label adds "
-                                  f"a class no example can have)")
-            for m in self.metrics:
-                if m in ("pearson", "spearman"):
-                    key = "task.metric" if m == self.metric else "task.metrics"
-                    raise ConfigError(f"{key} contains {m!r}, not valid for a classification task (task.labels is "
-                                      f"set): it correlates numbers; use mcc, accuracy or f1 (or task.labels=null "
-                                      f"for a regression task)")
+            self.labels = check_classes(self.labels, self.metric, self.metrics)
         else:
             for m in self.metrics:
                 if m not in ("pearson", "spearman", "loss"):
                     key = "task.metric" if m == self.metric else "task.metrics"
                     raise ConfigError(f"{key} contains {m!r}, not valid for a regression task: use pearson or spearman")
-        positive("task.max_seq_length", self.max_seq_length, integer=True)
-        if self.max_seq_length < MIN_SEQ_LENGTH:
-            raise ConfigError(f"task.max_seq_length={self.max_seq_length} is not valid: it must be >= "
-                              f"{MIN_SEQ_LENGTH} (the special tokens alone take 2-3 of them)")
+        positive("task.max_seq_length", self.max_seq_length, integer=True, minimum=MIN_SEQ_LENGTH)
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
                 positive(f"task.{name}", getattr(self, name), integer=True)
@@ -323,14 +310,12 @@ class TrainerConfig:
         positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches, integer=True)
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(f"trainer.gradient_checkpointing={self.gradient_checkpointing!r} is not valid: true or false")
-        boolean("trainer.group_by_length", self.group_by_length)
-        boolean("trainer.progress_bar", self.progress_bar)
+        for name in ("group_by_length", "progress_bar"):
+            boolean(f"trainer.{name}", getattr(self, name))
         optional_count("trainer.num_threads", self.num_threads, "torch threads", "all cores")
-        optional_count("trainer.early_stopping_patience", self.early_stopping_patience,
-                       "epochs without a better dev score", "no early stopping")
+        optional_count("trainer.early_stopping_patience", self.early_stopping_patience, "epochs", "no early stopping")
         if not is_int(self.max_steps) or (self.max_steps < 1 and self.max_steps != -1):
-            raise ConfigError(f"trainer.max_steps={self.max_steps!r} is not valid: a positive integer, or -1 (the "
-                              f"epochs decide)")
+            raise ConfigError(f"trainer.max_steps={self.max_steps!r} is not valid: a positive integer, or -1 (epochs decide)")
         one_of("trainer.precision", self.precision, PRECISIONS)
         one_of("trainer.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
         # Under DDP each process would score only its shard of the dev set (predictions are not gathered), so
@@ -360,9 +345,6 @@ class TrackingConfig:
     uri: str | None = default("tracking", "uri")  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = default("tracking", "experiment")
     log_config_artifact: bool = default("tracking", "log_config_artifact")
-
-    def __post_init__(self) -> None:
-        boolean("tracking.log_config_artifact", self.log_config_artifact)
 
     def resolved_uri(self) -> str:
         return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"

@@ -19,7 +19,7 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from rank_sweep import tracking
+from rank_sweep import interrupts, tracking
 from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError, TrackingError
 from rank_sweep.results.compare import PairedComparer
@@ -202,6 +202,7 @@ def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.La
             continue
         waiting_for = None
         study.optimize(objective, n_trials=1, callbacks=[stopper], catch=(Exception,), gc_after_trial=True)
+        interrupts.release()  # the trial is in both stores: a signal that waited for it stops the study here
         if objective.fatal is not None:
             raise objective.fatal
         if stopper.reason:
@@ -239,10 +240,11 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
             f"{tracking.redact(storage_url)}; rerun the same command to resume once the store is back"
         ) from e
     except BaseException as e:
-        wrap_up(study, client, run_id, spec, cfg, stop, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+        wrap_up(study, client, run_id, spec, cfg, stop, "KILLED" if interrupts.was_interrupted(e) else "FAILED",
                  t0)
         raise
-    error = wrap_up(study, client, run_id, spec, cfg, stop, status, t0)
+    with interrupts.committing():  # a signal during the summary lets it finish, then stops with 130 / 143
+        error = wrap_up(study, client, run_id, spec, cfg, stop, status, t0)
     if error is not None:
         raise error
     return study

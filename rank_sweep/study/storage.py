@@ -115,8 +115,9 @@ def _legacy_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
             "max_train_samples": cfg.task.max_train_samples, "max_seq_length": cfg.task.max_seq_length}
 
 
-# fingerprint keys that are not config keys, shown as the keys a user sets
-SHOWN_AS = {"search.ranks": "search.ladder (the ranks, from search.ladder or start_rank..max_rank)"}
+# fingerprint keys that are not config keys, shown as the key a user sets (the ranks: search.ladder, or the doubling
+# from search.start_rank to search.max_rank, which search.ladder can also give)
+SHOWN_AS = {"search.ranks": "search.ladder"}
 
 
 def _refuse(study, storage_url: str, stored: dict, now: dict) -> None:

@@ -107,8 +107,7 @@ def test_a_refused_resume_names_the_key_the_user_sets():
 
     with pytest.raises(RankSweepError) as err:
         _refuse(Study(), "sqlite:///optuna.db", {"search.ranks": [1, 2, 4]}, {"search.ranks": [1, 2]})
-    assert "search.ladder (the ranks, from search.ladder or start_rank..max_rank)=[1, 2, 4], now [1, 2]" in str(
-        err.value)
+    assert "(search.ladder=[1, 2, 4], now [1, 2]):" in str(err.value) and "ranks" not in str(err.value), err.value
 
 
 def test_select_refuses_the_study_budget_naming_its_own():
