@@ -221,8 +221,12 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
     study = load_or_create_study(cfg, spec, storage_url, storage=storage)
     try:
         run_id = parent_run(study, client, experiment_id, cfg, spec)
+        fixed = tracking.reconcile_runs(client, experiment_id, run_id, {t.number: t for t in study.get_trials()})
     except Exception as e:
         raise tracking.store_failed(cfg.tracking.resolved_uri(), "creating the study's parent run", e) from e
+    if fixed:
+        print(f"reconciled: {len(fixed)} MLflow run(s) FINISHED whose Optuna trial is FAIL marked FAILED "
+              f"({', '.join(fixed)})", flush=True)
     print(f"study {cfg.study_name()}: storage {tracking.redact(storage_url)}, mlflow "
           f"{tracking.redact(cfg.tracking.resolved_uri())} (parent run {run_id})\n"
           f"ladder {spec.ranks} x target sets {spec.target_sets} x seeds {spec.seeds}", flush=True)

@@ -132,3 +132,26 @@ def test_a_signal_in_each_phase_leaves_both_stores_agreeing(tiny_model_dir, toy_
         print(f"fit, resumed: trials {held['trials']}; parent runs {held['parents']}; agree: {held['same']}")
         assert [s for _, s, _ in held["trials"]] == ["COMPLETE", "FAIL", "COMPLETE"], held
         _agree(held)
+
+
+def test_a_resume_reconciles_a_finished_run_whose_trial_failed(tmp_path):
+    """What a signal between the two writes left before rank_sweep.interrupts (FAIL in Optuna, FINISHED in
+    MLflow): the next run of the study marks the run FAILED, so both stores say the same. No training here."""
+    from rank_sweep import tracking
+
+    client, exp = tracking.connect(f"sqlite:///{tmp_path}/mlflow.db", "rank_sweep")
+    parent = client.create_run(exp).info.run_id
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db")
+    runs = {}
+    for number, state in enumerate((optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)):
+        trial = study.ask()
+        runs[number] = tracking.start_run(client, exp, f"trial {number}", {}, {"optuna_trial": number},
+                                          parent_run_id=parent)
+        trial.set_user_attr("mlflow_run_id", runs[number])
+        tracking.end_run(client, runs[number], "FINISHED")
+        study.tell(trial, 0.5 if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    fixed = tracking.reconcile_runs(client, exp, parent, {t.number: t for t in study.get_trials()})
+    assert fixed == [runs[1]]
+    assert [client.get_run(runs[n]).info.status for n in (0, 1)] == ["FINISHED", "FAILED"]
+    assert client.get_run(runs[1]).data.tags["failure_reason"].startswith("the Optuna trial 1 is FAIL")
+    assert tracking.reconcile_runs(client, exp, parent, {t.number: t for t in study.get_trials()}) == []
