@@ -3,6 +3,7 @@ warnings for inputs that may be meant but are likely mistakes.
 
     check_device("gpu")                  # ConfigError when torch sees no GPU
     check_model_folder(name, path)       # ConfigError for an empty or half-copied model folder
+    check_jsonl(path, kind, task)        # DataError naming the line of a malformed JSON row or a non-text field
     for line in data_warnings(task, splits): warn(line)
 
 A warning is one line on stderr, ``rank-sweep: warning: ...``; the run goes on.
@@ -10,6 +11,9 @@ A warning is one line on stderr, ``rank-sweep: warning: ...``; the run goes on.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import sys
 
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 
 from rank_sweep.config import TaskConfig
-from rank_sweep.errors import ConfigError
+from rank_sweep.errors import ConfigError, DataError
 
 MIN_DEV_EXAMPLES = 30  # below this a dev score's 95% interval says little (and at 1 example it is a point)
 MAX_DEV_OVERLAP = 0.1  # a larger share of dev examples also in the training data is likely a mistake
@@ -75,3 +79,46 @@ def data_warnings(task: TaskConfig, splits) -> list[str]:
                    f"examples (same text): the dev score overstates what the model learned; is "
                    f"task.validation_file the training file?")
     return out
+
+
+def text_keys(task: TaskConfig) -> list[str]:
+    """The fields of a row that must hold text: the text fields, and a causal LM task's prompt, completion, text."""
+    return list(task.text_fields) + ([task.prompt_field, task.completion_field, task.text_field] if task.is_causal else [])
+
+
+def check_jsonl(path: str, kind: str, task: TaskConfig) -> None:
+    """Each non-blank line of a jsonl file is a JSON object whose text fields are strings; the first that is not
+    is named by its line (the JSON reader says "Trailing data at position 63", and a number in a completion
+    fails later as "'int' object has no attribute 'strip'")."""
+    if not os.path.isfile(path):
+        return  # the reader says what is wrong with the path
+    keys = text_keys(task)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                raise DataError(f"data file {path!r} line {n} is not valid JSON ({e.msg}, column {e.colno}): the "
+                                f"{kind} needs one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"data file {path!r} line {n} is a JSON {type(row).__name__}, not an object: the "
+                                f"{kind} needs one JSON object per line")
+            bad = next((k for k in keys if k in row and not isinstance(row[k], str)), None)
+            if bad is not None:
+                raise DataError(f"data file {path!r} line {n}: {bad}={row[bad]!r} is not text: write it as a "
+                                f"JSON string")
+
+
+@contextlib.contextmanager
+def quiet_reader():
+    """The datasets library logs its own copy of a reading error (one line per attempt) before raising it; the
+    DataError that follows says it once."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -39,6 +39,16 @@ def _regular_file(data: Path, tmp: Path):
     (tmp / "a_file").write_text("not a folder\n")
 
 
+def _jsonl(train: str):
+    def setup(data: Path, tmp: Path):
+        (data / "train.jsonl").write_text(train)
+        (data / "dev.jsonl").write_text('{"text": "a great film", "label": 1}\n{"text": "awful", "label": 0}\n')
+    return setup
+
+
+JSONL = ["task.source=jsonl", "task.train_file=train.jsonl", "task.validation_file=dev.jsonl"]
+
+
 def _folder(name: str, files: dict[str, str] | None = None):
     def setup(data: Path, tmp: Path):
         (tmp / name).mkdir()
@@ -150,6 +160,13 @@ CASES = [
      "task.max_seq_length=1 is not valid: it must be >= 8"),
     ("output-dir-is-a-file", ["output_dir={tmp}/a_file"], _regular_file,
      "output_dir='{tmp}/a_file' is a file, not a folder"),
+    ("jsonl-line-malformed", JSONL, _jsonl('{"text": "great", "label": 1}\n{"text": "bad", "label": 0\n'),
+     "data file '{data}/train.jsonl' line 2 is not valid JSON (Expecting ',' delimiter, column 27): the training "
+     "file of task toy needs one JSON object per line"),
+    ("jsonl-text-not-text", JSONL, _jsonl('{"text": 5, "label": 1}\n'),
+     "data file '{data}/train.jsonl' line 1: text=5 is not text: write it as a JSON string"),
+    ("data-file-is-a-folder", ["task.train_file=sub"], lambda data, tmp: (data / "sub").mkdir(),
+     "data file '{data}/sub' is a folder: expected the training file of task toy"),
     ("model-folder-empty", ["model.name_or_path={tmp}/empty_model"], _folder("empty_model"),
      "model.name_or_path='{tmp}/empty_model' is not valid: folder '{tmp}/empty_model' has no config.json (it is "
      "empty)"),
