@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rank_sweep import interrupts
 from rank_sweep.config import CONF_DIR, build_config  # conf/ in the wheel, or at the top of an editable checkout
-from rank_sweep.errors import ConfigError, RankSweepError, redact_text
+from rank_sweep.errors import ConfigError, RankSweepError, TrialsFailed, redact_text
 from rank_sweep.usage import usage
 
 # Other tools' names for our keys, rewritten (with a note on stderr) before Hydra parses the command line.
@@ -48,12 +48,12 @@ OPEN_SECTIONS = ("method.settings",)
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn a RankSweepError into one line on stderr and exit status 2."""
+    """Turn a RankSweepError into one line on stderr and exit status 2 (1: a study whose trials kept failing)."""
     try:
         yield
     except RankSweepError as e:
         print(f"rank-sweep: error: {redact_text(str(e))}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(1 if isinstance(e, TrialsFailed) else 2)
 
 
 # Hydra's own flags (hydra/_internal/utils.py get_args_parser): short forms, and those that take a value.

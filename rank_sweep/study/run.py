@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from rank_sweep import interrupts, tracking
 from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
-from rank_sweep.errors import ConfigError, TrackingError
+from rank_sweep.errors import ConfigError, TrackingError, TrialsFailed
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.objective import Objective
@@ -251,4 +251,7 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
         error = wrap_up(study, client, run_id, spec, cfg, stop, status, t0)
     if error is not None:
         raise error
+    if stop and stop.startswith("stopped: the last"):  # not a finished study: the command must not exit 0
+        raise TrialsFailed(f"{stop}; the finished trials are kept: fix the cause and rerun the same command to "
+                           f"resume")
     return study
