@@ -25,8 +25,10 @@ import warnings
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rank_sweep.config import CONF_DIR  # conf/ in the wheel, or at the top of an editable checkout
-from rank_sweep.errors import ConfigError, RankSweepError, redact_text
+from rank_sweep import interrupts
+from rank_sweep.config import CONF_DIR, build_config  # conf/ in the wheel, or at the top of an editable checkout
+from rank_sweep.errors import ConfigError, RankSweepError, TrialsFailed, redact_text
+from rank_sweep.usage import usage
 
 # Other tools' names for our keys, rewritten (with a note on stderr) before Hydra parses the command line.
 ALIASES = {
@@ -46,12 +48,12 @@ OPEN_SECTIONS = ("method.settings",)
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn a RankSweepError into one line on stderr and exit status 2."""
+    """Turn a RankSweepError into one line on stderr and exit status 2 (1: a study whose trials kept failing)."""
     try:
         yield
     except RankSweepError as e:
         print(f"rank-sweep: error: {redact_text(str(e))}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(1 if isinstance(e, TrialsFailed) else 2)
 
 
 # Hydra's own flags (hydra/_internal/utils.py get_args_parser): short forms, and those that take a value.
@@ -229,11 +231,17 @@ def check_overrides(args: list[str], config_name: str) -> tuple[list[str], list[
         where = _unknown(tree, key) if prefix != "++" and not f"{key}.".startswith(added) else None
         if where:
             raise _unknown_key_error(tree, key, *where)
+        if config_name == "select" and key.startswith("search.budget."):  # known, but select would ignore it
+            raise ConfigError(f"{key} limits which trials a study trains, not the choice: rank-sweep-select reads "
+                              f"{key.removeprefix('search.')}")
     return out, notes
 
 
-def _pre_parse(config_name: str) -> None:
-    """Check sys.argv before Hydra parses it: rewrite aliases (a note each), exit 2 on an unknown key."""
+def _pre_parse(config_name: str, command: str = "rank-sweep") -> None:
+    """Check sys.argv before Hydra parses it: rewrite aliases (a note each), exit 2 on an unknown key; with
+    ``--help``, print the command's own text first (Hydra's list of groups follows)."""
+    if _split_argv(sys.argv[1:])[0].keys() & {"--help"}:
+        print(usage(command), flush=True)
     with user_errors():
         args, notes = check_overrides(sys.argv[1:], config_name)
     for note in notes:
@@ -270,20 +278,14 @@ def quiet_libraries(training: bool = True) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _config(cfg: DictConfig):
-    from rank_sweep.config import build_config
-
-    return build_config(cfg)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _trial(cfg: DictConfig) -> float:
     """Train and record one trial (LoRA, or a reference method: ``method=ia3``); print its score and counts."""
-    quiet_libraries()
-    with user_errors():
+    with interrupts.handled("rank-sweep-trial", "its MLflow run is closed as FAILED"), user_errors():
+        run = build_config(cfg)  # the config is checked before the training stack is imported: an error in ~1 s
+        quiet_libraries()
         from rank_sweep.train.trial import run_trial
 
-        run = _config(cfg)
         result = run_trial(run, learn_margin=run.search.learn_margin)
         c = result.counts
         print(
@@ -297,46 +299,50 @@ def _trial(cfg: DictConfig) -> float:
             f"train {result.train_seconds:.1f}s  mlflow run {result.run_id}",
             flush=True,
         )
+        interrupts.release()  # a signal while the trial was recorded: it is recorded, now exit 130 / 143
         return result.score
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _sweep(cfg: DictConfig) -> None:
     """Run (or resume) the study that walks the rank ladder."""
-    quiet_libraries()
-    with user_errors():
+    with interrupts.handled("rank-sweep", "finished trials are kept, the one training is FAIL in the study and FAILED "
+                            "in MLflow; rerun the same command to resume"), user_errors():
+        run = build_config(cfg)  # checked before the training stack is imported
+        quiet_libraries()
         from rank_sweep.study.run import run_study
 
-        run_study(_config(cfg))
+        run_study(run)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="select")
 def _select(cfg: DictConfig) -> None:
     """Pick the best configuration of a finished study for a budget."""
-    quiet_libraries(training=False)
     with user_errors():
         from rank_sweep.config import SelectConfig, build, build_budget
-        from rank_sweep.results.command import choose
-
         tree = OmegaConf.to_container(cfg, resolve=True)
         sweep = {k: v for k, v in tree.items() if k not in ("select", "budget")}  # the sweep's config finds the study
-        choose(_config(sweep), build(SelectConfig, tree.get("select"), "select"), build_budget(tree.get("budget"), "budget"))
+        run, how, budget = build_config(sweep), build(SelectConfig, tree.get("select"), "select"), build_budget(tree.get("budget"), "budget")
+        quiet_libraries(training=False)
+        from rank_sweep.results.command import choose
+
+        choose(run, how, budget)
 
 
 # The console scripts (pyproject.toml [project.scripts]): check the command line, then let Hydra compose.
 def trial() -> None:
     """``rank-sweep-trial``: train and record one LoRA trial."""
-    _pre_parse("config")
+    _pre_parse("config", "rank-sweep-trial")
     _trial()
 
 
 def sweep() -> None:
     """``rank-sweep``: run (or resume) the study."""
-    _pre_parse("config")
+    _pre_parse("config", "rank-sweep")
     _sweep()
 
 
 def select() -> None:
     """``rank-sweep-select``: pick a configuration of a finished study for a budget."""
-    _pre_parse("select")
+    _pre_parse("select", "rank-sweep-select")
     _select()

@@ -20,6 +20,10 @@ class DataError(RankSweepError):
     """A data file or data set is missing, malformed or has wrong labels."""
 
 
+class TrialsFailed(RankSweepError):
+    """The study stopped because its trials keep failing (search.max_consecutive_failures): exit status 1."""
+
+
 class TrackingError(RankSweepError):
     """The MLflow tracking store or Optuna storage cannot be used."""
 

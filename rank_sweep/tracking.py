@@ -176,6 +176,27 @@ def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: s
     return closed
 
 
+def reconcile_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trials: dict) -> list[str]:
+    """Mark FAILED the FINISHED child runs of ``parent_run_id`` whose Optuna trial is FAIL. The study is the commit
+    point of a trial and MLflow follows it (rank_sweep.interrupts); a signal between the two writes, before that
+    module, left such pairs, and then the two select sources read different trials. ``trials``: number ->
+    FrozenTrial."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'"
+    )
+    fixed = []
+    for run in runs:
+        number = run.data.tags.get("optuna_trial")
+        trial = trials.get(int(number)) if number is not None and number.isdigit() else None
+        if trial is None or trial.state.name != "FAIL" or trial.user_attrs.get("mlflow_run_id") not in (
+                None, run.info.run_id):
+            continue
+        end_run(client, run.info.run_id, "FAILED", f"the Optuna trial {trial.number} is FAIL "
+                f"({trial.user_attrs.get('fail_reason') or 'interrupted while it was recorded'}): the study's state wins")
+        fixed.append(run.info.run_id)
+    return fixed
+
+
 def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
     """status: FINISHED, FAILED or KILLED (pruned); the reason goes in a tag."""
     if reason:

@@ -134,7 +134,10 @@ def one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not valid: choose one of {', '.join(valid)}")
 
 
-def positive(name: str, value: Any, allow_zero: bool = False, integer: bool = False) -> None:
+def positive(name: str, value: Any, allow_zero: bool = False, integer: bool = False,
+             minimum: tuple[int, str] | None = None) -> None:
+    """``value`` is a number (an integer with ``integer``) > 0 (>= 0 with ``allow_zero``; >= ``minimum[0]``,
+    for the reason ``minimum[1]``, with ``minimum``)."""
     ok_type = is_int(value) if integer else (isinstance(value, (int, float)) and not isinstance(value, bool))
     if not ok_type or (math.isnan(value) if isinstance(value, float) else False):
         kind = "an integer" if integer else "a number"
@@ -142,6 +145,44 @@ def positive(name: str, value: Any, allow_zero: bool = False, integer: bool = Fa
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{name}={value!r} is not valid: it must be {bound}")
+    if minimum is not None and value < minimum[0]:
+        raise ConfigError(f"{name}={value!r} is not valid: it must be >= {minimum[0]} ({minimum[1]})")
+
+
+def boolean(name: str, value: Any) -> None:
+    """A switch is true or false; ``save_adapter=no`` arrives as the string 'no', which Python reads as true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is not valid: give true or false")
+
+
+def optional_count(name: str, value: Any, what: str, off: str) -> None:
+    """None (``off``) or a positive integer (``trainer.num_threads``, ``trainer.early_stopping_patience``)."""
+    if value is not None and (not is_int(value) or value < 1):
+        raise ConfigError(f"{name}={value!r} is not valid: give a positive integer ({what}) or null ({off})")
+
+
+def check_classes(labels: list, metric: str, metrics: list[str]) -> list[str]:
+    """A classification task's ``task.labels`` as strings: two or more, each once, and no correlation metric."""
+    labels = [str(x) for x in labels]
+    if len(labels) < 2:
+        raise ConfigError(f"task.labels={labels!r} is not valid: a classification task needs >= 2 labels")
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"task.labels={labels!r} is not valid: each label once (a repeated label adds a class no "
+                          f"example can have)")
+    for m in metrics:
+        if m in ("pearson", "spearman"):
+            raise ConfigError(f"{'task.metric' if m == metric else 'task.metrics'} contains {m!r}, not valid for a "
+                              f"classification task (task.labels is set): it correlates numbers; use mcc, accuracy "
+                              f"or f1 (or task.labels=null for a regression task)")
+    return labels
+
+
+def distinct_roles(name: str, targets: list) -> None:
+    """A target set names each role once: ``[Wq,Wq]`` trains Wq but is logged (and selected) as another set."""
+    twice = sorted({str(t) for t in targets if list(targets).count(t) > 1})
+    if twice:
+        raise ConfigError(f"{name}={list(targets)!r} is not valid: {', '.join(twice)} is named twice; name each "
+                          f"role once")
 
 
 def targets_key(targets: list[str] | tuple[str, ...]) -> str:

@@ -15,8 +15,11 @@ from rank_sweep.config.base import (
     METHODS,
     PRUNERS,
     STRATEGIES,
+    boolean,
     check_rank,
     default,
+    distinct_roles,
+    is_int,
     one_of,
     option_defaults,
     positive,
@@ -96,6 +99,17 @@ class SearchConfig:
                     f"search.{name}={getattr(self, name)!r} is not valid: give a list of target sets, "
                     f"e.g. [[Wq],[Wq,Wv]]"
                 )
+            seen: dict[frozenset, list] = {}
+            for ts in getattr(self, name) or []:
+                distinct_roles(f"search.{name}: target set", ts)
+                key = frozenset(map(str, ts))
+                if key in seen:
+                    raise ConfigError(f"search.{name}={getattr(self, name)!r} is not valid: {seen[key]!r} and "
+                                      f"{list(ts)!r} are the same set of matrices (two ladders of one adapter); give "
+                                      f"each set once")
+                seen[key] = list(ts)
+        for name in ("extend", "include_full_finetune", "head_reference"):
+            boolean(f"search.{name}", getattr(self, name))
         positive("search.seeds", self.seeds, integer=True)
         positive("search.noise_seeds", self.noise_seeds, allow_zero=True, integer=True)
         if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1:
@@ -200,6 +214,13 @@ class RunConfig:
     output_dir: str = default(None, "output_dir")
     save_adapter: bool = default(None, "save_adapter")
     worker: Any = default(None, "worker")  # a label only: launchers that start N copies of one sweep sweep over it (worker=0,1,2,3)
+
+    def __post_init__(self) -> None:
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32 - 1000:
+            raise ConfigError(f"seed={self.seed!r} is not valid: give an integer from 0 to {2**32 - 1001} (numpy's "
+                              f"range, less room for the seeds a rung adds)")
+        boolean("save_adapter", self.save_adapter)
+        boolean("tracking.log_config_artifact", self.tracking.log_config_artifact)
 
     def storage_url(self) -> str:
         """The Optuna storage: ``search.storage``, else ``optuna.db`` beside a sqlite ``mlflow.db``."""

@@ -22,13 +22,17 @@ from rank_sweep.config.base import (
     TASK_SOURCES,
     TASK_TYPES,
     TRUNCATIONS,
+    boolean,
+    check_classes,
     check_rank,
     conf_yaml,
     default,
+    distinct_roles,
     is_int,
     lm_default,
     one_of,
     option_defaults,
+    optional_count,
     positive,
 )
 from rank_sweep.errors import ConfigError
@@ -50,6 +54,7 @@ class ModelConfig:
             raise ConfigError(f"model.name_or_path={self.name_or_path!r} is not valid: give a hub id or a local folder")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"model.pooling={self.pooling!r} is not valid: use one of {', '.join(POOLINGS)}")
+        boolean("model.trust_remote_code", self.trust_remote_code)
 
     @property
     def label(self) -> str:
@@ -70,6 +75,7 @@ class ModelConfig:
         return path  # a hub id: org/name
 
 
+MIN_SEQ_LENGTH = (8, "the special tokens alone take 2-3 of them")  # task.max_seq_length's lower bound, and why
 CHOICE_METRICS = ("accuracy", "f1", "mcc")  # of a causal LM task: on the most likely of task.choices
 
 
@@ -130,15 +136,13 @@ class TaskConfig:
         if self.metric not in self.metrics:
             self.metrics = [self.metric, *self.metrics]
         if self.labels is not None:
-            self.labels = [str(x) for x in self.labels]
-            if len(self.labels) < 2:
-                raise ConfigError(f"task.labels={self.labels!r} is not valid: a classification task needs >= 2 labels")
+            self.labels = check_classes(self.labels, self.metric, self.metrics)
         else:
             for m in self.metrics:
                 if m not in ("pearson", "spearman", "loss"):
                     key = "task.metric" if m == self.metric else "task.metrics"
                     raise ConfigError(f"{key} contains {m!r}, not valid for a regression task: use pearson or spearman")
-        positive("task.max_seq_length", self.max_seq_length, integer=True)
+        positive("task.max_seq_length", self.max_seq_length, integer=True, minimum=MIN_SEQ_LENGTH)
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
                 positive(f"task.{name}", getattr(self, name), integer=True)
@@ -152,6 +156,7 @@ class TaskConfig:
         one_of("task.source", self.source, TASK_SOURCES)
         one_of("task.format", self.format, LM_FORMATS)
         one_of("task.truncation", self.truncation, TRUNCATIONS)
+        boolean("task.append_eos", self.append_eos)
         for m in [self.metric, *self.metrics]:
             one_of("task.metric", m, ("loss", "perplexity", *CHOICE_METRICS))
         if self.metric == "perplexity":
@@ -254,11 +259,14 @@ class LoraConfig:
         positive("lora.alpha_k", self.alpha_k)
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"lora.dropout={self.dropout!r} is not valid: it must be in [0, 1)")
+        boolean("lora.full_finetune", self.full_finetune)
+        boolean("lora.head_only", self.head_only)
         if not (self.full_finetune or self.head_only):
             if isinstance(self.targets, str):
                 self.targets = [t for t in self.targets.split(",") if t]
             if not self.targets:
                 raise ConfigError("lora.targets=[] is not valid: name at least one role (Wq, Wk, Wv, Wo, Wup, Wdown) or module name")
+            distinct_roles("lora.targets", self.targets)
 
     @property
     def lora_alpha(self) -> float:
@@ -306,6 +314,12 @@ class TrainerConfig:
         positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches, integer=True)
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(f"trainer.gradient_checkpointing={self.gradient_checkpointing!r} is not valid: true or false")
+        for name in ("group_by_length", "progress_bar"):
+            boolean(f"trainer.{name}", getattr(self, name))
+        optional_count("trainer.num_threads", self.num_threads, "torch threads", "all cores")
+        optional_count("trainer.early_stopping_patience", self.early_stopping_patience, "epochs", "no early stopping")
+        if not is_int(self.max_steps) or (self.max_steps < 1 and self.max_steps != -1):
+            raise ConfigError(f"trainer.max_steps={self.max_steps!r} is not valid: a positive integer, or -1 (epochs decide)")
         one_of("trainer.precision", self.precision, PRECISIONS)
         one_of("trainer.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
         # Under DDP each process would score only its shard of the dev set (predictions are not gathered), so

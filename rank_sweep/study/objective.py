@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 
 import optuna
 from lightning.pytorch.callbacks import Callback
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+from rank_sweep import interrupts
 from rank_sweep.config import FULL, HEAD, TRIAL_SECTIONS, RunConfig, trial_config
 from rank_sweep.errors import TrackingError
 from rank_sweep.study import plan as ladder
@@ -116,6 +118,12 @@ class Objective:
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
             raise
+        except BaseException as e:  # a signal (Lightning's sys.exit(1) after Ctrl-C): Optuna fails the trial on a
+            if not interrupts.was_interrupted(e):  # KeyboardInterrupt (and re-raises it), but not on SystemExit
+                raise
+            trial.set_user_attr("fail_reason", f"interrupted by {signal.Signals(interrupts.received() or 2).name}")
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # not Optuna's traceback: the command says it in one line
+            raise KeyboardInterrupt from None
         if screen is not None:
             trial.set_user_attr("nested", nested.record_ranks(
                 screen, run.task, self.cfg.search.confidence, self.cfg.search.learn_margin, run.output_dir,

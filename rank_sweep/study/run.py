@@ -19,9 +19,9 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from rank_sweep import tracking
+from rank_sweep import interrupts, tracking
 from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
-from rank_sweep.errors import ConfigError, TrackingError
+from rank_sweep.errors import ConfigError, TrackingError, TrialsFailed
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.objective import Objective
@@ -203,6 +203,7 @@ def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.La
             continue
         waiting_for = None
         study.optimize(objective, n_trials=1, callbacks=[stopper], catch=(Exception,), gc_after_trial=True)
+        interrupts.release()  # the trial is in both stores: a signal that waited for it stops the study here
         if objective.fatal is not None:
             raise objective.fatal
         if stopper.reason:
@@ -222,8 +223,12 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
     pooling = None if cfg.task.is_causal else cache.pooling(cfg)  # model.pooling as resolved for this checkpoint
     try:
         run_id = parent_run(study, client, experiment_id, cfg, spec, pooling)
+        fixed = tracking.reconcile_runs(client, experiment_id, run_id, {t.number: t for t in study.get_trials()})
     except Exception as e:
         raise tracking.store_failed(cfg.tracking.resolved_uri(), "creating the study's parent run", e) from e
+    if fixed:
+        print(f"reconciled: {len(fixed)} MLflow run(s) FINISHED whose Optuna trial is FAIL marked FAILED "
+              f"({', '.join(fixed)})", flush=True)
     head = ""
     if pooling:
         study.set_user_attr("pooling", pooling)  # the summary's header names the head every trial had
@@ -245,10 +250,14 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
             f"{tracking.redact(storage_url)}; rerun the same command to resume once the store is back"
         ) from e
     except BaseException as e:
-        wrap_up(study, client, run_id, spec, cfg, stop, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+        wrap_up(study, client, run_id, spec, cfg, stop, "KILLED" if interrupts.was_interrupted(e) else "FAILED",
                  t0)
         raise
-    error = wrap_up(study, client, run_id, spec, cfg, stop, status, t0)
+    with interrupts.committing():  # a signal during the summary lets it finish, then stops with 130 / 143
+        error = wrap_up(study, client, run_id, spec, cfg, stop, status, t0)
     if error is not None:
         raise error
+    if stop and stop.startswith("stopped: the last"):  # not a finished study: the command must not exit 0
+        raise TrialsFailed(f"{stop}; the finished trials are kept: fix the cause and rerun the same command to "
+                           f"resume")
     return study

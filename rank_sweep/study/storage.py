@@ -30,6 +30,11 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     }[name]()
 
 
+# what to install for a storage URL whose driver is missing (SQLAlchemy's default driver of each scheme)
+DRIVERS = {"mysql": "pip install pymysql and write the URL as mysql+pymysql://user@host/db",
+           "postgresql": "pip install 'rank_sweep[postgres]' (psycopg 3; SQLAlchemy 2.1 maps postgresql:// to it)"}
+
+
 def open_storage(url: str, heartbeat_seconds: int = 30):
     """RDB storage with a heartbeat (a killed worker's trial is failed after ``heartbeat_seconds`` and retried),
     or a journal file (no heartbeat: only a killed worker of this machine is detected)."""
@@ -46,6 +51,12 @@ def open_storage(url: str, heartbeat_seconds: int = 30):
                 if attempt == 5 or not any(k in str(e) for k in ("already exists", "duplicate key", "UniqueViolation")):
                     raise
                 time.sleep(0.2 + random.random())
+    except ImportError as e:  # SQLAlchemy found the dialect but not its driver package
+        cause = e.__cause__ or e.__context__
+        missing = getattr(cause, "name", None) or first_line(cause or e)
+        scheme = url.split("://", 1)[0]
+        raise TrackingError(f"cannot open study storage {redact(url)!r}: its database driver is not installed "
+                            f"({missing}): {DRIVERS.get(scheme.split('+')[0], f'install the driver of {scheme}')}") from None
     except Exception as e:
         raise TrackingError(
             f"cannot open study storage {redact(url)!r}: {first_line(e)[:160]} "
@@ -107,13 +118,17 @@ def _legacy_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
 # keys a stored fingerprint lacks because the version that wrote it had no such setting: the value that version
 # behaved as, so its study resumes when the user asks for that behaviour (and only then)
 BEFORE_THE_KEY = {"model.pooling": "cls_frozen"}
+# fingerprint keys that are not config keys, shown as the key a user sets (the ranks: search.ladder, or the doubling
+# from search.start_rank to search.max_rank, which search.ladder can also give)
+SHOWN_AS = {"search.ranks": "search.ladder"}
 
 
 def _refuse(study, storage_url: str, stored: dict, now: dict) -> None:
     stored = {**{k: v for k, v in BEFORE_THE_KEY.items() if k in now}, **stored}
     diff = sorted(k for k in set(stored) | set(now) if stored.get(k, "(unset)") != now.get(k, "(unset)"))
     if diff:
-        shown = "; ".join(f"{k}={stored.get(k, '(unset)')!r}, now {now.get(k, '(unset)')!r}" for k in diff[:6])
+        shown = "; ".join(f"{SHOWN_AS.get(k, k)}={stored.get(k, '(unset)')!r}, now {now.get(k, '(unset)')!r}"
+                          for k in diff[:6])
         more = f"; and {len(diff) - 6} more" if len(diff) > 6 else ""
         raise RankSweepError(
             f"study {study.study_name!r} in {redact(storage_url)} was run with other settings ({shown}{more}): "

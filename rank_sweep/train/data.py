@@ -43,6 +43,7 @@ import pandas as pd
 
 from rank_sweep.config import TaskConfig
 from rank_sweep.errors import ConfigError, DataError
+from rank_sweep.train import checks
 
 # Per-GLUE-task file layout, keyed by the normalised glue_name (or hub_config).
 # aliases: configured (Hub) column name -> column name in the GLUE file.
@@ -102,6 +103,9 @@ def _check_utf8(path: str) -> bool:
 
 def _read_file(path: str, fmt: str, kind: str, layout: dict, cache_dir: str | None) -> datasets.Dataset:
     """Read one file; ``fmt``: jsonl, or csv (tab-separated, quoting off, for a .tsv path)."""
+    if os.path.isdir(path):
+        raise DataError(f"data file {path!r} is a folder: expected the {kind} (a file; a relative name is read "
+                        f"under task.data_dir)")
     if not os.path.isfile(path):
         raise DataError(f"data file {path!r} does not exist: expected the {kind}")
     if os.path.getsize(path) == 0:
@@ -189,7 +193,11 @@ def _file_splits(task: TaskConfig, layout: dict, cache_dir: str | None) -> tuple
     paths = data_files(task)
     kinds = {"train": f"training file of task {task.name}", "validation": f"validation file of task {task.name}"}
     layout = layout if task.source == "glue" else {}
-    loaded = {k: _read_file(p, task.source, kinds[k], layout, cache_dir) for k, p in paths.items()}
+    if task.source == "jsonl":
+        for k, p in paths.items():
+            checks.check_jsonl(p, kinds[k], task)
+    with checks.quiet_reader():
+        loaded = {k: _read_file(p, task.source, kinds[k], layout, cache_dir) for k, p in paths.items()}
     return loaded, {k: f"data file {p!r}" for k, p in paths.items()}
 
 

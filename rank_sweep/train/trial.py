@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import lightning.pytorch as pl
 import torch
 
-from rank_sweep import tracking
+from rank_sweep import interrupts, tracking
 from rank_sweep.analysis import spectra
 from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError
@@ -154,6 +154,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         fit = _fit(cfg, model, tok, tokenized, EpochLogger(client, run_id),
                    [*methods.method_callbacks(model, cfg.method), *(callbacks or [])], t0)
         train_labels = (cache or DEFAULT_CACHE).splits(cfg, tok)[1][0]
+        interrupts.hold()  # trained: a signal now waits until the outcome is in both stores (rank_sweep.interrupts)
         score, not_learning, score_ci = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id,
                                                 cache, train_labels)
     except BaseException as e:

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rank_sweep import tracking
-from rank_sweep.errors import TrackingError
+from rank_sweep.errors import TrackingError, TrialsFailed
 from rank_sweep.study import objective as study_objective
 from rank_sweep.study import report as study_report
 from rank_sweep.study import run as study_run
@@ -239,11 +239,12 @@ def test_consecutive_failures_stop_the_study_with_a_clear_message(toy_cfg, tmp_p
     monkeypatch.setattr(model_mod.SequenceClassifier, "training_step", training_step)
     url = f"sqlite:///{tmp_path}/optuna.db"
     cfg = set_search(toy_cfg, url, max_retries=5, max_consecutive_failures=2)
-    run_study(cfg)
+    with pytest.raises(TrialsFailed) as err:  # the command exits 1 with it (#28: it exited 0)
+        run_study(cfg)
     out = capsys.readouterr().out
     reason = ("stopped: the last 2 trials failed (search.max_consecutive_failures=2); last error: "
               "RuntimeError: CUDA error: device-side assert triggered (simulated)")
-    assert reason in out
+    assert reason in out and str(err.value).startswith(reason) and "rerun the same command" in str(err.value)
     trials = optuna.load_study(study_name="tiny_bert-toy-ladder", storage=url).trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]  # stopped: no third trial
     _, parents, children = mlflow_runs(tmp_path)

@@ -27,6 +27,7 @@ def test_wheel_ships_conf_and_the_commands_run_from_an_empty_folder(tmp_path):
     built = _sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src),
                  "-w", str(tmp_path / "dist")], tmp_path)
     assert built.returncode == 0, built.stderr[-3000:]
+    assert "Warning" not in built.stdout + built.stderr, (built.stdout + built.stderr)[:3000]  # a quiet install
     wheel = next((tmp_path / "dist").glob("rank_sweep-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"rank_sweep/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}

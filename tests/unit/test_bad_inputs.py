@@ -39,6 +39,24 @@ def _regular_file(data: Path, tmp: Path):
     (tmp / "a_file").write_text("not a folder\n")
 
 
+def _jsonl(train: str):
+    def setup(data: Path, tmp: Path):
+        (data / "train.jsonl").write_text(train)
+        (data / "dev.jsonl").write_text('{"text": "a great film", "label": 1}\n{"text": "awful", "label": 0}\n')
+    return setup
+
+
+JSONL = ["task.source=jsonl", "task.train_file=train.jsonl", "task.validation_file=dev.jsonl"]
+
+
+def _folder(name: str, files: dict[str, str] | None = None):
+    def setup(data: Path, tmp: Path):
+        (tmp / name).mkdir()
+        for file, text in (files or {}).items():
+            (tmp / name / file).write_text(text)
+    return setup
+
+
 # id, overrides ({tmp} and {data} are filled in), data setup, expected part of the message
 CASES = [
     # ranks and the ladder
@@ -118,6 +136,45 @@ CASES = [
      "output_dir='{tmp}/a_file/outputs' is not writable (Not a directory): set output_dir to a folder you can write"),
     ("output-dir-in-proc", ["output_dir=/proc/forbidden"], None,
      "output_dir='/proc/forbidden' is not writable (No such file or directory)"),
+    # issue #28: inputs that got a traceback, were accepted silently, or got a message pointing the wrong way
+    ("seed-not-integer", ["seed=abc"], None, "seed='abc' is not valid: give an integer from 0 to"),
+    ("seed-negative", ["seed=-1"], None, "seed=-1 is not valid: give an integer from 0 to"),
+    ("num-threads-negative", ["trainer.num_threads=-2"], None,
+     "trainer.num_threads=-2 is not valid: give a positive integer (torch threads) or null (all cores)"),
+    ("patience-negative", ["trainer.early_stopping_patience=-1"], None,
+     "trainer.early_stopping_patience=-1 is not valid: give a positive integer (epochs) or null (no early stopping)"),
+    ("max-steps-zero", ["trainer.max_steps=0"], None,
+     "trainer.max_steps=0 is not valid: a positive integer, or -1 (epochs decide)"),
+    ("switch-not-boolean", ["save_adapter=no"], None, "save_adapter='no' is not valid: give true or false"),
+    ("lora-target-twice", ["lora.targets=[Wq,Wq]"], None,
+     "lora.targets=['Wq', 'Wq'] is not valid: Wq is named twice; name each role once"),
+    ("target-set-role-twice", ["search.target_sets=[[Wq,Wq]]"], None,
+     "search.target_sets: target set=['Wq', 'Wq'] is not valid: Wq is named twice"),
+    ("target-sets-same-set", ["search.target_sets=[[Wq,Wv],[Wv,Wq]]"], None,
+     "['Wq', 'Wv'] and ['Wv', 'Wq'] are the same set of matrices (two ladders of one adapter)"),
+    ("labels-repeated", ["task.labels=[0,1,1]"], None,
+     "task.labels=['0', '1', '1'] is not valid: each label once"),
+    ("correlation-on-classes", ["task.metric=pearson"], None,
+     "task.metric contains 'pearson', not valid for a classification task (task.labels is set)"),
+    ("seq-length-too-short", ["task.max_seq_length=1"], None,
+     "task.max_seq_length=1 is not valid: it must be >= 8"),
+    ("output-dir-is-a-file", ["output_dir={tmp}/a_file"], _regular_file,
+     "output_dir='{tmp}/a_file' is a file, not a folder"),
+    ("jsonl-line-malformed", JSONL, _jsonl('{"text": "great", "label": 1}\n{"text": "bad", "label": 0\n'),
+     "data file '{data}/train.jsonl' line 2 is not valid JSON (Expecting ',' delimiter, column 27): the training "
+     "file of task toy needs one JSON object per line"),
+    ("jsonl-text-not-text", JSONL, _jsonl('{"text": 5, "label": 1}\n'),
+     "data file '{data}/train.jsonl' line 1: text=5 is not text: write it as a JSON string"),
+    ("data-file-is-a-folder", ["task.train_file=sub"], lambda data, tmp: (data / "sub").mkdir(),
+     "data file '{data}/sub' is a folder: expected the training file of task toy"),
+    ("model-folder-empty", ["model.name_or_path={tmp}/empty_model"], _folder("empty_model"),
+     "model.name_or_path='{tmp}/empty_model' is not valid: folder '{tmp}/empty_model' has no config.json (it is "
+     "empty)"),
+    ("model-folder-without-weights", ["model.name_or_path={tmp}/half_model"],
+     _folder("half_model", {"config.json": '{"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, '
+                                           '"num_attention_heads": 2, "intermediate_size": 37}'}),
+     "model.name_or_path='{tmp}/half_model': cannot load the model from folder '{tmp}/half_model': Error no file "
+     "named model.safetensors"),
 ]
 
 
@@ -187,8 +244,9 @@ def test_catalogue_documents_every_case():
     rows = [line for line in doc.splitlines() if re.match(r"\| *`?[a-z0-9-]+`? *\|", line)]
     documented = {re.match(r"\| *`?([a-z0-9-]+)`? *\|", row).group(1) for row in rows}
     from tests.e2e import test_bad_inputs as cli_cases
+    from tests.unit import test_warnings_and_resources as more_cases
 
-    ids = {c[0] for c in CASES} | {c[0] for c in cli_cases.CASES}
+    ids = {c[0] for c in CASES} | {c[0] for c in cli_cases.CASES} | {c[0] for c in more_cases.CASES}
     assert ids <= documented, sorted(ids - documented)
     assert len(ids) >= 20
-    assert os.path.basename(__file__) in doc
+    assert os.path.basename(__file__) in doc and os.path.basename(more_cases.__file__) in doc

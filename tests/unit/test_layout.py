@@ -73,3 +73,17 @@ def test_every_module_opens_with_a_docstring_and_stays_under_350_lines():
         text = path.read_text()
         assert ast.get_docstring(ast.parse(text)), f"{path} has no module docstring"
         assert len(text.splitlines()) <= 350, f"{path} has {len(text.splitlines())} lines"
+
+
+def test_the_packaging_declares_every_conf_folder_and_an_spdx_license():
+    """A quiet install: setuptools warns for a data folder that is not a declared package ("absent from the
+    packages configuration") and for ``project.license`` as a table (deprecated; SPDX string wanted)."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str), project["project"]["license"]
+    tools = project["tool"]["setuptools"]
+    folders = {f"rank_sweep.conf.{p.name}" for p in (PACKAGE.parent / "conf").iterdir()
+               if p.is_dir() and any(p.glob("*.yaml"))}
+    assert folders and folders <= set(tools["packages"]), sorted(folders - set(tools["packages"]))
+    assert all(tools["package-data"].get(name) == ["*.yaml"] for name in folders), tools["package-data"]

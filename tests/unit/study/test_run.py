@@ -355,7 +355,7 @@ def test_distributions_cover_every_point(search, targets, ranks, seeds):
 @pytest.mark.parametrize(
     "change, key, store",
     [
-        ({"ladder": [1, 2, 4]}, "ranks", "sqlite:///{}/optuna.db"),
+        ({"ladder": [1, 2, 4]}, "ladder", "sqlite:///{}/optuna.db"),  # shown as the key the user sets (#28)
         ({"seeds": 2}, "seeds", "{}/optuna.journal"),
         ({"target_sets": [[WQ]]}, "target_sets", "{}/optuna.journal"),
     ],
@@ -372,7 +372,7 @@ def test_changed_settings_on_the_same_study_are_refused(tmp_path, change, key, s
     msg = str(err.value)
     assert f"{key}=" in msg and "search.study_name" in msg
     assert "\n" not in msg
-    others = {"ranks", "seeds", "target_sets"} - {key}
+    others = {"ladder", "seeds", "target_sets"} - {key}
     assert not any(f"{k}=" in msg for k in others)
 
     changed.search.study_name = "another"  # a new name starts a new study
