@@ -118,6 +118,7 @@ def _no_fit_error(budget: Budget, pool: list[ConfigSummary]) -> RankSweepError:
         ("max_lora_params", "LoRA params", "lora_params"),
         ("max_trainable_params", "trainable params", "trainable_params"),
         ("max_train_seconds", "s of training", "train_seconds"),
+        ("max_memory_mb", "MB peak memory", "peak_memory_mb"),
         ("max_rank", "", "r"),
     ]:
         limit = getattr(budget, name)

@@ -44,6 +44,12 @@ def test_a_causal_trial_records_loss_zero_shot_predictions_and_an_export_that_ge
     assert m["score"] < m["baseline_score"] and m["not_learning"] == 0.0  # the loss fell below the base model's
     assert m["export/merge_same_generation"] == 1.0 and m["export/generated_tokens"] > 0
     assert m["export/merge_max_abs_diff"] < 1e-4 and m["export/reload_same_predictions"] == 1.0
+    lora_bytes = 4 * result.counts.lora_params  # float32 factors: 8 tensors (2 layers x Wq, Wv x A, B)
+    assert m["gradient_mb"] * 2 ** 20 == lora_bytes
+    assert m["optimizer_state_mb"] * 2 ** 20 == 2 * lora_bytes + 8 * 4  # AdamW: two moments, one step counter each
+    assert lora_bytes < m["adapter_mb"] * 2 ** 20 < lora_bytes + 20_000  # the safetensors file and its config
+    assert m["peak_memory_mb"] >= m["fit_memory_mb"] >= 0 and m["peak_memory_mb"] > m["weights_mb"]
+    assert result.memory["peak_memory_mb"] == m["peak_memory_mb"]
     p = load_predictions(predictions_path(cfg.output_dir, result.run_id))
     assert len(p) == 48 and p.outputs.shape == (48, 2)
     assert example_losses(p.outputs).mean() == pytest.approx(result.score, rel=1e-5)
