@@ -35,6 +35,8 @@ TASK_SOURCES = ("glue", "csv", "jsonl", "hub")
 
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "loss", "perplexity")  # loss: validation cross-entropy
 # (MSE: regression; per completion token: a causal LM task); perplexity: exp(loss), causal LM tasks only
+# model.quantization: the base as loaded (bitsandbytes): nf4 and fp4 are 4-bit (QLoRA), int8 LLM.int8()
+QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
 MINIMIZED = ("loss", "perplexity")  # better when lower: the study's direction follows the primary metric
 
 # task.type: a task yaml without it is a classification (or regression) task, as every GLUE preset is

@@ -6,6 +6,7 @@ names it and what is valid; defaults come from ``conf/`` (:func:`rank_sweep.conf
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from rank_sweep.config.base import (
     METRICS,
     MINIMIZED,
     PRECISIONS,
+    QUANTIZATIONS,
     TASK_SOURCES,
     TASK_TYPES,
     TRUNCATIONS,
@@ -42,10 +44,25 @@ class ModelConfig:
     name_or_path: str = default("model", "name_or_path")
     family: str | None = default("model", "family")  # auto-detected from config.model_type when None
     trust_remote_code: bool = default("model", "trust_remote_code")
+    # none, or the base loaded quantized by bitsandbytes (nf4/fp4: 4 bits, QLoRA; int8), compute dtype from
+    # trainer.precision (rank_sweep.train.loading.quantization_config)
+    quantization: str = field(default_factory=lambda: option_defaults("model").get("quantization", "none"))
 
     def __post_init__(self) -> None:
         if not self.name_or_path or not isinstance(self.name_or_path, str):
             raise ConfigError(f"model.name_or_path={self.name_or_path!r} is not valid: give a hub id or a local folder")
+        if self.quantization is None:
+            self.quantization = "none"
+        one_of("model.quantization", self.quantization, QUANTIZATIONS)
+        if self.quantized and importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(f"model.quantization={self.quantization} needs the bitsandbytes package, which is not "
+                              f"installed: pip install 'rank-sweep[quant]' (or bitsandbytes), or set "
+                              f"model.quantization=none")
+
+    @property
+    def quantized(self) -> bool:
+        """The base is loaded quantized (its linear layers are bitsandbytes layers, frozen)."""
+        return self.quantization != "none"
 
     @property
     def label(self) -> str:

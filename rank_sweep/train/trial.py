@@ -122,6 +122,7 @@ def trial_params(cfg: RunConfig) -> dict:
         "weight_decay": cfg.trainer.weight_decay,
         "warmup_ratio": cfg.trainer.warmup_ratio,
         "precision": resolve_precision(cfg),
+        "quantization": cfg.model.quantization,
         "metric": cfg.task.metric,
     }
 
@@ -270,8 +271,10 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     if cfg.save_adapter and (plan is not None or cfg.method.name != "lora"):  # an adapter to export
         out = os.path.join(cfg.output_dir, "adapters", run_id)
         fresh = (cache or DEFAULT_CACHE).tokenizer_and_model(cfg)[1]
+        # a quantized base is not merged: merging into 4/8-bit weights re-quantizes them (the merged model would
+        # not be the one trained); the adapter is saved and reloaded onto a fresh quantized base
         final.update(export_adapter(model, fresh, next(iter(fit.datamodule.val_dataloader())), out,
-                                    merge=methods.can_merge(cfg.method)))
+                                    merge=methods.can_merge(cfg.method) and not cfg.model.quantized))
         client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
     if cfg.task.is_causal:  # zero-shot metrics, per-example losses, the merged model's generation check
         final.update(causal.record(cfg, fit, model, train_labels, client, run_id))
@@ -324,6 +327,8 @@ def resolved_config(cfg: RunConfig) -> dict:
     for key, before in TRAINER_KEYS_ADDED.items():  # recorded when set: a stored study's fingerprint still matches
         if d["trainer"].get(key) == before:
             d["trainer"].pop(key)
+    if d["model"].get("quantization") == "none":  # added later, as the trainer keys above
+        d["model"].pop("quantization")
     if cfg.task.source == "glue" and cfg.task.resolved_data_dir():
         task["data_dir"] = os.path.abspath(os.path.expanduser(cfg.task.resolved_data_dir()))
     elif cfg.task.source in ("csv", "jsonl"):
