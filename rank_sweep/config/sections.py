@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,7 @@ class ModelConfig:
 
 
 CHOICE_METRICS = ("accuracy", "f1", "mcc")  # of a causal LM task: on the most likely of task.choices
+EXACT_MATCH = "exact_match"  # of a causal LM task: the greedy generation's answer equals the completion's
 
 
 @dataclass
@@ -123,10 +125,14 @@ class TaskConfig:
     choices: list[str] | None = lm_default("choices")
     truncation: str = lm_default("truncation")  # error | left (cut the prompt's start; never the completion)
     append_eos: bool = lm_default("append_eos")  # end each completion with the tokenizer's eos token
+    max_new_tokens: int = lm_default("max_new_tokens")  # exact_match: greedy tokens generated per dev prompt
+    answer_pattern: str | None = lm_default("answer_pattern")  # exact_match: regex of the answer (None: first line)
 
     # the keys only a causal LM task reads (left out of a classification task's recorded config)
     LM_KEYS = ("type", "format", "prompt_field", "completion_field", "messages_field", "text_field",
-               "prompt_template", "choices", "truncation", "append_eos")
+               "prompt_template", "choices", "truncation", "append_eos", "max_new_tokens", "answer_pattern")
+    # LM keys added later, with the value every causal trial had before them (left out of its record at that value)
+    LM_KEYS_ADDED = {"max_new_tokens": 16, "answer_pattern": None}
 
     def __post_init__(self) -> None:
         one_of("task.type", self.type, TASK_TYPES)
@@ -166,7 +172,7 @@ class TaskConfig:
         one_of("task.format", self.format, LM_FORMATS)
         one_of("task.truncation", self.truncation, TRUNCATIONS)
         for m in [self.metric, *self.metrics]:
-            one_of("task.metric", m, ("loss", "perplexity", *CHOICE_METRICS))
+            one_of("task.metric", m, ("loss", "perplexity", *CHOICE_METRICS, EXACT_MATCH))
         if self.metric == "perplexity":
             raise ConfigError("task.metric='perplexity' is not valid as the primary metric: it is exp(loss) and ranks "
                               "trials the same; use task.metric=loss (perplexity is logged as val/perplexity)")
@@ -184,6 +190,8 @@ class TaskConfig:
         elif self.labels is not None:
             raise ConfigError("task.labels is set but task.choices is not: a causal LM task's labels name the "
                               "label values of its choices; set task.choices (or task.labels=null)")
+        if EXACT_MATCH in self.metrics:
+            self._check_generation()
         needs = [m for m in self.metrics if m in CHOICE_METRICS]
         if needs and self.choices is None:
             raise ConfigError(f"task.metrics contains {needs[0]!r}, which scores the most likely of task.choices: "
@@ -202,6 +210,20 @@ class TaskConfig:
             raise ConfigError(f"task.source={self.source} needs task.train_file and task.validation_file "
                               f"(got {self.train_file!r}, {self.validation_file!r})")
 
+    def _check_generation(self) -> None:
+        """exact_match: a prompt to answer, a number of tokens to generate, a pattern that compiles."""
+        if self.format == "text":
+            raise ConfigError("task.metric=exact_match is not valid with task.format=text: a text task has no prompt "
+                              "to answer; use task.format=prompt_completion or chat")
+        positive("task.max_new_tokens", self.max_new_tokens, integer=True)
+        if self.answer_pattern is not None:
+            try:
+                re.compile(self.answer_pattern)
+            except (re.error, TypeError) as e:
+                raise ConfigError(f"task.answer_pattern={self.answer_pattern!r} is not a valid regular expression "
+                                  f"({e}): give one whose group 1 (or whole match) is the answer, e.g. "
+                                  f"'#### (-?[0-9.,]+)'") from None
+
     @property
     def is_causal(self) -> bool:
         """A causal LM task: completions trained and scored by a model's LM head."""
@@ -210,8 +232,9 @@ class TaskConfig:
     @property
     def is_regression(self) -> bool:
         """No labels: a regression task, or a causal LM task without choices (its per-example losses then
-        travel as one value per example, as regression outputs do)."""
-        return self.labels is None
+        travel as one value per example, as regression outputs do). Not a task scored by ``exact_match``: its
+        outputs are one right/wrong per example, compared as a classifier's accuracy."""
+        return self.labels is None and self.metric != EXACT_MATCH
 
     @property
     def num_labels(self) -> int:

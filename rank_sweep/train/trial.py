@@ -324,6 +324,9 @@ def resolved_config(cfg: RunConfig) -> dict:
     if not cfg.task.is_causal:  # keys a classifier never reads: its record stays as before they existed
         for key in cfg.task.LM_KEYS:
             task.pop(key, None)
+    for key, before in cfg.task.LM_KEYS_ADDED.items():  # at their old value: a stored study's fingerprint matches
+        if key in task and task[key] == before:
+            task.pop(key)
     for key, before in TRAINER_KEYS_ADDED.items():  # recorded when set: a stored study's fingerprint still matches
         if d["trainer"].get(key) == before:
             d["trainer"].pop(key)

@@ -89,3 +89,28 @@ def test_bad_data_and_models_are_one_line_before_training(tiny_llama, tiny_model
     assert msg.startswith(f"model {tiny_model_dir!r} has no LM head for causal LM task lm_toy: it is saved as BertModel")
     msg = error_of(compose_lm(base + ["search.head_reference=true"]))
     assert msg.startswith("search.head_reference=true is not valid for causal LM task lm_toy")
+
+
+def test_an_exact_match_trial_scores_greedy_answers_and_keeps_them(tiny_llama, lm_toy, tmp_path):
+    # the tiny random model learns the answer word in a few full fine-tuning steps, not yet to stop after it: the
+    # pattern reads the first word, as a user's pattern reads "#### 72" out of a longer generation
+    cfg = compose_lm(lm_overrides(tiny_llama, lm_toy, tmp_path, choices=False) + [
+        "task.metric=exact_match", "task.metrics=[exact_match,loss]", "task.max_new_tokens=3",
+        "task.answer_pattern='([a-z]+)'", "lora.full_finetune=true", "trainer.lr=1e-2"])
+    result = run_trial(cfg, cache=WorkerCache(), learn_margin=0.02)
+    client = MlflowClient(cfg.tracking.resolved_uri())
+    m = client.get_run(result.run_id).data.metrics
+    assert result.metric == "exact_match" and m["val/exact_match"] == pytest.approx(result.score)
+    assert m["score"] > m["zero_shot/exact_match"] == m["baseline_score"]  # it learned to answer
+    details = np.load(client.download_artifacts(result.run_id, "predictions/val_lm.npz", str(tmp_path)))
+    assert details["generated"].dtype.kind == "U" and len(details["generated"]) == 48
+    assert details["exact_match"].mean() == result.score  # one 0/1 per dev example
+    assert set(details["answer"]) <= {"positive", "negative"}  # one word, read by the pattern
+    assert [a == g.strip() for a, g in zip(details["answer"], details["gold"], strict=True)] == list(
+        details["exact_match"].astype(bool))
+    p = load_predictions(predictions_path(cfg.output_dir, result.run_id))
+    ci = score_interval("exact_match", p.outputs, p.label, is_regression=False, num_labels=2)
+    assert ci.estimate == result.score and (ci.low, ci.high) == pytest.approx(result.score_ci)
+    with open(client.download_artifacts(result.run_id, "predictions/answers.jsonl", str(tmp_path))) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 48 and set(rows[0]) == {"index", "generated", "answer", "gold", "exact_match"}
