@@ -15,8 +15,9 @@ class Budget:
     """Upper limits; ``None`` means no limit. The one budget type, under two config paths:
 
     - ``search.budget.*`` limits the study: a rung over ``max_lora_params``, ``max_trainable_params`` or
-      ``max_rank`` is not trained (its cost is known before training), and the study stops after
-      ``max_trials`` trials or ``max_seconds`` of training;
+      ``max_rank`` is not trained (its cost is known before training), nor one whose peak memory, predicted from
+      the highest measured rung below it (:func:`rank_sweep.study.spec.predicted_memory`), is over
+      ``max_memory_mb``; the study stops after ``max_trials`` trials or ``max_seconds`` of training;
     - ``budget.*`` (``rank-sweep-select``) limits the choice: a configuration over any per-configuration
       limit (the three above, ``max_train_seconds``, its mean training time, and ``max_memory_mb``, its peak
       training memory, the largest over seeds) is not chosen.
