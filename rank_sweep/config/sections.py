@@ -6,10 +6,8 @@ names it and what is valid; defaults come from ``conf/`` (:func:`rank_sweep.conf
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +18,11 @@ from rank_sweep.config.base import (
     METRICS,
     MINIMIZED,
     PRECISIONS,
-    QUANTIZATIONS,
     TASK_SOURCES,
     TASK_TYPES,
     TRUNCATIONS,
+    check_generation,
+    check_quantization,
     check_rank,
     conf_yaml,
     default,
@@ -45,25 +44,15 @@ class ModelConfig:
     name_or_path: str = default("model", "name_or_path")
     family: str | None = default("model", "family")  # auto-detected from config.model_type when None
     trust_remote_code: bool = default("model", "trust_remote_code")
-    # none, or the base loaded quantized by bitsandbytes (nf4/fp4: 4 bits, QLoRA; int8), compute dtype from
-    # trainer.precision (rank_sweep.train.loading.quantization_config)
+    # none, or the base loaded by bitsandbytes: nf4/fp4 (4 bits, QLoRA), int8 (rank_sweep.train.loading)
     quantization: str = field(default_factory=lambda: option_defaults("model").get("quantization", "none"))
 
     def __post_init__(self) -> None:
         if not self.name_or_path or not isinstance(self.name_or_path, str):
             raise ConfigError(f"model.name_or_path={self.name_or_path!r} is not valid: give a hub id or a local folder")
-        if self.quantization is None:
-            self.quantization = "none"
-        one_of("model.quantization", self.quantization, QUANTIZATIONS)
-        if self.quantized and importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError(f"model.quantization={self.quantization} needs the bitsandbytes package, which is not "
-                              f"installed: pip install 'rank-sweep[quant]' (or bitsandbytes), or set "
-                              f"model.quantization=none")
+        self.quantization = check_quantization(self.quantization)
 
-    @property
-    def quantized(self) -> bool:
-        """The base is loaded quantized (its linear layers are bitsandbytes layers, frozen)."""
-        return self.quantization != "none"
+    quantized = property(lambda self: self.quantization != "none", doc="The base's linear layers are bitsandbytes'")
 
     @property
     def label(self) -> str:
@@ -131,7 +120,7 @@ class TaskConfig:
     # the keys only a causal LM task reads (left out of a classification task's recorded config)
     LM_KEYS = ("type", "format", "prompt_field", "completion_field", "messages_field", "text_field",
                "prompt_template", "choices", "truncation", "append_eos", "max_new_tokens", "answer_pattern")
-    # LM keys added later, with the value every causal trial had before them (left out of its record at that value)
+    # LM keys added later, with the value causal trials had before (left out of the record at that value)
     LM_KEYS_ADDED = {"max_new_tokens": 16, "answer_pattern": None}
 
     def __post_init__(self) -> None:
@@ -191,7 +180,7 @@ class TaskConfig:
             raise ConfigError("task.labels is set but task.choices is not: a causal LM task's labels name the "
                               "label values of its choices; set task.choices (or task.labels=null)")
         if EXACT_MATCH in self.metrics:
-            self._check_generation()
+            check_generation(self.format, self.max_new_tokens, self.answer_pattern)
         needs = [m for m in self.metrics if m in CHOICE_METRICS]
         if needs and self.choices is None:
             raise ConfigError(f"task.metrics contains {needs[0]!r}, which scores the most likely of task.choices: "
@@ -210,20 +199,6 @@ class TaskConfig:
             raise ConfigError(f"task.source={self.source} needs task.train_file and task.validation_file "
                               f"(got {self.train_file!r}, {self.validation_file!r})")
 
-    def _check_generation(self) -> None:
-        """exact_match: a prompt to answer, a number of tokens to generate, a pattern that compiles."""
-        if self.format == "text":
-            raise ConfigError("task.metric=exact_match is not valid with task.format=text: a text task has no prompt "
-                              "to answer; use task.format=prompt_completion or chat")
-        positive("task.max_new_tokens", self.max_new_tokens, integer=True)
-        if self.answer_pattern is not None:
-            try:
-                re.compile(self.answer_pattern)
-            except (re.error, TypeError) as e:
-                raise ConfigError(f"task.answer_pattern={self.answer_pattern!r} is not a valid regular expression "
-                                  f"({e}): give one whose group 1 (or whole match) is the answer, e.g. "
-                                  f"'#### (-?[0-9.,]+)'") from None
-
     @property
     def is_causal(self) -> bool:
         """A causal LM task: completions trained and scored by a model's LM head."""
@@ -232,8 +207,7 @@ class TaskConfig:
     @property
     def is_regression(self) -> bool:
         """No labels: a regression task, or a causal LM task without choices (its per-example losses then
-        travel as one value per example, as regression outputs do). Not a task scored by ``exact_match``: its
-        outputs are one right/wrong per example, compared as a classifier's accuracy."""
+        travel as one value per example, as regression outputs do); not ``exact_match`` (one right/wrong each)."""
         return self.labels is None and self.metric != EXACT_MATCH
 
     @property
