@@ -180,10 +180,10 @@ def check_quantized_run(cfg: RunConfig) -> None:
 
 def prepare_quantized(model: torch.nn.Module) -> torch.nn.Module:
     """PEFT's k-bit preparation (every base weight frozen, the other float weights in float32; gradient
-    checkpointing stays the trial's, :mod:`rank_sweep.train.model`); and bitsandbytes' CPU inference repacking turned off: on a CPU with AVX-512
-    BF16 a 4-bit layer in eval mode rewrites its weight into a packed layout whose matmul has no backward, so
-    training after a validation pass would stop the gradient at every quantized layer (and the repacking fails
-    on layers narrower than a quantization block)."""
+    checkpointing stays the trial's, :mod:`rank_sweep.train.model`), and bitsandbytes' CPU inference repacking
+    turned off: on a CPU with AVX-512 BF16 a 4-bit layer in eval mode rewrites its weight into a packed layout
+    whose matmul has no backward, so training after a validation pass would stop the gradient at every quantized
+    layer (and the repacking fails on layers narrower than a quantization block)."""
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -191,6 +191,7 @@ def prepare_quantized(model: torch.nn.Module) -> torch.nn.Module:
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
     return model
+
 
 # names of the classes a causal LM checkpoint is saved as (config.architectures)
 CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
