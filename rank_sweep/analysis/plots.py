@@ -83,24 +83,28 @@ def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metri
     return _save(fig, path)
 
 
+X_LABELS = {"trainable_params": "trainable parameters", "peak_memory_mb": "peak training memory (MiB)"}
+
+
 def plot_pareto(
     summaries: Sequence[ConfigSummary],
     path: str | Path,
     metric_name: str,
     front: Sequence[ConfigSummary] | None = None,
     direction: str = "maximize",
+    x: str = "trainable_params",
 ) -> Path:
-    """Score against trainable params (log x); the Pareto front (by default of the
-    learning configurations) marked and joined, non-learning ones crossed."""
-    pts = [s for s in _scored(summaries) if s.trainable_params is not None]
+    """Score against ``x`` (log x): trainable params, or ``peak_memory_mb``; the Pareto front (by default of
+    the learning configurations) marked and joined, non-learning ones crossed."""
+    pts = [s for s in _scored(summaries) if getattr(s, x) is not None]
     if not pts:
-        raise RankSweepError("no configuration with a score and a trainable-parameter count to plot")
+        raise RankSweepError(f"no configuration with a score and a {X_LABELS[x]} to plot")
     if front is None:  # as select() draws it: a configuration that does not learn is no trade-off
-        front = pareto_front([s for s in pts if not s.not_learning], direction)
-    front = sorted(front, key=lambda s: s.trainable_params)
+        front = pareto_front([s for s in pts if not s.not_learning], direction, cost=x)
+    front = sorted(front, key=lambda s: getattr(s, x))
     fig, ax = _figure()
     ax.errorbar(
-        [s.trainable_params for s in pts],
+        [getattr(s, x) for s in pts],
         [s.mean for s in pts],
         yerr=[s.std for s in pts],
         fmt="o",
@@ -110,7 +114,7 @@ def plot_pareto(
         label="configurations",
     )
     ax.plot(
-        [s.trainable_params for s in front],
+        [getattr(s, x) for s in front],
         [s.mean for s in front],
         "-D",
         color="tab:red",
@@ -119,7 +123,7 @@ def plot_pareto(
     stuck = [s for s in pts if s.not_learning]
     if stuck:
         ax.scatter(
-            [s.trainable_params for s in stuck],
+            [getattr(s, x) for s in stuck],
             [s.mean for s in stuck],
             marker="x",
             s=80,
@@ -127,9 +131,9 @@ def plot_pareto(
             label="not learning",
         )
     for s in pts:
-        ax.annotate(s.label, (s.trainable_params, s.mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(s.label, (getattr(s, x), s.mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters")
+    ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(f"validation {metric_name}")
     ax.set_title(f"validation {metric_name} against cost")
     ax.grid(True, which="both", alpha=0.3)

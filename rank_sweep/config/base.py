@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import os
+import re
 from dataclasses import field
 from functools import cache
 from typing import Any
@@ -35,6 +37,8 @@ TASK_SOURCES = ("glue", "csv", "jsonl", "hub")
 
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "loss", "perplexity")  # loss: validation cross-entropy
 # (MSE: regression; per completion token: a causal LM task); perplexity: exp(loss), causal LM tasks only
+# model.quantization: the base as loaded (bitsandbytes): nf4 and fp4 are 4-bit (QLoRA), int8 LLM.int8()
+QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
 MINIMIZED = ("loss", "perplexity")  # better when lower: the study's direction follows the primary metric
 
 # task.type: a task yaml without it is a classification (or regression) task, as every GLUE preset is
@@ -188,3 +192,27 @@ def distinct_roles(name: str, targets: list) -> None:
 def targets_key(targets: list[str] | tuple[str, ...]) -> str:
     """The logged form of a target set: roles joined by commas, e.g. ``Wq,Wv``."""
     return ",".join(targets)
+
+
+def check_quantization(value: str | None) -> str:
+    """``model.quantization`` checked (None reads as ``none``): a known value, and bitsandbytes installed for it."""
+    value = "none" if value is None else value
+    one_of("model.quantization", value, QUANTIZATIONS)
+    if value != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"model.quantization={value} needs the bitsandbytes package, which is not installed: "
+                          f"pip install 'rank-sweep[quant]' (or bitsandbytes), or set model.quantization=none")
+    return value
+
+
+def check_generation(fmt: str, max_new_tokens: Any, answer_pattern: Any) -> None:
+    """``task.metric=exact_match``: a prompt to answer, a number of tokens to generate, a pattern that compiles."""
+    if fmt == "text":
+        raise ConfigError("task.metric=exact_match is not valid with task.format=text: a text task has no prompt "
+                          "to answer; use task.format=prompt_completion or chat")
+    positive("task.max_new_tokens", max_new_tokens, integer=True)
+    if answer_pattern is not None:
+        try:
+            re.compile(answer_pattern)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"task.answer_pattern={answer_pattern!r} is not a valid regular expression ({e}): give "
+                              f"one whose group 1 (or whole match) is the answer, e.g. '#### (-?[0-9.,]+)'") from None

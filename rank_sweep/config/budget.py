@@ -15,16 +15,19 @@ class Budget:
     """Upper limits; ``None`` means no limit. The one budget type, under two config paths:
 
     - ``search.budget.*`` limits the study: a rung over ``max_lora_params``, ``max_trainable_params`` or
-      ``max_rank`` is not trained (its cost is known before training), and the study stops after
-      ``max_trials`` trials or ``max_seconds`` of training;
+      ``max_rank`` is not trained (its cost is known before training), nor one whose peak memory, predicted from
+      the highest measured rung below it (:func:`rank_sweep.study.spec.predicted_memory`), is over
+      ``max_memory_mb``; the study stops after ``max_trials`` trials or ``max_seconds`` of training;
     - ``budget.*`` (``rank-sweep-select``) limits the choice: a configuration over any per-configuration
-      limit (the three above and ``max_train_seconds``, its mean training time) is not chosen.
+      limit (the three above, ``max_train_seconds``, its mean training time, and ``max_memory_mb``, its peak
+      training memory, the largest over seeds) is not chosen.
     """
 
     max_lora_params: int | None = None
     max_trainable_params: int | None = None
     max_rank: int | None = None
     max_train_seconds: float | None = None
+    max_memory_mb: float | None = None  # peak training memory (train.memory: CUDA allocator, or peak RSS on CPU)
     max_trials: int | None = None
     max_seconds: float | None = None
     where: str = field(default="budget", repr=False, compare=False)  # the config path, for messages
@@ -33,7 +36,7 @@ class Budget:
         for f in self.limits():
             v = getattr(self, f)
             if v is not None:
-                positive(f"{self.where}.{f}", v, integer=not f.endswith("seconds"))
+                positive(f"{self.where}.{f}", v, integer=not f.endswith(("seconds", "_mb")))
 
     @classmethod
     def limits(cls) -> list[str]:
@@ -42,7 +45,7 @@ class Budget:
     def fits(self, summary) -> tuple[bool, str | None]:
         """``(True, None)``, or ``(False, "over budget: ...")`` naming the first per-configuration limit that
         ``summary`` (anything with ``targets``, ``r``, ``lora_params``, ``trainable_params``,
-        ``train_seconds``; ``None`` = unknown) breaks."""
+        ``train_seconds``, ``peak_memory_mb``; ``None`` = unknown) breaks."""
         if self.max_rank is not None:
             if summary.targets == "full" or summary.r == 0:
                 return False, f"over budget: full fine-tuning has no rank <= max {self.max_rank}"
@@ -50,7 +53,8 @@ class Budget:
                 return False, f"over budget: r={summary.r} > max {self.max_rank}"
         for name, value, unit in (("max_lora_params", summary.lora_params, "LoRA params"),
                                   ("max_trainable_params", summary.trainable_params, "trainable params"),
-                                  ("max_train_seconds", summary.train_seconds, "s of training")):
+                                  ("max_train_seconds", summary.train_seconds, "s of training"),
+                                  ("max_memory_mb", getattr(summary, "peak_memory_mb", None), "MB peak memory")):
             limit = getattr(self, name)
             if limit is None:
                 continue

@@ -24,6 +24,8 @@ from rank_sweep.config.base import (
     TRUNCATIONS,
     boolean,
     check_classes,
+    check_generation,
+    check_quantization,
     check_rank,
     conf_yaml,
     default,
@@ -48,6 +50,8 @@ class ModelConfig:
     family: str | None = default("model", "family")  # auto-detected from config.model_type when None
     trust_remote_code: bool = default("model", "trust_remote_code")
     pooling: str = default("model", "pooling")  # how a classifier reads the encoder: rank_sweep.train.head
+    # none, or the base loaded by bitsandbytes: nf4/fp4 (4 bits, QLoRA), int8 (rank_sweep.train.loading)
+    quantization: str = field(default_factory=lambda: option_defaults("model").get("quantization", "none"))
 
     def __post_init__(self) -> None:
         if not self.name_or_path or not isinstance(self.name_or_path, str):
@@ -55,6 +59,9 @@ class ModelConfig:
         if self.pooling not in POOLINGS:
             raise ConfigError(f"model.pooling={self.pooling!r} is not valid: use one of {', '.join(POOLINGS)}")
         boolean("model.trust_remote_code", self.trust_remote_code)
+        self.quantization = check_quantization(self.quantization)
+
+    quantized = property(lambda self: self.quantization != "none", doc="The base's linear layers are bitsandbytes'")
 
     @property
     def label(self) -> str:
@@ -77,6 +84,7 @@ class ModelConfig:
 
 MIN_SEQ_LENGTH = (8, "the special tokens alone take 2-3 of them")  # task.max_seq_length's lower bound, and why
 CHOICE_METRICS = ("accuracy", "f1", "mcc")  # of a causal LM task: on the most likely of task.choices
+EXACT_MATCH = "exact_match"  # of a causal LM task: the greedy generation's answer equals the completion's
 
 
 @dataclass
@@ -116,10 +124,14 @@ class TaskConfig:
     choices: list[str] | None = lm_default("choices")
     truncation: str = lm_default("truncation")  # error | left (cut the prompt's start; never the completion)
     append_eos: bool = lm_default("append_eos")  # end each completion with the tokenizer's eos token
+    max_new_tokens: int = lm_default("max_new_tokens")  # exact_match: greedy tokens generated per dev prompt
+    answer_pattern: str | None = lm_default("answer_pattern")  # exact_match: regex of the answer (None: first line)
 
     # the keys only a causal LM task reads (left out of a classification task's recorded config)
     LM_KEYS = ("type", "format", "prompt_field", "completion_field", "messages_field", "text_field",
-               "prompt_template", "choices", "truncation", "append_eos")
+               "prompt_template", "choices", "truncation", "append_eos", "max_new_tokens", "answer_pattern")
+    # LM keys added later, with the value causal trials had before (left out of the record at that value)
+    LM_KEYS_ADDED = {"max_new_tokens": 16, "answer_pattern": None}
 
     def __post_init__(self) -> None:
         one_of("task.type", self.type, TASK_TYPES)
@@ -158,7 +170,7 @@ class TaskConfig:
         one_of("task.truncation", self.truncation, TRUNCATIONS)
         boolean("task.append_eos", self.append_eos)
         for m in [self.metric, *self.metrics]:
-            one_of("task.metric", m, ("loss", "perplexity", *CHOICE_METRICS))
+            one_of("task.metric", m, ("loss", "perplexity", *CHOICE_METRICS, EXACT_MATCH))
         if self.metric == "perplexity":
             raise ConfigError("task.metric='perplexity' is not valid as the primary metric: it is exp(loss) and ranks "
                               "trials the same; use task.metric=loss (perplexity is logged as val/perplexity)")
@@ -176,6 +188,8 @@ class TaskConfig:
         elif self.labels is not None:
             raise ConfigError("task.labels is set but task.choices is not: a causal LM task's labels name the "
                               "label values of its choices; set task.choices (or task.labels=null)")
+        if EXACT_MATCH in self.metrics:
+            check_generation(self.format, self.max_new_tokens, self.answer_pattern)
         needs = [m for m in self.metrics if m in CHOICE_METRICS]
         if needs and self.choices is None:
             raise ConfigError(f"task.metrics contains {needs[0]!r}, which scores the most likely of task.choices: "
@@ -202,8 +216,8 @@ class TaskConfig:
     @property
     def is_regression(self) -> bool:
         """No labels: a regression task, or a causal LM task without choices (its per-example losses then
-        travel as one value per example, as regression outputs do)."""
-        return self.labels is None
+        travel as one value per example, as regression outputs do); not ``exact_match`` (one right/wrong each)."""
+        return self.labels is None and self.metric != EXACT_MATCH
 
     @property
     def num_labels(self) -> int:

@@ -205,8 +205,14 @@ def _percentile(estimate: float, values: np.ndarray, confidence: float) -> Inter
     return Interval(float(estimate), float(low), float(high))
 
 
+# a metric scored as another one on its encoded outputs: exact match on generation travels as one 0/1 per
+# example, encoded as logits whose argmax is the label where the answer was right (train.metrics.causal_outputs)
+ALIASES = {"exact_match": "accuracy"}
+
+
 def metric_values(metric: str, outputs, labels, is_regression: bool, num_labels: int) -> float:
     """The metric on all examples; agrees with :func:`rank_sweep.train.metrics.compute_metrics`."""
+    metric = ALIASES.get(metric, metric)
     prep = _prepare(metric, outputs, labels, is_regression, num_labels)
     return float(_block(metric, [prep], np.ones((1, len(prep[0]))), num_labels)[0, 0])
 
@@ -214,6 +220,7 @@ def metric_values(metric: str, outputs, labels, is_regression: bool, num_labels:
 def score_interval(metric: str, outputs, labels, *, is_regression: bool, num_labels: int,
                    confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Interval:
     """Percentile bootstrap interval of one configuration's score, resampling dev examples."""
+    metric = ALIASES.get(metric, metric)
     preps = [_prepare(metric, o, labels, is_regression, num_labels) for o in _seeds(outputs)]
     full, boot = _bootstrap(metric, preps, num_labels, n_boot, seed, confidence)
     return _percentile(full.mean(), boot.mean(axis=0), confidence)
@@ -223,6 +230,7 @@ def paired_difference(metric: str, outputs_a, outputs_b, labels, *, is_regressio
                       confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Interval:
     """Percentile interval of metric(b) - metric(a). Both are scored on the SAME resampled examples, so the
     per-example difficulty they share cancels: the interval is much narrower than from two separate ones."""
+    metric = ALIASES.get(metric, metric)
     preps_a = [_prepare(metric, o, labels, is_regression, num_labels) for o in _seeds(outputs_a)]
     preps_b = [_prepare(metric, o, labels, is_regression, num_labels) for o in _seeds(outputs_b)]
     full, boot = _bootstrap(metric, preps_a + preps_b, num_labels, n_boot, seed, confidence)

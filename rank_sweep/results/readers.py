@@ -69,6 +69,8 @@ def records_from_study(study: optuna.Study, trials: list | None = None) -> list[
                 score_ci_low=_opt(attrs.get("score_ci_low"), float),
                 score_ci_high=_opt(attrs.get("score_ci_high"), float),
                 nested=attrs.get("nested"),
+                peak_memory_mb=_opt(attrs.get("peak_memory_mb"), float),
+                adapter_mb=_opt(attrs.get("adapter_mb"), float),
             )
         )
     return records
@@ -143,6 +145,8 @@ def record_from_run(run: Any, number: int, intermediate: Iterable[float] = ()) -
         score_ci_low=_num(metrics.get("score_ci_low"), float),
         score_ci_high=_num(metrics.get("score_ci_high"), float),
         nested=_nested(metrics),
+        peak_memory_mb=_num(metrics.get("peak_memory_mb"), float),
+        adapter_mb=_num(metrics.get("adapter_mb"), float),
     )
 
 

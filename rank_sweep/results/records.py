@@ -58,6 +58,8 @@ class TrialRecord:
     score_ci_high: float | None = None
     # a nested-rank screen (search=nested): rank -> [score, ci_low, ci_high, not_learning] of each truncation
     nested: dict | None = field(default=None, compare=False, repr=False)
+    peak_memory_mb: float | None = None  # peak training memory (CUDA allocator, or peak RSS on CPU: train.memory)
+    adapter_mb: float | None = None  # the adapter's size on disk
 
     @property
     def usable(self) -> bool:
@@ -84,6 +86,8 @@ class ConfigSummary:
     ci_low: float | None = None  # interval of the mean: dev-set sampling and seed noise (see statistic)
     ci_high: float | None = None
     unstable: tuple[int, ...] = ()  # trial numbers of seeds that collapsed while their siblings learned
+    peak_memory_mb: float | None = None  # the largest over seeds (what a memory budget must respect)
+    adapter_mb: float | None = None
 
     @property
     def label(self) -> str:
@@ -175,6 +179,8 @@ def statistic(recs: list[TrialRecord], confidence: float = 0.95, direction: str 
         numbers=tuple(rec.number for rec in recs),
         n_not_learning=n_bad,
         tuned=recs[0].tuned,
+        peak_memory_mb=_first(rec.peak_memory_mb for rec in recs),
+        adapter_mb=_first(rec.adapter_mb for rec in recs),
     )
 
 

@@ -81,22 +81,25 @@ def _check_direction(direction: str) -> None:
         raise RankSweepError(f"direction={direction!r} is not valid: choose maximize or minimize")
 
 
-def pareto_front(summaries: Sequence[ConfigSummary], direction: str = "maximize") -> list[ConfigSummary]:
-    """Configurations no other beats on both score and trainable params, cheapest first."""
+def pareto_front(summaries: Sequence[ConfigSummary], direction: str = "maximize",
+                 cost: str = "trainable_params") -> list[ConfigSummary]:
+    """Configurations no other beats on both score and ``cost`` (trainable params, or e.g. ``peak_memory_mb``),
+    cheapest first."""
     _check_direction(direction)
     bad = _key(direction)
-    pts = [s for s in summaries if _has_metrics(s)]
+    pts = [s for s in summaries if _has_metrics(s) and getattr(s, cost) is not None]
+    c = {id(s): getattr(s, cost) for s in pts}
     front = [
         s
         for s in pts
         if not any(
             bad(o) <= bad(s)
-            and o.trainable_params <= s.trainable_params
-            and (bad(o) < bad(s) or o.trainable_params < s.trainable_params)
+            and c[id(o)] <= c[id(s)]
+            and (bad(o) < bad(s) or c[id(o)] < c[id(s)])
             for o in pts
         )
     ]
-    return sorted(front, key=lambda s: (s.trainable_params, bad(s), s.r))
+    return sorted(front, key=lambda s: (c[id(s)], bad(s), s.r))
 
 
 def as_summaries(items: Sequence[TrialRecord | ConfigSummary]) -> list[ConfigSummary]:
@@ -118,6 +121,7 @@ def _no_fit_error(budget: Budget, pool: list[ConfigSummary]) -> RankSweepError:
         ("max_lora_params", "LoRA params", "lora_params"),
         ("max_trainable_params", "trainable params", "trainable_params"),
         ("max_train_seconds", "s of training", "train_seconds"),
+        ("max_memory_mb", "MB peak memory", "peak_memory_mb"),
         ("max_rank", "", "r"),
     ]:
         limit = getattr(budget, name)

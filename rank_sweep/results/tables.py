@@ -16,12 +16,22 @@ from rank_sweep.results.records import ConfigSummary, TrialRecord
 from rank_sweep.results.selection import Selection, as_summaries, cost_text, count_text, score_text
 
 
-def _rows(summaries: Sequence[ConfigSummary]) -> list[list[str]]:
+def _rows(summaries: Sequence[ConfigSummary], memory: bool = False) -> list[list[str]]:
     return [
         [s.targets, str(s.r), score_text(s.mean), interval_text(s), f"{s.std:.3g}", str(s.n), count_text(s.lora_params),
-         count_text(s.trainable_params)]
+         count_text(s.trainable_params), *([mb_text(s.peak_memory_mb), mb_text(s.adapter_mb)] if memory else [])]
         for s in summaries
     ]
+
+
+def mb_text(x: float | None) -> str:
+    """A size in MiB as the tables write it: ``1,234``, ``0.44``, ``?`` when unknown."""
+    return "?" if x is None else f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def has_memory(summaries: Sequence[ConfigSummary]) -> bool:
+    """Whether any row was measured (trials from before the memory metrics have none: no column then)."""
+    return any(s.peak_memory_mb is not None or s.adapter_mb is not None for s in summaries)
 
 
 def interval_text(s: ConfigSummary) -> str:
@@ -34,6 +44,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 HEADER = ["targets", "r", "mean", "interval", "std", "n", "LoRA params", "trainable params"]
+MEMORY_HEADER = ["peak memory MB", "adapter MB"]  # shown when measured (rank_sweep.train.memory)
 
 
 def note(s: ConfigSummary) -> str:
@@ -50,7 +61,8 @@ def note(s: ConfigSummary) -> str:
 
 def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "markdown",
                   decisions: dict | None = None) -> str:
-    """One row per (targets, r): mean score and its interval, seed std, seeds, LoRA and trainable params;
+    """One row per (targets, r): mean score and its interval, seed std, seeds, LoRA and trainable params, peak
+    training memory and adapter size (MiB; the markdown shows them when any row has them);
     with ``decisions`` ((targets, r, probe lr or None) -> the ladder's rung), the CSV also carries each rung's
     verdict and the interval of its difference to the best lower rung (``diff``, ``diff_ci_low``,
     ``diff_ci_high``); its last column ``label`` names the row with any tuned value (``Wq r=1 lr=0.003``)."""
@@ -58,18 +70,20 @@ def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "mark
     decisions = decisions or {}
     if fmt == "markdown":
         notes = [note(s) for s in summaries]
-        rows = [row + [note] for row, note in zip(_rows(summaries), notes, strict=True)]
-        return _markdown(HEADER + ["note"], rows)
+        memory = has_memory(summaries)
+        rows = [row + [note] for row, note in zip(_rows(summaries, memory), notes, strict=True)]
+        return _markdown(HEADER + (MEMORY_HEADER if memory else []) + ["note"], rows)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["targets", "r", "mean", "std", "n", "lora_params", "trainable_params", "not_learning",
-                    "ci_low", "ci_high", "decision", "vs_r", "diff", "diff_ci_low", "diff_ci_high", "label"])
+                    "ci_low", "ci_high", "decision", "vs_r", "diff", "diff_ci_low", "diff_ci_high", "peak_memory_mb",
+                    "adapter_mb", "label"])
         for s in summaries:
             g = decisions.get((s.targets, s.r, dict(s.tuned).get("lr")))
             verdict = [None] * 5 if g is None else [g.decision, g.vs_r, g.diff, g.diff_ci_low, g.diff_ci_high]
             w.writerow([s.targets, s.r, s.mean, s.std, s.n, s.lora_params, s.trainable_params, s.not_learning,
-                        s.ci_low, s.ci_high, *verdict, s.label])
+                        s.ci_low, s.ci_high, *verdict, s.peak_memory_mb, s.adapter_mb, s.label])
         return buf.getvalue()
     raise RankSweepError(f"fmt={fmt!r} is not valid: choose markdown or csv")
 
@@ -97,6 +111,7 @@ def format_selection(selection: Selection) -> str:
         else "  (none)",
         "",
         "Pareto front (score vs trainable params, learning configurations):",
-        _markdown(HEADER, _rows(selection.pareto)),
+        _markdown(HEADER + (MEMORY_HEADER if has_memory(selection.pareto) else []),
+                  _rows(selection.pareto, has_memory(selection.pareto))),
     ]
     return "\n".join(lines)

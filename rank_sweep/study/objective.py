@@ -24,6 +24,7 @@ from rank_sweep.study.sampler import POINT_ATTR, trial_records
 from rank_sweep.study.workers import claim_for_this_worker
 from rank_sweep.train import nested
 from rank_sweep.train.loading import resolve_precision
+from rank_sweep.train.memory import MEMORY_ATTRS
 from rank_sweep.train.trial import resolved_config, run_trial
 
 
@@ -135,6 +136,7 @@ class Objective:
                            "score_metric": result.metric, "score_epoch": result.score_epoch,
                            "score_ci_low": result.score_ci[0] if result.score_ci else None,
                            "score_ci_high": result.score_ci[1] if result.score_ci else None,
+                           **{k: result.memory.get(k) for k in MEMORY_ATTRS},
                            # the trial's own resolved config: the preset rank-sweep-select writes retrains this
                            "config": {k: v for k, v in resolved_config(run).items() if k in TRIAL_SECTIONS}}.items():
             trial.set_user_attr(key, value)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from rank_sweep.results.paired import is_gain
 from rank_sweep.results.records import FULL, HEAD, TrialRecord, statistic
 from rank_sweep.study.history import History, Point, point_of, screened_records
-from rank_sweep.study.spec import LadderSpec, over_budget, rung_seeds
+from rank_sweep.study.spec import LadderSpec, over_budget, over_memory, rung_seeds
 
 __all__ = ["LadderSpec", "Plan", "Point", "Rung", "LadderState", "plan", "point_of", "pointless", "over_budget",
            "rung_seeds", "walk_ladder"]
@@ -92,8 +92,9 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
     stale = 0
     spread: list[tuple[int, float]] = []
     by_rank: dict[int, list[TrialRecord]] = {}
+    measured: dict[int, float] = {}  # rank -> peak memory (MiB, the largest over its seeds): search.budget.max_memory_mb
     for r in spec.ranks:
-        why = over_budget(spec, targets, r)
+        why = over_budget(spec, targets, r) or over_memory(spec, targets, r, measured)
         if why:
             state.finished, state.reason = True, f"budget: next rung {why}"
             break
@@ -106,6 +107,9 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
             if probed is None:
                 break  # a probe is running
             done, kind = probed
+        peaks = [rec.peak_memory_mb for rec in done if rec.peak_memory_mb is not None]
+        if peaks:
+            measured[r] = max(peaks)
         if kind != "learning":
             state.rungs.append(Rung(r, 0, None, 0.0, kind, "no learning seed: not a plateau signal", lr=state.lr))
             continue

@@ -248,6 +248,9 @@ def draw_plots(info: dict, cfg: RunConfig, folder: str) -> list[str]:
     jobs = {"rank_curves.png": lambda path: plots.plot_rank_curves(info["summaries"], path, cfg.task.metric),
             "pareto.png": lambda path: plots.plot_pareto(info["summaries"], path, cfg.task.metric, direction=d),
             "learning_curves.png": lambda path: plots.plot_learning_curves(info["records"], path, cfg.task.metric)}
+    if any(x.peak_memory_mb is not None for x in info["summaries"]):  # the same trade-off against measured memory
+        jobs["pareto_memory.png"] = lambda path: plots.plot_pareto(info["summaries"], path, cfg.task.metric,
+                                                                  direction=d, x="peak_memory_mb")
     skipped = []
     for name, draw in jobs.items():
         try:

@@ -106,7 +106,7 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
         references=[(m.name, method_size(m)) for m in s.references()], reference_lr=s.reference_lrs(),
         max_retries=s.max_retries, cost=cost,
         max_lora_params=s.budget.max_lora_params, max_trainable_params=s.budget.max_trainable_params,
-        rank_limit=s.budget.max_rank,
+        rank_limit=s.budget.max_rank, max_memory_mb=s.budget.max_memory_mb,
         grid=s.strategy == "grid", tuned=s.strategy == "tpe", nested=s.strategy == "nested", speculate=s.speculate,
         noise_seeds=[cfg.seed + s.seeds + i for i in range(s.noise_seeds)], compare=compare, confidence=s.confidence,
         lr_probe=[] if s.strategy != "ladder" else [float(m) for m in s.lr_probe], base_lr=cfg.trainer.lr,

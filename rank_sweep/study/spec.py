@@ -32,6 +32,7 @@ class LadderSpec:
     max_lora_params: int | None = None
     max_trainable_params: int | None = None
     rank_limit: int | None = None  # search.budget.max_rank
+    max_memory_mb: float | None = None  # search.budget.max_memory_mb: a rung predicted over it is not trained
     grid: bool = False
     nested: bool = False  # search=nested: one nested-rank screen per target set, then confirmations
     tuned: bool = False  # TPE: the sampler draws points (and other values); the plan neither proposes nor judges
@@ -65,3 +66,33 @@ def over_budget(spec: LadderSpec, targets: str, r: int) -> str | None:
     if spec.max_trainable_params is not None and trainable > spec.max_trainable_params:
         return f"r={r} needs {trainable:,} trainable params > budget {spec.max_trainable_params:,}"
     return None
+
+
+# the bytes one more trainable parameter adds to a trial's peak: its float32 weight, its gradient and AdamW's two
+# moments (the activations of the LoRA factors, r values per token and adapted matrix, are left out)
+BYTES_PER_TRAINABLE = 16
+
+
+def predicted_memory(spec: LadderSpec, targets: str, r: int, measured: dict[int, float]) -> tuple[float, int] | None:
+    """(the peak memory in MiB predicted for rung ``r``, the rung it is predicted from), or None without a measured
+    rung below it: the highest measured rung's peak (the largest over its seeds) plus
+    :data:`BYTES_PER_TRAINABLE` for every trainable parameter rung ``r`` adds to it."""
+    below = [x for x in measured if x < r]
+    if not below or spec.cost is None:
+        return None
+    r0 = max(below)
+    extra = spec.cost(targets, r)[1] - spec.cost(targets, r0)[1]
+    return measured[r0] + extra * BYTES_PER_TRAINABLE / 2 ** 20, r0
+
+
+def over_memory(spec: LadderSpec, targets: str, r: int, measured: dict[int, float]) -> str | None:
+    """Why rung ``r`` is not trained under ``search.budget.max_memory_mb``, or None (no budget, no measured rung
+    below it, or predicted within it)."""
+    if spec.max_memory_mb is None:
+        return None
+    guess = predicted_memory(spec, targets, r, measured)
+    if guess is None or guess[0] <= spec.max_memory_mb:
+        return None
+    mb, r0 = guess
+    return (f"r={r} is predicted to need {mb:,.0f} MB peak memory > budget {spec.max_memory_mb:,.0f} "
+            f"(r={r0} measured {measured[r0]:,.0f} MB + {BYTES_PER_TRAINABLE} bytes per added trainable param)")

@@ -16,6 +16,7 @@ once per worker: that is a causal task's baseline (``baseline_score``, ``zero_sh
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -25,13 +26,18 @@ import torch
 import torch.nn.functional as F
 
 from rank_sweep.config import RunConfig
-from rank_sweep.config.sections import CHOICE_METRICS
+from rank_sweep.config.sections import CHOICE_METRICS, EXACT_MATCH
 from rank_sweep.errors import ConfigError
+from rank_sweep.train import answers
 from rank_sweep.train.lm_data import IGNORE, CausalDataModule
 from rank_sweep.train.metrics import Reference, causal_metrics, causal_outputs
 from rank_sweep.train.model import NonFiniteLossError, SequenceClassifier
 
-DETAILS = "predictions/val_lm.npz"  # MLflow artifact: per-example nll, tokens, choice_ll, choice of the scored epoch
+# MLflow artifact: per-example nll, tokens, choice_ll, choice of the scored epoch; with exact_match also the
+# generated text, the answer read from it, the gold completion and the 0/1 match (strings: np.load reads them
+# without pickle)
+DETAILS = "predictions/val_lm.npz"
+ANSWERS = "predictions/answers.jsonl"  # exact_match: the same answers, one JSON line per dev example
 
 
 def check_causal_run(cfg: RunConfig) -> None:
@@ -74,6 +80,7 @@ class CausalLM(SequenceClassifier):
     def __init__(self, model: torch.nn.Module, task, trainer_cfg):
         super().__init__(model, task, trainer_cfg)
         self._parts: list[tuple] = []
+        self._texts: list[list[tuple]] = []  # exact_match: (generated, answer, gold, same) per dev example
         self.choice_ids: list[list[int]] | None = None
         self.val_choice: np.ndarray | None = None
         self.pad_id = 0
@@ -106,6 +113,35 @@ class CausalLM(SequenceClassifier):
                 scores = self._choice_scores(batch)
         self._parts.append(tuple(x.detach().cpu().numpy() if x is not None else None
                                  for x in (-picked.sum(1), lengths, scores)))
+        if EXACT_MATCH in self.task.metrics:
+            self._texts.append(self._generate_answers(batch))
+
+    def _prompts_and_golds(self, batch) -> tuple[dict, list[list[int]]]:
+        """Each row's prompt (left-padded, as a batch) and its completion's token ids."""
+        real = batch["attention_mask"].bool()
+        completion = (batch["labels"] != IGNORE).sum(1)
+        prompts, golds = [], []
+        for i in range(len(real)):
+            ids = batch["input_ids"][i][real[i]].tolist()
+            cut = len(ids) - int(completion[i])
+            prompts.append({"input_ids": ids[:cut]})
+            golds.append(ids[cut:])
+        sub = self.trainer.datamodule.collator(prompts)
+        return {k: v.to(batch["input_ids"].device) for k, v in sub.items()}, golds
+
+    @torch.no_grad()
+    def _generate_answers(self, batch) -> list[tuple[str, str, str, bool]]:
+        """Greedy generation after each prompt: (generated text, its answer, the gold completion, exact match)."""
+        tok = self.trainer.datamodule.tokenizer
+        prompts, golds = self._prompts_and_golds(batch)
+        new = generate(self.model, prompts, self.task.max_new_tokens, self.pad_id, tok.eos_token_id)
+        out = []
+        for ids, gold_ids in zip(new.tolist(), golds, strict=True):
+            text = tok.decode(ids, skip_special_tokens=True)
+            gold = tok.decode(gold_ids, skip_special_tokens=True)
+            answer, same = answers.exact_match(text, gold, self.task.answer_pattern)
+            out.append((text, answer, gold, same))
+        return out
 
     @torch.no_grad()
     def _choice_scores(self, batch) -> torch.Tensor:
@@ -124,15 +160,20 @@ class CausalLM(SequenceClassifier):
         if not self._parts:
             return
         nll, tokens, scores = (np.concatenate(p) if p[0] is not None else None for p in zip(*self._parts, strict=True))
-        self._parts = []
+        texts = [row for part in self._texts for row in part]
+        self._parts, self._texts = [], []
         choice = self.val_choice if scores is not None else None
-        metrics = causal_metrics(self.task, nll, tokens, scores, choice)
-        self.last_outputs, self.last_labels = causal_outputs(self.task, nll, tokens, scores, choice)
+        exact = np.asarray([same for *_, same in texts], dtype=np.float64) if texts else None
+        metrics = causal_metrics(self.task, nll, tokens, scores, choice, exact)
+        self.last_outputs, self.last_labels = causal_outputs(self.task, nll, tokens, scores, choice, exact)
         self.last_metrics = metrics
         self.constant_predictions = self.is_constant(self.last_outputs)
         details = {"nll": nll, "tokens": tokens}
         if scores is not None:
             details.update(choice_ll=scores, choice=choice)
+        if texts:  # what was judged, readable: the generation, the answer read from it, the gold completion
+            generated, answer, gold, _ = (np.asarray(col, dtype=str) for col in zip(*texts, strict=True))
+            details.update(generated=generated, answer=answer, gold=gold, exact_match=exact)
         self.details[self.current_epoch] = details
         if not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, **metrics})
@@ -168,12 +209,13 @@ def zero_shot(cfg: RunConfig, tok, base, tokenized, precision: str) -> Reference
 
 
 @torch.no_grad()
-def generate(model, batch: dict, max_new_tokens: int, pad_id: int) -> torch.Tensor:
-    """Greedy continuation tokens of a left-padded prompt batch (float32, no sampling)."""
+def generate(model, batch: dict, max_new_tokens: int, pad_id: int, eos_id: int | None = None) -> torch.Tensor:
+    """Greedy continuation tokens of a left-padded prompt batch (no sampling; stops at ``eos_id`` if given)."""
     was = model.training
     model.eval()
+    stop = {} if eos_id is None else {"eos_token_id": eos_id}
     out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+                         max_new_tokens=max_new_tokens, pad_token_id=pad_id, **stop)
     model.train(was)
     return out[:, batch["input_ids"].shape[1]:]
 
@@ -199,6 +241,15 @@ def record(cfg: RunConfig, fit, model, reference, client, run_id: str) -> dict[s
             path = os.path.join(tmp, os.path.basename(DETAILS))
             np.savez_compressed(path, **details)
             client.log_artifact(run_id, path, os.path.dirname(DETAILS))
+            if "generated" in details:  # the same answers as one JSON line per dev example, to read
+                rows = os.path.join(tmp, os.path.basename(ANSWERS))
+                with open(rows, "w") as f:
+                    for i, (text, answer, gold, same) in enumerate(zip(
+                            details["generated"], details["answer"], details["gold"], details["exact_match"],
+                            strict=True)):
+                        f.write(json.dumps({"index": i, "generated": str(text), "answer": str(answer),
+                                            "gold": str(gold), "exact_match": bool(same)}) + "\n")
+                client.log_artifact(run_id, rows, os.path.dirname(ANSWERS))
     merged = os.path.join(cfg.output_dir, "adapters", run_id, "merged")
     if cfg.save_adapter and os.path.isdir(merged):
         final.update(same_generation(model, merged, fit.datamodule.prompt_batch(), fit.datamodule.pad_id))

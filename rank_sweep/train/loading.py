@@ -82,7 +82,10 @@ class WorkerCache:
             from rank_sweep.train.causal import check_causal_run
 
             check_causal_run(cfg)
-        key = (cfg.model.name_or_path, "causal_lm" if causal else cfg.task.num_labels)
+        check_quantized_run(cfg)
+        quantized = quantization_config(cfg)
+        key = (cfg.model.name_or_path, "causal_lm" if causal else cfg.task.num_labels, cfg.model.quantization,
+               None if quantized is None else str(getattr(quantized, "bnb_4bit_compute_dtype", None)))
         if key not in self._models:
             path = resolve_model_path(cfg.model.name_or_path)
             if path.endswith(".gguf"):
@@ -105,11 +108,12 @@ class WorkerCache:
                                       f"loaded ({type(e).__name__}: {first_line(e)[:160]}): the folder needs the "
                                       f"tokenizer files the model was saved with (tokenizer.json, or vocab "
                                       f"files)") from None
+                extra = {} if quantized is None else {"quantization_config": quantized}
                 if causal:
-                    model = load_causal_lm(path, cfg)
+                    model = load_causal_lm(path, cfg, **extra)
                 else:
                     model = AutoModelForSequenceClassification.from_pretrained(
-                        path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code
+                        path, num_labels=cfg.task.num_labels, trust_remote_code=cfg.model.trust_remote_code, **extra
                     )
             except OSError as e:
                 if os.path.isdir(os.path.expanduser(path)):  # a local folder: the hub is not to blame
@@ -125,6 +129,8 @@ class WorkerCache:
             if causal:  # the completion ends every row: the LM head runs on the last positions only
                 tok.padding_side = "left"
             model.config.pad_token_id = tok.pad_token_id
+            if quantized is not None:
+                model = prepare_quantized(model)
             self._models[key] = (tok, model, lora.num_params(model))
         tok, model, _ = self._models[key]
         check_seq_length(cfg, tok, model)  # on every call: configs sharing a cached model differ in length
@@ -163,11 +169,63 @@ class WorkerCache:
 
 DEFAULT_CACHE = WorkerCache()
 
+# trainer.precision (resolved) -> the dtype a 4-bit layer computes in
+COMPUTE_DTYPES = {"bf16-mixed": "bfloat16", "bf16-true": "bfloat16", "16-mixed": "float16", "16-true": "float16"}
+
+
+def quantization_config(cfg: RunConfig):
+    """transformers' ``BitsAndBytesConfig`` for ``model.quantization`` (None for ``none``): 4-bit NF4 or FP4 with
+    double quantization (QLoRA's recipe) and the compute dtype of ``trainer.precision``, or LLM.int8()."""
+    if not cfg.model.quantized:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.model.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    dtype = getattr(torch, COMPUTE_DTYPES.get(resolve_precision(cfg), "float32"))
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.model.quantization,
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+
+
+def check_quantized_run(cfg: RunConfig) -> None:
+    """What a quantized base cannot take, refused in one line before it loads."""
+    q = cfg.model.quantization
+    if not cfg.model.quantized:
+        return
+    if cfg.lora.full_finetune or cfg.search.full_reference():
+        key = "lora.full_finetune" if cfg.lora.full_finetune else "search.include_full_finetune / reference_methods=[full]"
+        raise ConfigError(f"{key} is not valid with model.quantization={q}: the base's weights are stored as frozen "
+                          f"{q} bitsandbytes tensors, which cannot be trained; set model.quantization=none for full "
+                          f"fine-tuning")
+    others = [m.name for m in cfg.search.references()]
+    if cfg.method.name != "lora" or others:
+        name = cfg.method.name if cfg.method.name != "lora" else others[0]
+        raise ConfigError(f"method {name} is not supported with model.quantization={q} (only LoRA is wired and "
+                          f"tested on a quantized base): use method=lora, or model.quantization=none")
+    if cfg.search.strategy == "nested":
+        raise ConfigError(f"search=nested is not supported with model.quantization={q} yet: use search=ladder")
+
+
+def prepare_quantized(model: torch.nn.Module) -> torch.nn.Module:
+    """PEFT's k-bit preparation (every base weight frozen, the other float weights in float32; gradient
+    checkpointing stays the trial's, :mod:`rank_sweep.train.model`), and bitsandbytes' CPU inference repacking
+    turned off: on a CPU with AVX-512 BF16 a 4-bit layer in eval mode rewrites its weight into a packed layout
+    whose matmul has no backward, so training after a validation pass would stop the gradient at every quantized
+    layer (and the repacking fails on layers narrower than a quantization block)."""
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 # names of the classes a causal LM checkpoint is saved as (config.architectures)
 CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
 
 
-def load_causal_lm(path: str, cfg: RunConfig) -> torch.nn.Module:
+def load_causal_lm(path: str, cfg: RunConfig, **kwargs) -> torch.nn.Module:
     """``AutoModelForCausalLM`` from ``path``, refused in one line when the checkpoint has no trained LM head (an
     encoder such as BERT, or a bare ``*Model`` without a head: its head would be random)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -180,7 +238,8 @@ def load_causal_lm(path: str, cfg: RunConfig) -> torch.nn.Module:
         why = f"it is saved as {archs[0]}"
     else:
         try:
-            model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, trust_remote_code=remote)
+            model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, trust_remote_code=remote,
+                                                               **kwargs)
         except ValueError as e:  # no causal LM class for this config type
             why = f"transformers has no causal LM for its type {config.model_type!r} ({first_line(e)[:80]})"
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from rank_sweep.config import LoraConfig
@@ -312,7 +313,13 @@ def count_parameters(model: nn.Module, total_params: int) -> ParamCounts:
 
 
 def num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of ``model`` as the unquantized model has them: a bitsandbytes 4-bit weight stores two values
+    per byte, so it counts the shape it was quantized from."""
+    total = 0
+    for p in model.parameters():
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        total += int(torch.Size(shape).numel()) if shape is not None else p.numel()
+    return total
 
 
 def merged_copy(peft_model) -> nn.Module:

@@ -10,7 +10,8 @@ or the training mean). Degenerate inputs (constant predictions or labels) score
 
 A causal LM task (:func:`causal_metrics`) scores ``loss`` per completion token (the sum of the dev set's
 completion-token negative log-likelihoods over their count), ``perplexity`` = exp(loss) and, with choices,
-``accuracy`` / ``f1`` / ``mcc`` of the most likely choice. Its reference is a :class:`Reference`: the base
+``accuracy`` / ``f1`` / ``mcc`` of the most likely choice, ``exact_match`` of the greedy generation's answer
+(:mod:`rank_sweep.train.answers`). Its reference is a :class:`Reference`: the base
 model before training on the same dev set, in place of the trivial predictor. :func:`causal_outputs` turns its
 per-example values into the outputs that :mod:`rank_sweep.results.paired` compares (``predictions/val.npz``):
 for ``loss``, each example's share ``c_i = nll_i / mean tokens per example`` (their mean is the loss) as the
@@ -119,9 +120,10 @@ def per_token_loss(nll, tokens) -> float:
     return float(np.sum(nll) / max(int(np.sum(tokens)), 1))
 
 
-def causal_metrics(task: TaskConfig, nll, tokens, choice_ll=None, choice=None) -> dict[str, float]:
-    """Every metric in ``task.metrics`` from per-example completion NLL sums and token counts, and the choices'
-    log-likelihoods ``(n, K)`` with the gold choice indices."""
+def causal_metrics(task: TaskConfig, nll, tokens, choice_ll=None, choice=None, exact=None) -> dict[str, float]:
+    """Every metric in ``task.metrics`` from per-example completion NLL sums and token counts, the choices'
+    log-likelihoods ``(n, K)`` with the gold choice indices, and each example's exact match (0/1) of its
+    generated answer."""
     loss = per_token_loss(nll, tokens)
     out: dict[str, float] = {}
     for name in task.metrics:
@@ -129,6 +131,8 @@ def causal_metrics(task: TaskConfig, nll, tokens, choice_ll=None, choice=None) -
             out[name] = loss
         elif name == "perplexity":
             out[name] = float(math.exp(min(loss, 700.0)))
+        elif name == "exact_match":
+            out[name] = float(np.mean(exact)) if len(exact) else 0.0
         else:  # accuracy, f1, mcc of the most likely choice, as a classifier's over task.labels
             out.update(compute_metrics(_choice_task(task, name), np.asarray(choice_ll), np.asarray(choice)))
     return out
@@ -139,8 +143,13 @@ def _choice_task(task: TaskConfig, metric: str) -> TaskConfig:
                       metric=metric, metrics=[metric], train_file="-", validation_file="-")
 
 
-def causal_outputs(task: TaskConfig, nll, tokens, choice_ll=None, choice=None) -> tuple[np.ndarray, np.ndarray]:
-    """(outputs, labels) for the paired comparison of the primary metric (see the module doc)."""
+def causal_outputs(task: TaskConfig, nll, tokens, choice_ll=None, choice=None,
+                   exact=None) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs, labels) for the paired comparison of the primary metric (see the module doc); for
+    ``exact_match`` the logits ``(1 - e, e)`` with label 1: their accuracy is the mean exact match."""
+    if task.metric == "exact_match":
+        e = np.asarray(exact, dtype=float)
+        return np.stack([1.0 - e, e], axis=1), np.ones(len(e), dtype=np.int64)
     if task.metric == "loss":
         tokens = np.asarray(tokens, dtype=float)
         share = np.maximum(np.asarray(nll, dtype=float) / max(tokens.mean(), 1e-12), 1e-12)

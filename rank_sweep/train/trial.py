@@ -33,6 +33,7 @@ from rank_sweep.train.callbacks import BestEpoch, EpochLogger
 from rank_sweep.train.data import data_files
 from rank_sweep.train.export import export_adapter
 from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
+from rank_sweep.train.memory import PeakMemory, adapter_mb, state_memory
 from rank_sweep.train.metrics import baseline_outputs, baseline_score
 from rank_sweep.train.model import SequenceClassifier
 
@@ -53,6 +54,7 @@ class TrialResult:
     train_steps: int = 0
     score_epoch: int = 0  # the epoch scored: the best one with early stopping, else the last
     score_ci: tuple[float, float] | None = None  # (low, high) over dev examples, at search.confidence
+    memory: dict[str, float] = field(default_factory=dict)  # peak_memory_mb, adapter_mb, ... (train.memory)
 
 
 def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
@@ -115,6 +117,7 @@ def trial_params(cfg: RunConfig, pooling: str | None = None) -> dict:
         "weight_decay": cfg.trainer.weight_decay,
         "warmup_ratio": cfg.trainer.warmup_ratio,
         "precision": resolve_precision(cfg),
+        "quantization": cfg.model.quantization,
         "metric": cfg.task.metric,
         "pooling": None if cfg.task.is_causal else (pooling or cfg.model.pooling),
     }
@@ -171,7 +174,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         raise tracking.store_failed(uri, f"closing the run of {name}", e) from e
     return TrialResult(score, cfg.task.metric, fit.metrics, counts, fit.train_seconds, fit.setup_seconds, baseline,
                        not_learning, fit.module.constant_predictions, fit.module.history, run_id, fit.steps,
-                       fit.score_epoch, score_ci)
+                       fit.score_epoch, score_ci, fit.memory)
 
 
 @dataclass
@@ -186,6 +189,7 @@ class _Fit:
     steps: int
     score_epoch: int  # the epoch whose validation is the trial's score: the best with early stopping, else the last
     best_epoch: int
+    memory: dict[str, float] = field(default_factory=dict)  # measured and computed (rank_sweep.train.memory)
 
 
 def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: list | None, t0: float) -> _Fit:
@@ -214,8 +218,10 @@ def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: 
     )
     setup_seconds = time.perf_counter() - t0
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    with PeakMemory(cfg.trainer.accelerator) as peak:
+        trainer.fit(module, datamodule=datamodule)
     train_seconds = time.perf_counter() - t_fit
+    memory = {**peak.metrics(), **state_memory(model, trainer.optimizers[0] if trainer.optimizers else None)}
     if trainer.interrupted:
         raise KeyboardInterrupt
     if not module.last_metrics:  # max_steps ended training before the first epoch's validation
@@ -227,7 +233,7 @@ def _fit(cfg: RunConfig, model, tok, tokenized, logger: EpochLogger, callbacks: 
         score_epoch = best.epoch
         module.constant_predictions = module.is_constant(module.last_outputs)
     return _Fit(module, datamodule, dict(module.last_metrics), train_seconds, setup_seconds, trainer.global_step,
-                score_epoch, last_epoch if best.epoch is None else best.epoch)
+                score_epoch, last_epoch if best.epoch is None else best.epoch, memory)
 
 
 def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margin: float | None, client,
@@ -239,6 +245,8 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     final = {"score": score, "train_seconds": fit.train_seconds, "setup_seconds": fit.setup_seconds,
              "train_steps": fit.steps, "score_epoch": fit.score_epoch,
              "best_epoch": fit.best_epoch, **{f"final/{k}": v for k, v in fit.metrics.items()}}
+    fit.memory["adapter_mb"] = adapter_mb(model)
+    final.update(fit.memory)
     beats = score > baseline + margin if cfg.task.direction == "maximize" else score < baseline - margin
     if fit.module.last_outputs is not None and train_labels is not None:
         ci, vs_baseline = dev_intervals(cfg.task, fit.module.last_outputs, fit.module.last_labels, train_labels,
@@ -261,8 +269,10 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
         out = os.path.join(cfg.output_dir, "adapters", run_id)
         cache = cache or DEFAULT_CACHE
         fresh = fresh_model(cache.tokenizer_and_model(cfg)[1], cfg.seed, cache.pooling(cfg))
+        # a quantized base is not merged: merging into 4/8-bit weights re-quantizes them (the merged model would
+        # not be the one trained); the adapter is saved and reloaded onto a fresh quantized base
         final.update(export_adapter(model, fresh, next(iter(fit.datamodule.val_dataloader())), out,
-                                    merge=methods.can_merge(cfg.method)))
+                                    merge=methods.can_merge(cfg.method) and not cfg.model.quantized))
         client.log_artifacts(run_id, os.path.join(out, "adapter"), "adapter")
     if cfg.task.is_causal:  # zero-shot metrics, per-example losses, the merged model's generation check
         final.update(causal.record(cfg, fit, model, train_labels, client, run_id))
@@ -312,9 +322,14 @@ def resolved_config(cfg: RunConfig) -> dict:
     if not cfg.task.is_causal:  # keys a classifier never reads: its record stays as before they existed
         for key in cfg.task.LM_KEYS:
             task.pop(key, None)
+    for key, before in cfg.task.LM_KEYS_ADDED.items():  # at their old value: a stored study's fingerprint matches
+        if key in task and task[key] == before:
+            task.pop(key)
     for key, before in TRAINER_KEYS_ADDED.items():  # recorded when set: a stored study's fingerprint still matches
         if d["trainer"].get(key) == before:
             d["trainer"].pop(key)
+    if d["model"].get("quantization") == "none":  # added later, as the trainer keys above
+        d["model"].pop("quantization")
     if cfg.task.source == "glue" and cfg.task.resolved_data_dir():
         task["data_dir"] = os.path.abspath(os.path.expanduser(cfg.task.resolved_data_dir()))
     elif cfg.task.source in ("csv", "jsonl"):

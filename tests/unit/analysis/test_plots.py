@@ -62,6 +62,19 @@ def test_pareto_png_default_and_given_front(tmp_path):
     assert a.read_bytes() == c.read_bytes()
 
 
+def test_pareto_against_peak_memory(tmp_path):
+    """The memory axis draws the front on memory: the cheapest in memory, not in params, starts it."""
+    from dataclasses import replace
+
+    mem = [replace(s, peak_memory_mb=mb) for s, mb in zip(SUMMARIES[1:5], (900.0, 1200.0, 800.0, 1500.0), strict=True)]
+    assert [s.label for s in pareto_front(mem, cost="peak_memory_mb")] == ["Wq,Wv r=1", "Wq r=4", "Wq,Wv r=4"]
+    out = plot_pareto(mem + [SUMMARIES[5]], tmp_path / "m.png", "mcc", x="peak_memory_mb")  # full: no memory, left out
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert out.read_bytes() != plot_pareto(mem, tmp_path / "p.png", "mcc").read_bytes()
+    with pytest.raises(RankSweepError, match="no configuration with a score and a peak training memory"):
+        plot_pareto(SUMMARIES, tmp_path / "none.png", "mcc", x="peak_memory_mb")
+
+
 def test_learning_curves_png(tmp_path):
     records = [
         TrialRecord(0, "Wq", 4, 0, "COMPLETE", 0.85, 40, 40, 9.0, intermediate=(0.7, 0.8, 0.85)),

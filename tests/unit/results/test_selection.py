@@ -20,9 +20,10 @@ from rank_sweep.results.tables import format_selection, summary_table
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def S(targets, r, mean, tp, lora=None, std=0.0, n=1, not_learning=False, seconds=None):
+def S(targets, r, mean, tp, lora=None, std=0.0, n=1, not_learning=False, seconds=None, memory=None):
     """A summary; LoRA params default to the trainable count (no head)."""
-    return ConfigSummary(targets, r, n, mean, std, tp if lora is None else lora, tp, seconds, not_learning)
+    return ConfigSummary(targets, r, n, mean, std, tp if lora is None else lora, tp, seconds, not_learning,
+                         peak_memory_mb=memory)
 
 
 def R(number, targets, r, score, state="COMPLETE", lora=100, tp=100, seed=0, not_learning=False):
@@ -66,6 +67,14 @@ CASES = {
     "max_train_seconds": (
         [S("Wq", 1, 0.80, 10, seconds=5.0), S("Wq", 4, 0.90, 40, seconds=50.0)],
         Budget(max_train_seconds=10),
+        0.0,
+        "maximize",
+        "Wq r=1",
+        "Wq r=1",
+    ),
+    "max_memory_mb: the best is over the memory budget": (
+        [S("Wq", 1, 0.80, 10, memory=900.0), S("Wq", 4, 0.90, 40, memory=1200.0)],
+        Budget(max_memory_mb=1000),
         0.0,
         "maximize",
         "Wq r=1",
@@ -269,7 +278,8 @@ def test_all_missing_metrics_error():
     assert "has a score and a trainable-parameter count" in _error([S("Wq", 1, None, 10)])
 
 
-@pytest.mark.parametrize("field", ["max_lora_params", "max_trainable_params", "max_rank", "max_train_seconds"])
+@pytest.mark.parametrize("field", ["max_lora_params", "max_trainable_params", "max_rank", "max_train_seconds",
+                                   "max_memory_mb"])
 def test_budget_rejects_negative_limits(field):
     with pytest.raises(RankSweepError, match=f"budget\\.{field}=-1 is not valid"):
         Budget(**{field: -1})
@@ -297,6 +307,9 @@ def test_budget_rejects_negative_limits(field):
             S("Wq", 1, 0.9, 10, seconds=61.0),
             (False, "over budget: 61 s of training > max 60"),
         ),
+        (Budget(max_memory_mb=512.5), S("Wq", 1, 0.9, 10), (False, "over budget: MB peak memory unknown, max_memory_mb=512.5")),
+        (Budget(max_memory_mb=512), S("Wq", 1, 0.9, 10, memory=600.4), (False, "over budget: 600.4 MB peak memory > max 512")),
+        (Budget(max_memory_mb=512), S("Wq", 1, 0.9, 10, memory=511.0), (True, None)),
     ],
 )
 def test_budget_fits(budget, summary, expected):
@@ -345,8 +358,20 @@ def test_summary_table_markdown_and_csv():
         "trainable_params": "1040",
         "not_learning": "True",
         "ci_low": "", "ci_high": "", "decision": "", "vs_r": "", "diff": "", "diff_ci_low": "", "diff_ci_high": "",
-        "label": "Wq,Wv r=2",
+        "peak_memory_mb": "", "adapter_mb": "", "label": "Wq,Wv r=2",
     }
+
+
+def test_memory_columns_when_measured():
+    """Peak memory (the largest over seeds) and adapter size reach the markdown and the CSV."""
+
+    recs = [TrialRecord(i, "Wq", 4, i, "COMPLETE", 0.8, 10, 20, 1.0, peak_memory_mb=mb, adapter_mb=0.04)
+            for i, mb in enumerate((1500.0, 1620.0))]
+    md = summary_table(recs).splitlines()
+    assert md[0].endswith("| peak memory MB | adapter MB | note |")
+    assert md[2] == "| Wq | 4 | 0.8 | ? | 0 | 2 | 10 | 20 | 1,620 | 0.04 |  |"
+    [row] = csv.DictReader(io.StringIO(summary_table(recs, fmt="csv")))
+    assert (row["peak_memory_mb"], row["adapter_mb"]) == ("1620.0", "0.04")
 
 
 def test_a_configurations_interval_combines_dev_set_and_seed_noise():

@@ -370,6 +370,37 @@ def test_budget_cut_off(records, budget, scores, stop_r, pending, plateau_rank):
         assert p.extensions == []
 
 
+def _measured(scores: dict, memory: dict) -> list[TrialRecord]:
+    """Direct records of ``rungs(WQ, scores)`` with each rung's peak memory (MiB)."""
+    return [TrialRecord(i, WQ, r, 0, "COMPLETE", score, None, None, None, peak_memory_mb=memory.get(r))
+            for i, (r, score) in enumerate(scores.items())]
+
+
+@pytest.mark.parametrize("limit, memory, pending, reason", [
+    # r=2 adds 2*384 trainable params: 12,288 bytes over r=1 -> 1000.0117 MiB predicted for r=2
+    (1000.01, {1: 1000.0}, [], "budget: next rung r=2 is predicted to need 1,000 MB peak memory > budget 1,000 "
+                               "(r=1 measured 1,000 MB + 16 bytes per added trainable param)"),
+    (1000.02, {1: 1000.0}, [2], None),  # fits: r=2 runs
+    (1000.02, {}, [2], None),  # nothing measured (a study from before): no prediction, no cut
+    (1500.0, {1: 1000.0, 2: 1600.0}, [], "budget: next rung r=4 is predicted to need 1,600 MB"),  # from r=2's peak
+])
+def test_a_rung_predicted_over_the_memory_budget_is_not_trained(limit, memory, pending, reason):
+    scores = {1: 0.5} if 2 not in memory else {1: 0.5, 2: 0.6}
+    p = plan(_measured(scores, memory), spec(cost=cost, max_memory_mb=limit))
+    [lad] = p.ladders
+    assert p.pending == [Point(WQ, r, 0) for r in pending]
+    if reason is not None:
+        assert lad.finished and lad.reason.startswith(reason)
+
+
+def test_memory_prediction_adds_16_bytes_per_trainable_param():
+    from rank_sweep.study.spec import predicted_memory
+
+    mb, below = predicted_memory(spec(cost=cost), WQ, 8, {1: 500.0, 2: 510.0})
+    assert below == 2 and mb == pytest.approx(510.0 + 2 * 384 * 6 * 16 / 2 ** 20)
+    assert predicted_memory(spec(cost=cost), WQ, 1, {2: 510.0}) is None  # nothing measured below
+
+
 def test_budget_on_the_first_rung_says_budget(records):
     p = plan(records([]), spec(cost=cost, max_lora_params=10))
     [lad] = p.ladders
