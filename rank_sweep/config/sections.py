@@ -96,6 +96,10 @@ class TaskConfig:
     max_seq_length: int = default("task", "max_seq_length")
     max_train_samples: int | None = default("task", "max_train_samples")
     max_eval_samples: int | None = default("task", "max_eval_samples")
+    holdout: bool = default("task", "holdout")  # a held-out split, scored and never read by a decision
+    holdout_size: int = default("task", "holdout_size")  # from the training rows a subsample leaves unused
+    holdout_dev_fraction: float = default("task", "holdout_dev_fraction")  # else this share of dev, by hash
+    test_file: str | None = default("task", "test_file")  # else this file, held out whole
     type: str = field(default_factory=lambda: option_defaults("task").get("type", TASK_TYPES[0]))
     format: str = lm_default("format")
     prompt_field: str = lm_default("prompt_field")
@@ -110,6 +114,8 @@ class TaskConfig:
     # the keys only a causal LM task reads (left out of a classification task's recorded config)
     LM_KEYS = ("type", "format", "prompt_field", "completion_field", "messages_field", "text_field",
                "prompt_template", "choices", "truncation", "append_eos")
+    # the keys of the held-out split (classification and regression tasks; a causal LM task has none yet)
+    HOLDOUT_KEYS = ("holdout", "holdout_size", "holdout_dev_fraction", "test_file")
 
     def __post_init__(self) -> None:
         one_of("task.type", self.type, TASK_TYPES)
@@ -143,6 +149,19 @@ class TaskConfig:
                 f"task.source={self.source} needs task.train_file and task.validation_file "
                 f"(got {self.train_file!r}, {self.validation_file!r})"
             )
+        self._check_holdout()
+
+    def _check_holdout(self) -> None:
+        if not isinstance(self.holdout, bool):
+            raise ConfigError(f"task.holdout={self.holdout!r} is not valid: give true or false")
+        positive("task.holdout_size", self.holdout_size, integer=True)
+        f = self.holdout_dev_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+            raise ConfigError(f"task.holdout_dev_fraction={f!r} is not valid: give a share of the dev set in (0, 1), "
+                              f"e.g. 0.2")
+        if self.test_file is not None and (not isinstance(self.test_file, str) or not self.test_file.strip()):
+            raise ConfigError(f"task.test_file={self.test_file!r} is not valid: give a file of labelled examples "
+                              f"(or null)")
 
     def _check_causal(self) -> None:
         one_of("task.source", self.source, TASK_SOURCES)

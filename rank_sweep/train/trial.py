@@ -27,7 +27,7 @@ from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError
 from rank_sweep.results.paired import is_gain, paired_difference, score_interval
 from rank_sweep.results.predictions import ARTIFACT, predictions_path, save_predictions
-from rank_sweep.train import causal, lora, methods
+from rank_sweep.train import causal, holdout, lora, methods
 from rank_sweep.train.batches import GlueDataModule
 from rank_sweep.train.callbacks import BestEpoch, EpochLogger
 from rank_sweep.train.data import data_files
@@ -53,6 +53,7 @@ class TrialResult:
     train_steps: int = 0
     score_epoch: int = 0  # the epoch scored: the best one with early stopping, else the last
     score_ci: tuple[float, float] | None = None  # (low, high) over dev examples, at search.confidence
+    holdout: dict[str, float] = field(default_factory=dict)  # holdout_score, holdout_ci_low/high: report-only
 
 
 
@@ -160,6 +161,11 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         train_labels = (cache or DEFAULT_CACHE).splits(cfg, tok)[1][0]
         score, not_learning, score_ci = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id,
                                                 cache, train_labels)
+        # every input of a decision (score, interval, learning flag, dev outputs) is recorded: only now is the
+        # held-out split scored, one pass, for reports (rank_sweep.train.holdout); a causal LM task has none
+        held = {} if cfg.task.is_causal else holdout.score_holdout(cfg, model, fit.datamodule, client, run_id)
+        if held:
+            tracking.log(client, run_id, metrics=held)
     except BaseException as e:
         pruned = type(e).__name__ == "TrialPruned"
         try:
@@ -174,7 +180,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         raise tracking.store_failed(uri, f"closing the run of {name}", e) from e
     return TrialResult(score, cfg.task.metric, fit.metrics, counts, fit.train_seconds, fit.setup_seconds, baseline,
                        not_learning, fit.module.constant_predictions, fit.module.history, run_id, fit.steps,
-                       fit.score_epoch, score_ci)
+                       fit.score_epoch, score_ci, held)
 
 
 @dataclass
@@ -313,6 +319,9 @@ def resolved_config(cfg: RunConfig) -> dict:
     task = d["task"]
     if not cfg.task.is_causal:  # keys a classifier never reads: its record stays as before they existed
         for key in cfg.task.LM_KEYS:
+            task.pop(key, None)
+    else:  # a causal LM task has no held-out split (yet)
+        for key in cfg.task.HOLDOUT_KEYS:
             task.pop(key, None)
     for key, before in TRAINER_KEYS_ADDED.items():  # recorded when set: a stored study's fingerprint still matches
         if d["trainer"].get(key) == before:
