@@ -95,6 +95,8 @@ def test_scrambled_held_out_outputs_change_no_decision(tmp_path):
     records = _study(tmp_path)
     before = _decisions(tmp_path, records)
     sel = before[3]
+    assert {lad[0]: lad[3] for lad in before[0][0]} == {"Wq": 4, "Wq,Wv": 1}  # real decisions, made on dev
+    assert sel.chosen.label == "Wq,Wv r=1"
     reader = holdout.holdout_reader(_comparer(tmp_path))
     runners = [s for s, _ in sel.runners_up]
     held_before = holdout.held_out([sel.chosen, *runners], records, reader, sel.chosen)
@@ -157,3 +159,21 @@ def test_no_decision_module_reads_the_held_out_split():
             assert "holdout" not in f.read().lower().replace("held-out", ""), rel
     assert not any("holdout" in f for f in TrialRecord.__dataclass_fields__)
     assert holdout.HOLDOUT_ARTIFACT != ARTIFACT
+
+
+def test_the_benchmark_measures_the_ladders_regret_and_optimism_on_held_out_examples(tmp_path):
+    from experiments.benchmarks.bench import holdout_regret
+
+    records = _study(tmp_path)
+    chosen = next(s for s in aggregate(records) if s.label == "Wq,Wv r=1")  # dev 0.79/0.80, held-out 0.78
+    best = max(records, key=lambda r: r.score)  # Wq r=8 seed 1: dev 0.82, held-out 0.72 (a lucky dev maximum)
+    res = holdout_regret(chosen, best, records, _comparer(tmp_path))
+    assert res["regret_holdout"] == pytest.approx(0.72 - 0.78, abs=0.003)
+    low, high = res["regret_holdout_ci"]
+    assert low < res["regret_holdout"] < high < 0  # on held-out examples the grid's best is worse, not better
+    assert res["choice_optimism"] == pytest.approx(0.795 - 0.78, abs=0.003)
+    same = holdout_regret(chosen, next(r for r in records if r.number in chosen.numbers), records, _comparer(tmp_path))
+    assert same["regret_holdout"] == 0.0
+    for rec in records:
+        os.remove(predictions_path(str(tmp_path), rec.run_id, holdout.HOLDOUT_ARTIFACT))
+    assert holdout_regret(chosen, best, records, _comparer(tmp_path)) == {}
