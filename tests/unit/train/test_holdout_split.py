@@ -17,20 +17,14 @@ from rank_sweep.train.data import data_digest, load_splits
 from tests.unit.train.test_data import task_from_yaml
 
 
-@pytest.fixture(scope="module")
-def glue_dir() -> str:
-    path = os.environ.get("GLUE_DIR")
-    if not path:
+def _needs_glue() -> None:
+    if not os.environ.get("GLUE_DIR"):
         pytest.skip("GLUE_DIR is not set")
-    return path
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("hf_cache"))
-
-
-def test_a_subsampled_glue_task_holds_out_unused_training_rows_disjoint_from_the_subsample(glue_dir, cache_dir):
+def test_a_subsampled_glue_task_holds_out_unused_training_rows_disjoint_from_the_subsample(tmp_path):
+    _needs_glue()
+    cache_dir = str(tmp_path)
     task = task_from_yaml("sst2", max_train_samples=500, holdout_size=300)
     a, b = load_splits(task, cache_dir=cache_dir), load_splits(task, cache_dir=cache_dir)
     info = a.holdout_info
@@ -47,7 +41,9 @@ def test_a_subsampled_glue_task_holds_out_unused_training_rows_disjoint_from_the
     assert b.holdout_info == info and b.holdout_info.ids_sha256 == info.ids_sha256  # every trial, every worker
 
 
-def test_a_full_glue_task_holds_out_dev_examples_by_hash_and_decides_on_the_rest(glue_dir, cache_dir):
+def test_a_full_glue_task_holds_out_dev_examples_by_hash_and_decides_on_the_rest(tmp_path):
+    _needs_glue()
+    cache_dir = str(tmp_path)
     task = task_from_yaml("mrpc")
     splits = load_splits(task, cache_dir=cache_dir)
     info = splits.holdout_info
@@ -85,7 +81,8 @@ def _files(tmp_path: Path, n_dev: int, test_rows: int | None = None) -> dict:
     return kw
 
 
-def test_a_csv_task_takes_its_test_file_whole_and_the_fingerprint_reads_it(tmp_path, cache_dir):
+def test_a_csv_task_takes_its_test_file_whole_and_the_fingerprint_reads_it(tmp_path):
+    cache_dir = str(tmp_path / "hf")
     task = task_from_yaml("csv", **_files(tmp_path, 300, test_rows=7))
     splits = load_splits(task, cache_dir=cache_dir)
     assert splits.holdout_info.source == "test_file" and splits.holdout_info.rows == tuple(range(7))
@@ -95,7 +92,8 @@ def test_a_csv_task_takes_its_test_file_whole_and_the_fingerprint_reads_it(tmp_p
     assert "test_sha256" not in data_digest(task_from_yaml("csv", **{**_files(tmp_path, 300), "holdout": False}))
 
 
-def test_no_held_out_split_when_it_is_off_or_the_dev_set_is_too_small(tmp_path, cache_dir):
+def test_no_held_out_split_when_it_is_off_or_the_dev_set_is_too_small(tmp_path):
+    cache_dir = str(tmp_path / "hf")
     off = load_splits(task_from_yaml("csv", holdout=False, **_files(tmp_path, 300)), cache_dir=cache_dir)
     assert "holdout" not in off and off.holdout_info is None and off["validation"].num_rows == 300
     tiny = load_splits(task_from_yaml("csv", **_files(tmp_path, 30)), cache_dir=cache_dir)
