@@ -21,6 +21,7 @@ from rank_sweep.config.base import (
     TASK_SOURCES,
     TASK_TYPES,
     TRUNCATIONS,
+    check_holdout,
     check_rank,
     conf_yaml,
     default,
@@ -149,19 +150,7 @@ class TaskConfig:
                 f"task.source={self.source} needs task.train_file and task.validation_file "
                 f"(got {self.train_file!r}, {self.validation_file!r})"
             )
-        self._check_holdout()
-
-    def _check_holdout(self) -> None:
-        if not isinstance(self.holdout, bool):
-            raise ConfigError(f"task.holdout={self.holdout!r} is not valid: give true or false")
-        positive("task.holdout_size", self.holdout_size, integer=True)
-        f = self.holdout_dev_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
-            raise ConfigError(f"task.holdout_dev_fraction={f!r} is not valid: give a share of the dev set in (0, 1), "
-                              f"e.g. 0.2")
-        if self.test_file is not None and (not isinstance(self.test_file, str) or not self.test_file.strip()):
-            raise ConfigError(f"task.test_file={self.test_file!r} is not valid: give a file of labelled examples "
-                              f"(or null)")
+        check_holdout(self.holdout, self.holdout_size, self.holdout_dev_fraction, self.test_file)
 
     def _check_causal(self) -> None:
         one_of("task.source", self.source, TASK_SOURCES)
