@@ -268,7 +268,7 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     out = os.path.join(select_cfg.output_dir or cfg.output_dir, "select", study.name)
     os.makedirs(out, exist_ok=True)
     summaries = [s for s, _ in selection.runners_up] + [selection.chosen]
-    paths = [plots.plot_rank_curves(summaries, os.path.join(out, "rank_curves.png"), cfg.task.metric),
+    paths = [plots.plot_rank_curves(summaries, os.path.join(out, "rank_curves.png"), cfg.task.metric, held),
              plots.plot_pareto(summaries, os.path.join(out, "pareto.png"), cfg.task.metric, front=selection.pareto,
                                direction=direction),
              plots.plot_learning_curves(records, os.path.join(out, "learning_curves.png"), cfg.task.metric)]

@@ -249,7 +249,8 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
 def draw_plots(info: dict, cfg: RunConfig, folder: str) -> list[str]:
     """The study's plots, each on its own: one that fails is named in one line, the others are still drawn."""
     d = cfg.task.direction
-    jobs = {"rank_curves.png": lambda path: plots.plot_rank_curves(info["summaries"], path, cfg.task.metric),
+    jobs = {"rank_curves.png": lambda path: plots.plot_rank_curves(info["summaries"], path, cfg.task.metric,
+                                                                   info.get("held")),
             "pareto.png": lambda path: plots.plot_pareto(info["summaries"], path, cfg.task.metric, direction=d),
             "learning_curves.png": lambda path: plots.plot_learning_curves(info["records"], path, cfg.task.metric)}
     skipped = []
