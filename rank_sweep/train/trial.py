@@ -331,6 +331,8 @@ def resolved_config(cfg: RunConfig) -> dict:
     elif cfg.task.source in ("csv", "jsonl"):
         files = data_files(cfg.task)
         task["data_dir"], task["train_file"], task["validation_file"] = None, files["train"], files["validation"]
+    if not cfg.task.is_causal and cfg.task.test_file:  # the held-out file, absolute as the others
+        task["test_file"] = holdout.test_path(cfg.task)
     d["trainer"]["precision"] = resolve_precision(cfg)
     d["tracking"]["uri"] = tracking.redact(cfg.tracking.resolved_uri())
     d["search"]["storage"] = tracking.redact(d["search"]["storage"])

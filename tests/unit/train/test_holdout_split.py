@@ -89,6 +89,11 @@ def test_a_csv_task_takes_its_test_file_whole_and_the_fingerprint_reads_it(tmp_p
     assert splits["holdout"]["text"] == [f"x{i}" for i in range(7)]
     assert splits["validation"].num_rows == 300  # the dev set stays whole
     assert "test_sha256" in data_digest(task)
+    from rank_sweep.config import build_config
+    from rank_sweep.train.trial import resolved_config
+
+    cfg = build_config({"task": {k: v for k, v in vars(task).items() if k not in TaskConfig.LM_KEYS}})
+    assert resolved_config(cfg)["task"]["test_file"] == str(tmp_path / "test.csv")  # a preset retrains elsewhere
     assert "test_sha256" not in data_digest(task_from_yaml("csv", **{**_files(tmp_path, 300), "holdout": False}))
 
 
