@@ -109,7 +109,8 @@ def selection_lines(chosen: ConfigSummary, runners_up: Sequence[ConfigSummary], 
         if h is None:
             lines.append(f"  {s.label}: no held-out outputs")
             continue
-        diff = "" if h.vs_choice is None else f"; {s.label} - {chosen.label} = {interval_text(h.vs_choice, True)} paired"
+        diff = ("" if h.vs_choice is None
+                else f"; {s.label} - {chosen.label} = {interval_text(h.vs_choice, True)} paired")
         lines.append(f"  {s.label}: {interval_text(h.score)}{diff}")
     return lines
 

@@ -1,7 +1,7 @@
 """The held-out split: examples every trial scores once after its fit, and no decision reads (docs/holdout.md).
 
     validation, holdout, info = split_holdout(task, train, validation, test)   # load_splits does this
-    metrics = score_holdout(cfg, fit.module.model, fit.datamodule, client, run_id)   # run_trial does this
+    metrics = score_holdout(cfg, model, fit.datamodule, client, run_id)   # run_trial does this, after the record
 
 Where the held-out examples come from, the first rule that applies:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 
 import datasets
@@ -142,7 +143,8 @@ def holdout_outputs(model, loader, precision: str, is_regression: bool) -> tuple
 def score_holdout(cfg, model, datamodule, client, run_id: str) -> dict[str, float]:
     """Score the held-out split once, save ``predictions/holdout.npz`` (local and MLflow), log its provenance
     as params; return its metrics (``holdout/<metric>``, ``holdout_score``, ``holdout_ci_low``/``high``,
-    ``holdout_size``), for the trial's final metrics. Nothing when the trial has no held-out split."""
+    ``holdout_size``, ``holdout_seconds``: the pass's time), for the trial's final metrics. Nothing when the
+    trial has no held-out split."""
     from rank_sweep import tracking
     from rank_sweep.results.holdout import HOLDOUT_ARTIFACT
     from rank_sweep.results.paired import score_interval
@@ -154,8 +156,9 @@ def score_holdout(cfg, model, datamodule, client, run_id: str) -> dict[str, floa
     loader = datamodule.holdout_dataloader()
     if info is None or loader is None:
         return {}
-    task = cfg.task
+    task, t0 = cfg.task, time.perf_counter()
     outputs, labels = holdout_outputs(model, loader, resolve_precision(cfg), task.is_regression)
+    seconds = time.perf_counter() - t0  # what the extra pass costs
     metrics = compute_metrics(task, outputs, labels)
     ci = score_interval(task.metric, outputs, labels, is_regression=task.is_regression, num_labels=task.num_labels,
                         confidence=cfg.search.confidence)
@@ -164,4 +167,5 @@ def score_holdout(cfg, model, datamodule, client, run_id: str) -> dict[str, floa
     client.log_artifact(run_id, path, os.path.dirname(HOLDOUT_ARTIFACT))
     tracking.log(client, run_id, params=info.params())
     return {**{f"holdout/{k}": v for k, v in metrics.items()}, "holdout_score": metrics[task.metric],
-            "holdout_ci_low": ci.low, "holdout_ci_high": ci.high, "holdout_size": len(labels)}
+            "holdout_ci_low": ci.low, "holdout_ci_high": ci.high, "holdout_size": len(labels),
+            "holdout_seconds": seconds}
