@@ -38,3 +38,33 @@ def test_a_trial_records_its_held_out_split_and_decides_as_without_it(toy_cfg):
     artifacts = [a.path for a in MlflowClient(toy_cfg.tracking.resolved_uri()).list_artifacts(on.run_id, "predictions")]
     assert {"predictions/val.npz", HOLDOUT_ARTIFACT} <= set(artifacts)
     assert not os.path.exists(predictions_path(toy_cfg.output_dir, off.run_id, HOLDOUT_ARTIFACT))
+
+
+def test_a_study_reports_its_held_out_split_in_the_summary_and_select_from_either_store(tiny_model_dir, toy_data_dir,
+                                                                                        tmp_path, monkeypatch, capsys):
+    import csv
+    import io
+
+    from rank_sweep.results.command import choose
+    from rank_sweep.study.run import run_study
+    from tests.conftest import make_toy_data
+    from tests.integration.test_study_answers import _artifact, _cfg
+
+    monkeypatch.chdir(tmp_path)
+    held = make_toy_data(tmp_path / "held", n_train=1, n_dev=150)  # its dev.csv: the held-out file
+    cfg = _cfg(tiny_model_dir, toy_data_dir, tmp_path, f"task.test_file={held}/dev.csv", "search.lr_probe=[]")
+    study = run_study(cfg)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    rows = list(csv.DictReader(io.StringIO(_artifact(cfg, parent, "summary.csv", tmp_path / "a"))))
+    assert len(rows) == 2 and all(r["holdout_n"] == "150" and 0 <= float(r["holdout_mean"]) <= 1 for r in rows)
+    assert "held-out (report only)" in _artifact(cfg, parent, "summary.md", tmp_path / "b")
+    capsys.readouterr()
+    texts = []
+    for source in ("study", "mlflow"):
+        choice = choose(cfg, {"output_dir": str(tmp_path / source), "tolerance": 0.5, "source": source}, {})
+        texts.append(choice.report[choice.report.index("held-out (report only"):].split("\n\nplots:")[0])
+        c = choice.selection.chosen
+        assert choice.held[c.label].optimism == pytest.approx(c.mean - choice.held[c.label].score.estimate)
+    assert texts[0] == texts[1] and "optimism" in texts[0] and "paired" in texts[0]  # the runner-up's difference
+    metrics = MlflowClient(cfg.tracking.resolved_uri()).get_run(parent).data.metrics
+    assert {"select/holdout_score", "select/optimism", "select/holdout_ci_low"} <= set(metrics)
