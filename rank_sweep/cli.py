@@ -294,7 +294,10 @@ def _trial(cfg: DictConfig) -> float:
                if result.score_ci else "")
             + f"  baseline {result.baseline_score:.4f}"
             f"{'  NOT LEARNING' if result.not_learning else ''}\n"
-            f"lora_params {c.lora_params:,}  head_params {c.head_params:,}  trainable_params "
+            + (f"held-out ({result.metric}, report only) = {result.holdout['holdout_score']:.4f} "
+               f"[{result.holdout['holdout_ci_low']:.4f}, {result.holdout['holdout_ci_high']:.4f}] on "
+               f"{result.holdout['holdout_size']:.0f} examples\n" if result.holdout else "")
+            + f"lora_params {c.lora_params:,}  head_params {c.head_params:,}  trainable_params "
             f"{c.trainable_params:,}  total_params {c.total_params:,}  trainable {c.trainable_pct:.3f}%\n"
             f"train {result.train_seconds:.1f}s  mlflow run {result.run_id}",
             flush=True,

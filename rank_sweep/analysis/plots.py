@@ -44,10 +44,12 @@ def _scored(summaries: Sequence[ConfigSummary]) -> list[ConfigSummary]:
     return [s for s in summaries if s.mean is not None]
 
 
-def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metric_name: str) -> Path:
+def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metric_name: str,
+                     held: dict | None = None) -> Path:
     """Mean validation score against rank (log2 axis), one line per target set, error bars the interval of
     the mean (dev-set sampling and seed noise) where every point has one, else one seed std; full fine-tuning
-    and the head-only reference, if present, as dashed levels."""
+    and the head-only reference, if present, as dashed levels. ``held`` (label -> HeldOut of
+    :mod:`rank_sweep.results.holdout`): each target set's held-out scores as a dotted line of its colour."""
     scored = _scored(summaries)
     lora = [s for s in scored if s.targets != FULL and s.r > 0]
     if not lora:
@@ -59,9 +61,12 @@ def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metri
         yerr = ([[s.mean - s.ci_low for s in pts], [s.ci_high - s.mean for s in pts]] if intervals
                 else [s.std for s in pts])
         line = ax.errorbar([s.r for s in pts], [s.mean for s in pts], yerr=yerr, marker="o", capsize=3, label=targets)
+        color = line.lines[0].get_color()
+        out = [(s.r, held[s.label].score.estimate) for s in pts if s.label in (held or {})]
+        if out:  # report-only: what the same configurations score on examples no decision read
+            ax.plot(*zip(*out, strict=True), linestyle=":", marker="s", color=color, label=f"{targets} (held-out)")
         stuck = [s for s in pts if s.not_learning]
         if stuck:  # a rank that did not learn is a hole in the curve, not a data point
-            color = line.lines[0].get_color()
             ax.scatter([s.r for s in stuck], [s.mean for s in stuck], marker="x", s=80, color=color, zorder=3)
     for s in scored:
         if s.targets == FULL or s.r == 0:

@@ -133,6 +133,18 @@ def check_rank(r: Any, where: str = "lora.r") -> int:
     return r
 
 
+def check_holdout(holdout: Any, size: Any, fraction: Any, test_file: Any) -> None:
+    """The held-out split's task keys (``task.holdout``, ``holdout_size``, ``holdout_dev_fraction``, ``test_file``)."""
+    if not isinstance(holdout, bool):
+        raise ConfigError(f"task.holdout={holdout!r} is not valid: give true or false")
+    positive("task.holdout_size", size, integer=True)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"task.holdout_dev_fraction={fraction!r} is not valid: give a share of the dev set in "
+                          f"(0, 1), e.g. 0.2")
+    if test_file is not None and (not isinstance(test_file, str) or not test_file.strip()):
+        raise ConfigError(f"task.test_file={test_file!r} is not valid: give a file of labelled examples (or null)")
+
+
 def one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ConfigError(f"{name}={value!r} is not valid: choose one of {', '.join(valid)}")

@@ -25,6 +25,7 @@ from rank_sweep.config.base import (
     boolean,
     check_classes,
     check_generation,
+    check_holdout,
     check_quantization,
     check_rank,
     conf_yaml,
@@ -114,6 +115,10 @@ class TaskConfig:
     max_seq_length: int = default("task", "max_seq_length")
     max_train_samples: int | None = default("task", "max_train_samples")
     max_eval_samples: int | None = default("task", "max_eval_samples")
+    holdout: bool = default("task", "holdout")  # a held-out split, scored and never read by a decision
+    holdout_size: int = default("task", "holdout_size")  # from the training rows a subsample leaves unused
+    holdout_dev_fraction: float = default("task", "holdout_dev_fraction")  # else this share of dev, by hash
+    test_file: str | None = default("task", "test_file")  # else this file, held out whole
     type: str = field(default_factory=lambda: option_defaults("task").get("type", TASK_TYPES[0]))
     format: str = lm_default("format")
     prompt_field: str = lm_default("prompt_field")
@@ -132,6 +137,8 @@ class TaskConfig:
                "prompt_template", "choices", "truncation", "append_eos", "max_new_tokens", "answer_pattern")
     # LM keys added later, with the value causal trials had before (left out of the record at that value)
     LM_KEYS_ADDED = {"max_new_tokens": 16, "answer_pattern": None}
+    # the keys of the held-out split (classification and regression tasks; a causal LM task has none yet)
+    HOLDOUT_KEYS = ("holdout", "holdout_size", "holdout_dev_fraction", "test_file")
 
     def __post_init__(self) -> None:
         one_of("task.type", self.type, TASK_TYPES)
@@ -163,6 +170,7 @@ class TaskConfig:
                 f"task.source={self.source} needs task.train_file and task.validation_file "
                 f"(got {self.train_file!r}, {self.validation_file!r})"
             )
+        check_holdout(self.holdout, self.holdout_size, self.holdout_dev_fraction, self.test_file)
 
     def _check_causal(self) -> None:
         one_of("task.source", self.source, TASK_SOURCES)

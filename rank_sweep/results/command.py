@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import optuna
 
@@ -40,6 +40,7 @@ from rank_sweep.config import (
     trial_config,
 )
 from rank_sweep.errors import RankSweepError, first_line
+from rank_sweep.results import holdout
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import load_mlflow_study, records_from_study
 from rank_sweep.results.records import TrialRecord, config_key
@@ -77,6 +78,7 @@ class Choice:
     plots: list[str]
     adapter: str | None  # <output_dir>/adapter when the trial's adapter was kept, else None
     report: str  # the printed text
+    held: dict = field(default_factory=dict)  # label -> HeldOut of the choice and the runners-up (report only)
 
 
 def load_study(cfg: RunConfig, name: str | None = None) -> optuna.Study:
@@ -241,6 +243,7 @@ def summary_comparer(cfg: RunConfig, study: StudyRecords):
     def compare(a, b):
         return comparer([by_number[n] for n in a.numbers], [by_number[n] for n in b.numbers])
 
+    compare.comparer = comparer  # its metric and stores: the held-out report reads with the same settings
     return compare
 
 
@@ -252,14 +255,20 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     budget = budget_cfg if not isinstance(budget_cfg, dict | None) else build_budget(budget_cfg, "budget")
     study = read_study(cfg, select_cfg.source, select_cfg.study_name)
     records, direction = study.records, study.direction
-    selection = select(records, budget, float(select_cfg.tolerance), direction, summary_comparer(cfg, study),
+    compare = summary_comparer(cfg, study)
+    selection = select(records, budget, float(select_cfg.tolerance), direction, compare,
                        cfg.search.confidence, select_cfg.methods)
-    report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", format_selection(selection)]
+    # the choice is made: only now are the held-out outputs read, for the report
+    runners = [s for s, _ in selection.runners_up]
+    held = holdout.held_out([selection.chosen, *runners], records, holdout.holdout_reader(compare.comparer),
+                            selection.chosen)
+    report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", format_selection(selection),
+              "", *holdout.selection_lines(selection.chosen, runners, held, cfg.search.confidence)]
     print("\n".join(report), flush=True)
     out = os.path.join(select_cfg.output_dir or cfg.output_dir, "select", study.name)
     os.makedirs(out, exist_ok=True)
     summaries = [s for s, _ in selection.runners_up] + [selection.chosen]
-    paths = [plots.plot_rank_curves(summaries, os.path.join(out, "rank_curves.png"), cfg.task.metric),
+    paths = [plots.plot_rank_curves(summaries, os.path.join(out, "rank_curves.png"), cfg.task.metric, held),
              plots.plot_pareto(summaries, os.path.join(out, "pareto.png"), cfg.task.metric, front=selection.pareto,
                                direction=direction),
              plots.plot_learning_curves(records, os.path.join(out, "learning_curves.png"), cfg.task.metric)]
@@ -285,8 +294,10 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
             for p in paths:
                 client.log_artifact(study.parent_run_id, str(p), "select")
             client.set_tag(study.parent_run_id, "selected", f"{chosen.label} (trial {best_trial.number})")
+            tracking.log(client, study.parent_run_id, metrics=holdout.metrics(chosen, held))
         except Exception as e:  # e.g. a store copied from a cluster, whose artifact folder is not here
             note = f"note: plots not logged to MLflow: {first_line(e)[:200]}"
             print(note)
             report.append(note)
-    return Choice(study, selection, best_trial, out, preset, [str(p) for p in paths], adapter, "\n".join(report))
+    return Choice(study, selection, best_trial, out, preset, [str(p) for p in paths], adapter, "\n".join(report),
+                  held)

@@ -50,10 +50,12 @@ def seed_variance(recs: Sequence[TrialRecord], seed_std: float | None) -> float:
 
 class PairedComparer:
     def __init__(self, metric: str, is_regression: bool, num_labels: int, direction: str, output_dir: str,
-                 tracking_uri: str | None = None, confidence: float = 0.95, n_boot: int = 2000):
+                 tracking_uri: str | None = None, confidence: float = 0.95, n_boot: int = 2000,
+                 artifact: str = ARTIFACT):
         self.metric, self.is_regression, self.num_labels = metric, is_regression, num_labels
         self.direction, self.output_dir, self.uri = direction, output_dir, tracking_uri
         self.confidence, self.n_boot = confidence, n_boot
+        self.artifact = artifact  # the decision split's outputs; only reports pass the held-out split's
         self._cache: dict[str, object] = {}
 
     def predictions(self, rec: TrialRecord):
@@ -61,7 +63,7 @@ class PairedComparer:
         if not rec.run_id:
             return None
         if rec.run_id not in self._cache:
-            path = predictions_path(self.output_dir, rec.run_id)
+            path = predictions_path(self.output_dir, rec.run_id, self.artifact)
             found = load_predictions(path) if os.path.isfile(path) else self._download(rec.run_id)
             self._cache[rec.run_id] = found
         return self._cache[rec.run_id]
@@ -73,7 +75,8 @@ class PairedComparer:
             from mlflow.tracking import MlflowClient
 
             run, _, rank = run_id.partition("/")  # "<run>/r<rank>": a rank of a nested screen
-            artifact = f"{os.path.dirname(ARTIFACT)}/{rank}/{os.path.basename(ARTIFACT)}" if rank else ARTIFACT
+            name = self.artifact
+            artifact = f"{os.path.dirname(name)}/{rank}/{os.path.basename(name)}" if rank else name
             with tempfile.TemporaryDirectory() as tmp:
                 return load_predictions(MlflowClient(self.uri).download_artifacts(run, artifact, tmp))
         except Exception:  # not logged (an older trial), or the store has no artifacts here

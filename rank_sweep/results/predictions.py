@@ -6,7 +6,9 @@ same dev split can be compared example by example, later and from another machin
 
 Each trial writes ``<output_dir>/predictions/<run id>/val.npz`` and logs the same file as its MLflow
 artifact ``predictions/val.npz``. Rows are in dev-set order; ``index`` is the row's position in the
-(possibly subsampled) dev split, ``label`` its label index (or value).
+(possibly subsampled) dev split, ``label`` its label index (or value). The held-out split's outputs go to
+``predictions/holdout.npz`` alike (``index``: the row in its source file), read by reports only
+(:mod:`rank_sweep.results.holdout`).
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ class Predictions:
         return len(self.index)
 
 
-def predictions_path(output_dir: str, run_id: str) -> str:
-    return os.path.join(output_dir, "predictions", run_id, os.path.basename(ARTIFACT))
+def predictions_path(output_dir: str, run_id: str, artifact: str = ARTIFACT) -> str:
+    return os.path.join(output_dir, "predictions", run_id, os.path.basename(artifact))
 
 
-def save_predictions(path: str, outputs, labels) -> str:
+def save_predictions(path: str, outputs, labels, index=None) -> str:
+    """``index``: each row's number in its source (default: its position, 0..n-1)."""
     outputs = np.asarray(outputs, dtype=np.float32)
     labels = np.asarray(labels)
     prediction = outputs.argmax(-1) if outputs.ndim == 2 else outputs
+    index = np.arange(len(labels)) if index is None else np.asarray(index, dtype=np.int64)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    np.savez_compressed(path, index=np.arange(len(labels)), label=labels, outputs=outputs, prediction=prediction)
+    np.savez_compressed(path, index=index, label=labels, outputs=outputs, prediction=prediction)
     return path
 
 

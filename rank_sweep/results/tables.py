@@ -12,6 +12,7 @@ import io
 from collections.abc import Sequence
 
 from rank_sweep.errors import RankSweepError
+from rank_sweep.results import holdout
 from rank_sweep.results.records import ConfigSummary, TrialRecord
 from rank_sweep.results.selection import Selection, as_summaries, cost_text, count_text, score_text
 
@@ -60,30 +61,39 @@ def note(s: ConfigSummary) -> str:
 
 
 def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "markdown",
-                  decisions: dict | None = None) -> str:
+                  decisions: dict | None = None, held: dict | None = None) -> str:
     """One row per (targets, r): mean score and its interval, seed std, seeds, LoRA and trainable params, peak
     training memory and adapter size (MiB; the markdown shows them when any row has them);
     with ``decisions`` ((targets, r, probe lr or None) -> the ladder's rung), the CSV also carries each rung's
     verdict and the interval of its difference to the best lower rung (``diff``, ``diff_ci_low``,
-    ``diff_ci_high``); its last column ``label`` names the row with any tuned value (``Wq r=1 lr=0.003``)."""
+    ``diff_ci_high``); its column ``label`` names the row with any tuned value (``Wq r=1 lr=0.003``). With
+    ``held`` (label -> :class:`~rank_sweep.results.holdout.HeldOut`), a report-only held-out column (markdown)
+    or the columns ``holdout_mean``, ``holdout_ci_low``, ``holdout_ci_high``, ``holdout_n`` after ``label``."""
     summaries = as_summaries(items)
     decisions = decisions or {}
     if fmt == "markdown":
         notes = [note(s) for s in summaries]
         memory = has_memory(summaries)
         rows = [row + [note] for row, note in zip(_rows(summaries, memory), notes, strict=True)]
-        return _markdown(HEADER + (MEMORY_HEADER if memory else []) + ["note"], rows)
+        header = HEADER + (MEMORY_HEADER if memory else [])
+        if held:
+            return _markdown(header + ["held-out (report only)", "note"],
+                             [[*row[:-1], holdout.cell(held.get(s.label)), row[-1]]
+                              for row, s in zip(rows, summaries, strict=True)])
+        return _markdown(header + ["note"], rows)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
+        extra = list(holdout.CSV_COLUMNS) if held else []
         w.writerow(["targets", "r", "mean", "std", "n", "lora_params", "trainable_params", "not_learning",
                     "ci_low", "ci_high", "decision", "vs_r", "diff", "diff_ci_low", "diff_ci_high", "peak_memory_mb",
-                    "adapter_mb", "label"])
+                    "adapter_mb", "label", *extra])
         for s in summaries:
             g = decisions.get((s.targets, s.r, dict(s.tuned).get("lr")))
             verdict = [None] * 5 if g is None else [g.decision, g.vs_r, g.diff, g.diff_ci_low, g.diff_ci_high]
             w.writerow([s.targets, s.r, s.mean, s.std, s.n, s.lora_params, s.trainable_params, s.not_learning,
-                        s.ci_low, s.ci_high, *verdict, s.peak_memory_mb, s.adapter_mb, s.label])
+                        s.ci_low, s.ci_high, *verdict, s.peak_memory_mb, s.adapter_mb, s.label,
+                        *(holdout.csv_values(held.get(s.label)) if held else [])])
         return buf.getvalue()
     raise RankSweepError(f"fmt={fmt!r} is not valid: choose markdown or csv")
 

@@ -20,6 +20,8 @@ from rank_sweep import tracking
 from rank_sweep.analysis import plots, spectra
 from rank_sweep.config import RunConfig
 from rank_sweep.errors import RankSweepError, TrackingError
+from rank_sweep.results import holdout
+from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import records_from_study
 from rank_sweep.results.records import aggregate
 from rank_sweep.results.tables import summary_table
@@ -123,11 +125,17 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
     records = records_from_study(study)
     screened = [x for rec in records if rec.nested for x in screened_records(rec)]  # search=nested's rows
     summaries = aggregate(records + screened, cfg.search.confidence, cfg.task.direction)
+    # report-only: the held-out column is read from predictions/holdout.npz, which no decision below reads
+    held = (holdout.held_out(summaries, records, holdout.holdout_reader(spec.compare))
+            if isinstance(spec.compare, PairedComparer) else {})
     pooling = study.user_attrs.get("pooling")
     head = f", head pooling={pooling}" if pooling else ""
     lines = [f"study {study.study_name}: {len(records)} trials, metric {cfg.task.metric} ({cfg.task.direction}){head}",
              ""]
-    lines.append(summary_table(summaries) if summaries else "(no completed trial)")
+    lines.append(summary_table(summaries, held=held) if summaries else "(no completed trial)")
+    if held:
+        n = next(iter(held.values())).n
+        lines.append(f"held-out: {n} examples no decision reads (the verdicts below use the decision split only)")
     lines.append("")
     if spec.tuned:  # TPE draws points, it does not climb ladders: report its best configurations, no verdicts
         sign = 1.0 if cfg.task.direction == "maximize" else -1.0
@@ -135,7 +143,7 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
         lines.append("best trials (TPE: no ladder, so no plateau verdict):")
         lines += [f"    {s.label}: {s.mean:.4f} (trials {', '.join(map(str, s.numbers))})" for s in best]
         return "\n".join(lines), {"ladders": {}, "extensions": [], "summaries": summaries, "records": records,
-                                   "best": [s.label for s in best], "verdicts": {}}
+                                   "best": [s.label for s in best], "verdicts": {}, "held": held}
     p = ladder.plan(trial_records(study), spec)
     decisions = {}
     for lad in p.ladders:
@@ -163,7 +171,7 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
         lines.append(f"extension: {ext}")
     verdicts = {(lad.targets, g.r, g.lr): g for lad in p.ladders for g in lad.rungs}
     return "\n".join(lines), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
-                              "records": records, "verdicts": verdicts}
+                              "records": records, "verdicts": verdicts, "held": held}
 
 
 def _factors(client, output_dir: str, run_id: str, folder: str) -> str | None:
@@ -227,7 +235,7 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
             f.write(text + "\n")
         if info["summaries"]:
             with open(os.path.join(tmp, "summary.csv"), "w") as f:
-                f.write(summary_table(info["summaries"], fmt="csv", decisions=info["verdicts"]))
+                f.write(summary_table(info["summaries"], fmt="csv", decisions=info["verdicts"], held=info["held"]))
             skipped = draw_plots(info, cfg, tmp)
             if skipped:
                 text += "\n\n" + "\n".join(skipped)
@@ -245,7 +253,8 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
 def draw_plots(info: dict, cfg: RunConfig, folder: str) -> list[str]:
     """The study's plots, each on its own: one that fails is named in one line, the others are still drawn."""
     d = cfg.task.direction
-    jobs = {"rank_curves.png": lambda path: plots.plot_rank_curves(info["summaries"], path, cfg.task.metric),
+    jobs = {"rank_curves.png": lambda path: plots.plot_rank_curves(info["summaries"], path, cfg.task.metric,
+                                                                   info.get("held")),
             "pareto.png": lambda path: plots.plot_pareto(info["summaries"], path, cfg.task.metric, direction=d),
             "learning_curves.png": lambda path: plots.plot_learning_curves(info["records"], path, cfg.task.metric)}
     if any(x.peak_memory_mb is not None for x in info["summaries"]):  # the same trade-off against measured memory

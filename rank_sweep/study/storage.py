@@ -93,6 +93,8 @@ def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
 
     flat = _flatten(resolved_config(cfg))
     out = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_RESULT_KEYS)}
+    if not cfg.task.holdout:  # no held-out split: the fingerprint of a study from before the split existed
+        out = {k: v for k, v in out.items() if k.removeprefix("task.") not in cfg.task.HOLDOUT_KEYS}
     out.update({"search.strategy": cfg.search.strategy, "search.target_sets": spec.target_sets,
                 "search.extend_target_sets": spec.extend_sets if spec.extend else [], "search.ranks": spec.ranks,
                 "search.seeds": spec.seeds, "search.noise_seeds": spec.noise_seeds,

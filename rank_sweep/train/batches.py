@@ -4,7 +4,8 @@
     dm = GlueDataModule(tokenized, tokenizer, batch_size=32, eval_batch_size=128, group_by_length=True, seed=0)
 
 Training batches are drawn in a seeded order, grouped by length (``trainer.group_by_length``);
-validation keeps the original order, so predictions line up with ``label_arrays``.
+validation keeps the original order, so predictions line up with ``label_arrays``; so does the held-out
+split (``holdout_dataloader``), which no Lightning hook reads.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ def tokenize_splits(splits: datasets.DatasetDict, tokenizer, task: TaskConfig) -
         out["length"] = [len(ids) for ids in enc["input_ids"]]
         return out
 
-    return datasets.DatasetDict(
+    out = datasets.DatasetDict(
         {
             name: ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {name}")
             for name, ds in splits.items()
         }
     )
+    out.holdout_info = getattr(splits, "holdout_info", None)  # where the holdout split came from (train.holdout)
+    return out
 
 
 class _LengthGroupedSampler(torch.utils.data.Sampler):
@@ -116,8 +119,16 @@ class GlueDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         # Original order (predictions line up with label_arrays); padding is per batch.
+        return self._eval_loader("validation")
+
+    def holdout_dataloader(self) -> DataLoader | None:
+        """The held-out split in its order (``rank_sweep.train.holdout``), or None when there is none.
+        Not a Lightning hook: only the trial's one pass after the fit reads it."""
+        return self._eval_loader("holdout") if "holdout" in self.tokenized else None
+
+    def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(
-            self._model_columns(self.tokenized["validation"]),
+            self._model_columns(self.tokenized[split]),
             batch_size=self.eval_batch_size,
             shuffle=False,
             collate_fn=self.collator,

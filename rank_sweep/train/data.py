@@ -4,7 +4,7 @@ Usage::
 
     from rank_sweep.train.data import label_arrays, load_splits
 
-    splits = load_splits(cfg.task)                     # DatasetDict: train, validation
+    splits = load_splits(cfg.task)                     # DatasetDict: train, validation (+ holdout)
     train_labels, val_labels = label_arrays(splits)    # for baseline_score
 
 (:mod:`rank_sweep.train.batches` tokenizes the splits and serves them to Lightning.)
@@ -23,6 +23,10 @@ into ``task.labels``, or a float for regression). Sources:
   (relative to ``task.data_dir`` when set); a ``.tsv`` file is read tab-separated
   with quoting off.
 - ``hub``: ``datasets.load_dataset(task.hub_path, task.hub_config)``.
+
+``task.holdout`` (on by default) adds a ``holdout`` split that no decision reads, taken from the unused
+training rows, ``task.test_file`` or a hash of the dev examples (:mod:`rank_sweep.train.holdout`); the
+DatasetDict's ``holdout_info`` says which.
 
 Every input problem raises a one-line :class:`DataError` before training.
 Files go through ``datasets.load_dataset`` so parsing, label mapping and
@@ -43,7 +47,7 @@ import pandas as pd
 
 from rank_sweep.config import TaskConfig
 from rank_sweep.errors import ConfigError, DataError
-from rank_sweep.train import checks
+from rank_sweep.train import checks, holdout
 
 # Per-GLUE-task file layout, keyed by the normalised glue_name (or hub_config).
 # aliases: configured (Hub) column name -> column name in the GLUE file.
@@ -176,6 +180,8 @@ def data_digest(task: TaskConfig) -> dict[str, str]:
     files = data_files(task)
     if files is None:
         return {"hub": f"{task.hub_path}/{task.hub_config}"}
+    if task.holdout and holdout.test_path(task):
+        files["test"] = holdout.test_path(task)
     out = {}
     for split, path in files.items():
         h = hashlib.sha256()
@@ -316,9 +322,20 @@ def load_splits(task: TaskConfig, cache_dir: str | None = None) -> datasets.Data
         )
     raw, where = raw_splits(task, cache_dir)
     out = {k: prepare_labels(raw[k], task, where[k]) for k in ("train", "validation")}
+    test, files = None, dict(data_files(task) or {})
+    if task.holdout and holdout.test_path(task):  # the held-out split's own file
+        files["test"] = holdout.test_path(task)
+        raw_test = _read_file(files["test"], task.source, f"test file of task {task.name}",
+                              _layout(task) if task.source == "glue" else {}, cache_dir)
+        test = prepare_labels(raw_test, task, f"data file {files['test']!r}")
+    out["validation"], held, info = holdout.split_holdout(task, out["train"], out["validation"], test, files)
     out["train"] = _subsample(out["train"], task.max_train_samples)
     out["validation"] = _subsample(out["validation"], task.max_eval_samples)
-    return datasets.DatasetDict(out)
+    if held is not None:
+        out["holdout"] = held
+    dd = datasets.DatasetDict(out)
+    dd.holdout_info = info  # provenance, carried to the tokenized splits (rank_sweep.train.batches)
+    return dd
 
 
 def label_arrays(splits: datasets.DatasetDict) -> tuple[np.ndarray, np.ndarray]:

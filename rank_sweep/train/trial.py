@@ -27,7 +27,7 @@ from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError
 from rank_sweep.results.paired import is_gain, paired_difference, score_interval
 from rank_sweep.results.predictions import ARTIFACT, predictions_path, save_predictions
-from rank_sweep.train import causal, lora, methods
+from rank_sweep.train import causal, holdout, lora, methods
 from rank_sweep.train.batches import GlueDataModule
 from rank_sweep.train.callbacks import BestEpoch, EpochLogger
 from rank_sweep.train.data import data_files
@@ -55,6 +55,7 @@ class TrialResult:
     score_epoch: int = 0  # the epoch scored: the best one with early stopping, else the last
     score_ci: tuple[float, float] | None = None  # (low, high) over dev examples, at search.confidence
     memory: dict[str, float] = field(default_factory=dict)  # peak_memory_mb, adapter_mb, ... (train.memory)
+    holdout: dict[str, float] = field(default_factory=dict)  # holdout_score, holdout_ci_low/high: report-only
 
 
 def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
@@ -160,6 +161,11 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         interrupts.hold()  # trained: a signal now waits until the outcome is in both stores (rank_sweep.interrupts)
         score, not_learning, score_ci = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id,
                                                 cache, train_labels)
+        # every input of a decision (score, interval, learning flag, dev outputs) is recorded: only now is the
+        # held-out split scored, one pass, for reports (rank_sweep.train.holdout); a causal LM task has none
+        held = {} if cfg.task.is_causal else holdout.score_holdout(cfg, model, fit.datamodule, client, run_id)
+        if held:
+            tracking.log(client, run_id, metrics=held)
     except BaseException as e:
         pruned = type(e).__name__ == "TrialPruned"
         try:
@@ -174,7 +180,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         raise tracking.store_failed(uri, f"closing the run of {name}", e) from e
     return TrialResult(score, cfg.task.metric, fit.metrics, counts, fit.train_seconds, fit.setup_seconds, baseline,
                        not_learning, fit.module.constant_predictions, fit.module.history, run_id, fit.steps,
-                       fit.score_epoch, score_ci, fit.memory)
+                       fit.score_epoch, score_ci, fit.memory, held)
 
 
 @dataclass
@@ -322,6 +328,9 @@ def resolved_config(cfg: RunConfig) -> dict:
     if not cfg.task.is_causal:  # keys a classifier never reads: its record stays as before they existed
         for key in cfg.task.LM_KEYS:
             task.pop(key, None)
+    else:  # a causal LM task has no held-out split (yet)
+        for key in cfg.task.HOLDOUT_KEYS:
+            task.pop(key, None)
     for key, before in cfg.task.LM_KEYS_ADDED.items():  # at their old value: a stored study's fingerprint matches
         if key in task and task[key] == before:
             task.pop(key)
@@ -335,6 +344,8 @@ def resolved_config(cfg: RunConfig) -> dict:
     elif cfg.task.source in ("csv", "jsonl"):
         files = data_files(cfg.task)
         task["data_dir"], task["train_file"], task["validation_file"] = None, files["train"], files["validation"]
+    if not cfg.task.is_causal and cfg.task.test_file:  # the held-out file, absolute as the others
+        task["test_file"] = holdout.test_path(cfg.task)
     d["trainer"]["precision"] = resolve_precision(cfg)
     d["tracking"]["uri"] = tracking.redact(cfg.tracking.resolved_uri())
     d["search"]["storage"] = tracking.redact(d["search"]["storage"])

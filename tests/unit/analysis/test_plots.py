@@ -45,6 +45,18 @@ def test_rank_curves_png(tmp_path):
     assert width > 300 and height > 200
 
 
+def test_rank_curves_can_show_the_held_out_scores_beside_the_decision_split(tmp_path):
+    from rank_sweep.results.holdout import HeldOut
+    from rank_sweep.results.paired import Interval
+
+    held = {s.label: HeldOut(Interval(s.mean - 0.05, s.mean - 0.08, s.mean - 0.02), 500, 2, ())
+            for s in SUMMARIES if s.targets == "Wq"}
+    plain = plot_rank_curves(SUMMARIES, tmp_path / "plain.png", "mcc")
+    both = plot_rank_curves(SUMMARIES, tmp_path / "both.png", "mcc", held)
+    assert both.read_bytes()[:8] == PNG_MAGIC and both.read_bytes() != plain.read_bytes()
+    assert plot_rank_curves(SUMMARIES, tmp_path / "none.png", "mcc", {}).read_bytes() == plain.read_bytes()
+
+
 def test_rank_curves_single_rank_and_str_path(tmp_path):
     out = plot_rank_curves([S("Wq", 8, 0.9, 80)], str(tmp_path / "one.png"), "accuracy")
     assert isinstance(out, Path) and out.read_bytes()[:8] == PNG_MAGIC
