@@ -43,6 +43,7 @@ from rank_sweep.errors import RankSweepError, first_line
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import load_mlflow_study, records_from_study
 from rank_sweep.results.records import TrialRecord, config_key
+from rank_sweep.results.select_page import select_page
 from rank_sweep.results.selection import Selection, select
 from rank_sweep.results.tables import format_selection
 from rank_sweep.study.storage import open_storage
@@ -254,7 +255,8 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     records, direction = study.records, study.direction
     selection = select(records, budget, float(select_cfg.tolerance), direction, summary_comparer(cfg, study),
                        cfg.search.confidence, select_cfg.methods)
-    report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", format_selection(selection)]
+    chosen_text = format_selection(selection)
+    report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", chosen_text]
     print("\n".join(report), flush=True)
     out = os.path.join(select_cfg.output_dir or cfg.output_dir, "select", study.name)
     os.makedirs(out, exist_ok=True)
@@ -277,12 +279,16 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     retrain_note = f"preset {preset}: trial {best_trial.number} as it ran, from {source}"
     adapter, adapter_line = save_chosen_adapter(cfg, best_trial, out, retrain)
     tail = [f"plots: {', '.join(str(p) for p in paths)}", retrain_note, f"retrain the choice: {retrain}", adapter_line]
+    page = None
+    if select_cfg.report:
+        page = select_page(cfg, study.name, study.parent_run_id, study.where, chosen_text, paths, out, retrain)
+        tail.insert(1, f"report: {page}")
     print("\n" + "\n".join(tail), flush=True)
     report += [""] + tail
     if study.parent_run_id:
         try:
             client, _ = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
-            for p in paths:
+            for p in paths + ([page] if page else []):
                 client.log_artifact(study.parent_run_id, str(p), "select")
             client.set_tag(study.parent_run_id, "selected", f"{chosen.label} (trial {best_trial.number})")
         except Exception as e:  # e.g. a store copied from a cluster, whose artifact folder is not here
