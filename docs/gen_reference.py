@@ -237,6 +237,20 @@ def mlflow_page() -> str:
                     "writes them, in order:\n\n", " · ".join(f"`{c}`" for c in summary_columns()), "\n"])
 
 
+class _Shown(str):
+    """A string annotation (``from __future__ import annotations``) shown as written, without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _signature(obj) -> str:
+    sig = inspect.signature(obj)
+    unquote = lambda a: _Shown(a) if isinstance(a, str) else a  # noqa: E731
+    params = [p.replace(annotation=unquote(p.annotation)) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=unquote(sig.return_annotation)))
+
+
 def api_page() -> str:
     out = ["# Python API\n\n", GENERATED,
            "The modules a user may import to read results (none imports the training stack except where "
@@ -250,10 +264,10 @@ def api_page() -> str:
             if not (inspect.isfunction(obj) or inspect.isclass(obj)):
                 continue
             try:
-                sig = str(inspect.signature(obj))
+                sig = _signature(obj)
             except (TypeError, ValueError):
                 sig = "(...)"
-            first = (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
+            first = re.sub(r":\w+:(`[^`]+`)", r"\1", (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " "))
             out.append(f"- **`{attr}{sig}`**" + (f": {first}" if first else "") + "\n")
         out.append("\n")
     return "".join(out)

@@ -34,6 +34,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1em; color: #1b1f24; line-height: 1.45; }
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
 .answer { background: #eef6ee; border-left: 5px solid #2e7d32; padding: .6em 1em; }
+.answer pre { font-size: .95em; }
 pre { white-space: pre-wrap; font-size: .85em; margin: .3em 0; }
 table { border-collapse: collapse; font-size: .85em; margin: .6em 0; }
 th, td { border: 1px solid #d0d7de; padding: .25em .6em; text-align: right; }
