@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 GLUE_DIR ?= $(wildcard $(abspath ../shared/glue))
 export GLUE_DIR
 
-.PHONY: help install sweep trial select test lint ui bench bench-quick clean
+.PHONY: help install sweep trial select test docs lint ui bench bench-quick clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -34,6 +34,9 @@ select: install ## choose for a budget: make select ARGS="experiment=quickstart 
 test: install ## the test suite (CPU; GPU-only tests skip)
 	$(PY) -m pytest -q
 
+docs: install ## build the docs site into site/ (MkDocs; a warning or a broken internal link fails the build)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: install ## ruff
 	$(VENV)/bin/ruff check rank_sweep tests
 
@@ -47,4 +50,4 @@ bench-quick: install ## the benchmark in quick mode (under 15 min on 2 cores)
 	$(PY) experiments/benchmarks/bench.py --quick
 
 clean: ## remove run outputs (keeps mlflow.db and optuna.db)
-	rm -rf outputs lightning_logs .pytest_cache
+	rm -rf outputs lightning_logs .pytest_cache site

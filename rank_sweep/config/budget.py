@@ -105,9 +105,12 @@ class SelectConfig:
     source: str = default("select", "source")
     output_dir: str | None = default("select", "output_dir")
     methods: list[str] = default("select", "methods")
+    report: bool = default("select", "report")
 
     def __post_init__(self) -> None:
         one_of("select.source", self.source, SOURCES)
+        if not isinstance(self.report, bool):
+            raise ConfigError(f"select.report={self.report!r} is not valid: give true or false")
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         valid = (*METHODS, FULL, "all")

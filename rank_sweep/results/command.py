@@ -44,6 +44,7 @@ from rank_sweep.results import holdout
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import load_mlflow_study, records_from_study
 from rank_sweep.results.records import TrialRecord, config_key
+from rank_sweep.results.select_page import select_page
 from rank_sweep.results.selection import Selection, select
 from rank_sweep.results.tables import format_selection
 from rank_sweep.study.storage import open_storage
@@ -262,8 +263,9 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     runners = [s for s, _ in selection.runners_up]
     held = holdout.held_out([selection.chosen, *runners], records, holdout.holdout_reader(compare.comparer),
                             selection.chosen)
-    report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", format_selection(selection),
-              "", *holdout.selection_lines(selection.chosen, runners, held, cfg.search.confidence)]
+    chosen_text = "\n".join([format_selection(selection), "",
+                             *holdout.selection_lines(selection.chosen, runners, held, cfg.search.confidence)])
+    report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", chosen_text]
     print("\n".join(report), flush=True)
     out = os.path.join(select_cfg.output_dir or cfg.output_dir, "select", study.name)
     os.makedirs(out, exist_ok=True)
@@ -286,12 +288,16 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     retrain_note = f"preset {preset}: trial {best_trial.number} as it ran, from {source}"
     adapter, adapter_line = save_chosen_adapter(cfg, best_trial, out, retrain)
     tail = [f"plots: {', '.join(str(p) for p in paths)}", retrain_note, f"retrain the choice: {retrain}", adapter_line]
+    page = None
+    if select_cfg.report:
+        page = select_page(cfg, study.name, study.parent_run_id, study.where, chosen_text, paths, out, retrain)
+        tail.insert(1, f"report: {page}")
     print("\n" + "\n".join(tail), flush=True)
     report += [""] + tail
     if study.parent_run_id:
         try:
             client, _ = tracking.connect(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
-            for p in paths:
+            for p in paths + ([page] if page else []):
                 client.log_artifact(study.parent_run_id, str(p), "select")
             client.set_tag(study.parent_run_id, "selected", f"{chosen.label} (trial {best_trial.number})")
             tracking.log(client, study.parent_run_id, metrics=holdout.metrics(chosen, held))

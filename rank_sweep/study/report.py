@@ -25,6 +25,7 @@ from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import records_from_study
 from rank_sweep.results.records import aggregate
 from rank_sweep.results.tables import summary_table
+from rank_sweep.study import page
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.history import screened_records
 from rank_sweep.study.sampler import trial_records
@@ -243,6 +244,11 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
                     f.write(text + "\n")
         with open(os.path.join(tmp, "decisions.json"), "w") as f:
             json.dump({"ladders": info["ladders"], "extensions": info["extensions"], "stop": stop}, f, indent=2)
+        if info["summaries"]:
+            try:  # the page is a view of the above: a failure is named, the summary is still logged
+                text += f"\n\nreport: {page.study_page(study, info, text, cfg, run_id, tmp)} (and the parent run's report.html)"
+            except (RankSweepError, ValueError, OSError) as e:
+                text += f"\n\nreport.html skipped: {type(e).__name__}: {str(e).strip()[:200]}"
         client.log_artifacts(run_id, tmp)
     tags = {"decision": "; ".join(f"{k}: r={v['plateau_rank']}" for k, v in info["ladders"].items())[:4000],
             "stop_reason": stop or "interrupted"}

@@ -59,7 +59,7 @@ UNKNOWN = [
     (["-m", "seed=0,1", "lora.rank=1,2"], "config", "lora.rank is not a known key (valid keys of lora: alpha, "),
     (["lora.target=[Wq]"], "config", "lora.target is not a known key: did you mean lora.targets? "),
     (["select.tolerence=0.1"], "select", "select.tolerence is not a known key: did you mean select.tolerance? "
-                                         "(valid keys of select: methods, output_dir, source, study_name, tolerance)"),
+                                         "(valid keys of select: methods, output_dir, report, source, study_name, tolerance)"),
     (["budget.max_lora=1"], "select", "budget.max_lora is not a known key: did you mean budget.max_lora_params? "),
     (["select.tolerance=0.1"], "config", "select.tolerance is not a known key (valid keys at the top: "),
 ]
