@@ -288,8 +288,7 @@ def _trial(cfg: DictConfig) -> float:
 
         result = run_trial(run, learn_margin=run.search.learn_margin)
         c = result.counts
-        print(
-            f"score ({result.metric}) = {result.score:.4f}"
+        print(f"score ({result.metric}) = {result.score:.4f}"
             + (f" [{result.score_ci[0]:.4f}, {result.score_ci[1]:.4f}] ({run.search.confidence:.0%} over dev examples)"
                if result.score_ci else "")
             + f"  baseline {result.baseline_score:.4f}"

@@ -14,17 +14,14 @@ from typing import Any
 from rank_sweep.config.base import (
     ALPHA_POLICIES,
     INITS,
-    LM_FORMATS,
     METRICS,
     MINIMIZED,
     POOLINGS,
     PRECISIONS,
     TASK_SOURCES,
     TASK_TYPES,
-    TRUNCATIONS,
     boolean,
     check_classes,
-    check_generation,
     check_holdout,
     check_quantization,
     check_rank,
@@ -38,6 +35,7 @@ from rank_sweep.config.base import (
     optional_count,
     positive,
 )
+from rank_sweep.config.lm_task import EXACT_MATCH, check_causal_task
 from rank_sweep.errors import ConfigError
 
 
@@ -84,8 +82,6 @@ class ModelConfig:
 
 
 MIN_SEQ_LENGTH = (8, "the special tokens alone take 2-3 of them")  # task.max_seq_length's lower bound, and why
-CHOICE_METRICS = ("accuracy", "f1", "mcc")  # of a causal LM task: on the most likely of task.choices
-EXACT_MATCH = "exact_match"  # of a causal LM task: the greedy generation's answer equals the completion's
 
 
 @dataclass
@@ -143,7 +139,7 @@ class TaskConfig:
     def __post_init__(self) -> None:
         one_of("task.type", self.type, TASK_TYPES)
         if self.is_causal:
-            self._check_causal()
+            check_causal_task(self)  # rank_sweep.config.lm_task
             return
         one_of("task.source", self.source, TASK_SOURCES)
         if not self.text_fields or len(self.text_fields) > 2:
@@ -171,50 +167,6 @@ class TaskConfig:
                 f"(got {self.train_file!r}, {self.validation_file!r})"
             )
         check_holdout(self.holdout, self.holdout_size, self.holdout_dev_fraction, self.test_file)
-
-    def _check_causal(self) -> None:
-        one_of("task.source", self.source, TASK_SOURCES)
-        one_of("task.format", self.format, LM_FORMATS)
-        one_of("task.truncation", self.truncation, TRUNCATIONS)
-        boolean("task.append_eos", self.append_eos)
-        for m in [self.metric, *self.metrics]:
-            one_of("task.metric", m, ("loss", "perplexity", *CHOICE_METRICS, EXACT_MATCH))
-        if self.metric == "perplexity":
-            raise ConfigError("task.metric='perplexity' is not valid as the primary metric: it is exp(loss) and ranks "
-                              "trials the same; use task.metric=loss (perplexity is logged as val/perplexity)")
-        self.metrics = list(dict.fromkeys([self.metric, *self.metrics]))
-        if self.choices is not None:
-            self.choices = [str(c) for c in self.choices]
-            if len(self.choices) < 2 or len(set(self.choices)) < len(self.choices) or not all(c.strip() for c in self.choices):
-                raise ConfigError(f"task.choices={self.choices!r} is not valid: give two or more distinct, non-empty answers")
-            if self.format == "text":
-                raise ConfigError("task.choices is not valid with task.format=text: a text task has no prompt to answer")
-            self.labels = [str(x) for x in (self.labels if self.labels is not None else self.choices)]
-            if len(self.labels) != len(self.choices):
-                raise ConfigError(f"task.labels={self.labels!r} is not valid: give one label value per task.choices "
-                                  f"entry ({len(self.choices)}), in the same order")
-        elif self.labels is not None:
-            raise ConfigError("task.labels is set but task.choices is not: a causal LM task's labels name the "
-                              "label values of its choices; set task.choices (or task.labels=null)")
-        if EXACT_MATCH in self.metrics:
-            check_generation(self.format, self.max_new_tokens, self.answer_pattern)
-        needs = [m for m in self.metrics if m in CHOICE_METRICS]
-        if needs and self.choices is None:
-            raise ConfigError(f"task.metrics contains {needs[0]!r}, which scores the most likely of task.choices: "
-                              f"set task.choices (e.g. [' yes',' no']) or use loss and perplexity")
-        if self.prompt_template is not None:
-            try:
-                self.prompt_template.format(**{f: "" for f in self.text_fields})
-            except (KeyError, IndexError, ValueError) as e:
-                raise ConfigError(f"task.prompt_template={self.prompt_template!r} is not valid: {type(e).__name__} "
-                                  f"{e}; it may name only task.text_fields {list(self.text_fields)} as {{field}}") from None
-        positive("task.max_seq_length", self.max_seq_length, integer=True)
-        for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None:
-                positive(f"task.{name}", getattr(self, name), integer=True)
-        if self.source in ("csv", "jsonl") and not (self.train_file and self.validation_file):
-            raise ConfigError(f"task.source={self.source} needs task.train_file and task.validation_file "
-                              f"(got {self.train_file!r}, {self.validation_file!r})")
 
     @property
     def is_causal(self) -> bool:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from rank_sweep.config import RunConfig
-from rank_sweep.config.sections import CHOICE_METRICS, EXACT_MATCH
+from rank_sweep.config.lm_task import CHOICE_METRICS, EXACT_MATCH
 from rank_sweep.errors import ConfigError
 from rank_sweep.train import answers
 from rank_sweep.train.lm_data import IGNORE, CausalDataModule

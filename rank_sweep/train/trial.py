@@ -99,12 +99,8 @@ def trial_params(cfg: RunConfig, pooling: str | None = None) -> dict:
         r = 0 if full else cfg.lora.r
         targets = (HEAD if cfg.lora.head_only else FULL) if full else targets_key(cfg.lora.targets)
     return {
-        "model": cfg.model.label,
-        "model_path": cfg.model.name_or_path,
-        "task": cfg.task.name,
-        "method": cfg.method.name,
-        "r": r,
-        "targets": targets,
+        "model": cfg.model.label, "model_path": cfg.model.name_or_path, "task": cfg.task.name,
+        "method": cfg.method.name, "r": r, "targets": targets,
         "alpha": None if full or reference else cfg.lora.lora_alpha,
         "alpha_policy": cfg.lora.alpha_policy,
         "lr": cfg.trainer.lr,

@@ -87,7 +87,7 @@ def test_the_command_line_runs_a_reference_method(tiny_model_dir, toy_data_dir, 
     out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "rank-sweep-trial"), *args], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "lora_params 128  head_params 1122  trainable_params 1250" in out.stdout  # 2 x (32 + 32); head + pooler
+    assert "lora_params 128  head_params 1,122  trainable_params 1,250" in out.stdout  # 2 x (32 + 32); head + pooler
     bad = subprocess.run([os.path.join(os.path.dirname(sys.executable), "rank-sweep-trial"), *args,
                           "method.settings.init_r=4"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
