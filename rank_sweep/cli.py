@@ -256,8 +256,8 @@ def quiet_libraries(training: bool = True) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*(is an experimental feature|does not have many workers).*")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # at import it warns that a CPU kernel is not on the hub
     warnings.filterwarnings("ignore", message=".*Precision bf16-mixed is not supported.*")
     try:
         import mlflow  # noqa: F401
