@@ -2,12 +2,15 @@
 its interval, and each pooling's paired difference to ``cls_frozen`` (the head every trial had before) on the same
 dev examples.
 
-    .venv/bin/python experiments/pooling/table.py --prefix pool_ experiment=quickstart \
-        search.storage=sqlite:////tmp/exp/optuna.db tracking.uri=sqlite:////tmp/exp/mlflow.db output_dir=/tmp/exp/out
+    .venv/bin/python experiments/pooling/table.py --out sst2 cls_frozen=pool1_cls_frozen cls=pool1_cls \
+        mean=qs_auto,pool1_mean search.storage=sqlite:////tmp/exp/optuna.db tracking.uri=sqlite:////tmp/exp/mlflow.db \
+        output_dir=/tmp/exp/out
 
-One study per pooling, named ``<prefix><pooling>`` (``run.sh`` makes them). Prints a markdown table and writes
-``<prefix>table.json`` beside this file. Intervals: 95% over dev examples with seed noise (the study's own
-statistic, :func:`rank_sweep.results.records.aggregate`); differences: paired on the same examples, seeds pooled.
+``<pooling>=<study>[,<study>...]``: the studies whose trials ran under that pooling (``run.sh`` makes them; a
+configuration found in several is pooled over its seeds). The rest are the sweep's overrides, so the stores are
+found. Prints a markdown table and writes ``<out>_table.json`` beside this file. Intervals: 95% over dev examples
+with seed noise (the study's own statistic, :func:`rank_sweep.results.records.aggregate`); differences: paired on the
+same examples, seeds pooled.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 from hydra import compose, initialize_config_dir
 
@@ -33,23 +37,26 @@ from rank_sweep.results.tables import interval_text  # noqa: E402
 POOLINGS = ("cls_frozen", "cls", "mean")
 
 
-def main(prefix: str, overrides: list[str]) -> tuple[str, dict]:
+def main(sources: dict[str, list[str]], overrides: list[str]) -> tuple[str, dict]:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = build_config(compose("config", overrides=overrides))
-    studies, rows = {}, {}
+    studies, rows, by_number = {}, {}, {}
     for pooling in POOLINGS:
-        try:
-            studies[pooling] = read_study(cfg, "study", f"{prefix}{pooling}")
-        except RankSweepError as e:
-            print(f"({pooling}: {e})", file=sys.stderr)
+        records = []
+        for k, name in enumerate(sources.get(pooling, [])):
+            try:
+                study = read_study(cfg, "study", name)
+            except RankSweepError as e:
+                print(f"({pooling}: {e})", file=sys.stderr)
+                continue
+            studies.setdefault(pooling, study)  # trial numbers repeat across studies: make them unique
+            records += [replace(r, number=100_000 * k + r.number) for r in study.records]
+        if not records:
             continue
-        study = studies[pooling]
-        for s in aggregate([r for r in study.records if r.usable], cfg.search.confidence, study.direction):
+        by_number[pooling] = {r.number: r for r in records}
+        for s in aggregate([r for r in records if r.usable], cfg.search.confidence, studies[pooling].direction):
             rows.setdefault((s.targets, s.r), {})[pooling] = s
     base = next(iter(studies.values()))
-    by_number = {}  # trial numbers repeat across studies: compare records, not numbers
-    for pooling, study in studies.items():
-        by_number[pooling] = {r.number: r for r in study.records}
     out, lines = {}, [
         f"{cfg.task.name} ({cfg.task.metric}); 95% intervals over dev examples with seed noise; "
         f"diff = pooling - cls_frozen on the same dev examples (paired, seeds pooled)", "",
@@ -84,9 +91,10 @@ def main(prefix: str, overrides: list[str]) -> tuple[str, dict]:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prefix", default="pool_")
-    args, overrides = ap.parse_known_args()
-    text, data = main(args.prefix, overrides)
+    ap.add_argument("--out", default="sst2")
+    args, rest = ap.parse_known_args()
+    sources = {a.split("=", 1)[0]: a.split("=", 1)[1].split(",") for a in rest if a.split("=", 1)[0] in POOLINGS}
+    text, data = main(sources, [a for a in rest if a.split("=", 1)[0] not in POOLINGS])
     print(text)
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{args.prefix}table.json"), "w") as f:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{args.out}_table.json"), "w") as f:
         json.dump(data, f, indent=1)
