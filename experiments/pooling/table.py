@@ -59,9 +59,9 @@ def main(sources: dict[str, list[str]], overrides: list[str]) -> tuple[str, dict
     base = next(iter(studies.values()))
     out, lines = {}, [
         f"{cfg.task.name} ({cfg.task.metric}); 95% intervals over dev examples with seed noise; "
-        f"diff = pooling - cls_frozen on the same dev examples (paired, seeds pooled)", "",
-        "| targets | r | pooling | mean | interval | seeds | diff to cls_frozen | trainable params |",
-        "|---|---|---|---|---|---|---|---|"]
+        f"diffs = pooling - cls_frozen, and mean - cls, on the same dev examples (paired, seeds pooled)", "",
+        "| targets | r | pooling | mean | interval | seeds | diff to cls_frozen | mean - cls | trainable params |",
+        "|---|---|---|---|---|---|---|---|---|"]
     task = next((r.config["task"] for r in base.records if r.config and "task" in r.config), None)
     pc = PairedComparer(cfg.task.metric if not task else task["metric"],
                         (task["labels"] is None) if task else cfg.task.is_regression,
@@ -77,14 +77,18 @@ def main(sources: dict[str, list[str]], overrides: list[str]) -> tuple[str, dict
             d = None
             if ref is not None and pooling != "cls_frozen":
                 d = pc([by_number["cls_frozen"][n] for n in ref.numbers], recs)
-            diff = "" if d is None else f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+            d_cls = None
+            if pooling == "mean" and per.get("cls") is not None:
+                d_cls = pc([by_number["cls"][n] for n in per["cls"].numbers], recs)
+            diff, vs_cls = ("" if x is None else f"{x.estimate:+.4f} [{x.low:+.4f}, {x.high:+.4f}]" for x in (d, d_cls))
             nl = f" ({s.n_not_learning} not learning)" if s.n_not_learning else ""
-            lines.append(f"| {targets} | {r} | {pooling} | {s.mean:.4f} | {interval_text(s)} | {s.n}{nl} | {diff} | "
+            lines.append(f"| {targets} | {r} | {pooling} | {s.mean:.4f} | {interval_text(s)} | {s.n}{nl} | {diff} | {vs_cls} | "
                          f"{s.trainable_params:,} |")
             out[f"{targets}|{r}|{pooling}"] = {
                 "mean": s.mean, "interval": interval_text(s), "seeds": s.n, "not_learning": s.n_not_learning,
                 "scores": [by_number[pooling][n].score for n in s.numbers],
                 "diff_to_cls_frozen": None if d is None else [d.estimate, d.low, d.high],
+                "mean_minus_cls": None if d_cls is None else [d_cls.estimate, d_cls.low, d_cls.high],
                 "trainable_params": s.trainable_params, "lora_params": s.lora_params}
     return "\n".join(lines), out
 

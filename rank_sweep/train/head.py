@@ -113,8 +113,11 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
 
 
 def trained_names(model: nn.Module, heads: list[str], pooling: str) -> list[str]:
-    """The modules trained in full beside an adapter: the classification head, and the pooler under ``cls``."""
+    """The modules trained in full beside an adapter: the classification head, and under ``cls`` the pooler's
+    linear layers (``bert.pooler.dense``: its only parameters; named as layers, not as the pooler, because PEFT's
+    ``merge_and_unload`` puts a saved module back by its ``weight``)."""
     name = pooler_name(model)
-    if pooling == "cls" and name is not None and not any(name == h or name.startswith(h + ".") for h in heads):
-        return [*heads, name]
-    return list(heads)
+    if pooling != "cls" or name is None or any(name == h or name.startswith(h + ".") for h in heads):
+        return list(heads)
+    pooler = model.get_submodule(name)
+    return [*heads, *(f"{name}.{sub}" for sub, m in pooler.named_modules() if isinstance(m, nn.Linear))]

@@ -101,7 +101,7 @@ def test_a_bad_pooling_value_is_one_line_naming_the_options():
         ModelConfig(pooling="avg")
 
 
-@pytest.mark.parametrize(("pooling", "extra"), [("cls", ["bert.pooler"]), ("cls_frozen", []), ("mean", [])])
+@pytest.mark.parametrize(("pooling", "extra"), [("cls", ["bert.pooler.dense"]), ("cls_frozen", []), ("mean", [])])
 def test_trained_modules_and_exact_counts(pooling, extra):
     model = head.apply_pooling(bert(), pooling)
     heads = head.trained_names(model, lora.head_names(model), pooling)
@@ -114,6 +114,10 @@ def test_trained_modules_and_exact_counts(pooling, extra):
     assert counts.lora_params == 2 * 2 * (32 + 32)  # 2 layers x r (d_in + d_out)
     assert counts.head_params == classifier + pooler
     assert counts.trainable_params == wrapped.get_nb_trainable_parameters()[0]  # PEFT's own count agrees
+    merged = lora.merged_copy(wrapped)  # PEFT puts the trained pooler back on merging (it did not as a whole module)
+    ids = torch.tensor([[2, 7, 9, 3]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, wrapped.eval()(input_ids=ids).logits, atol=1e-5)
 
 
 def test_the_head_only_reference_trains_the_same_head():
@@ -127,7 +131,7 @@ def test_deberta_pooler_is_top_level_and_trained_under_cls():
     cfg = DebertaV2Config(**SMALL, num_labels=2)
     model = DebertaV2ForSequenceClassification(cfg)
     assert head.pooler_name(model) == "pooler"
-    assert head.trained_names(model, lora.head_names(model), "cls") == ["classifier", "pooler"]
+    assert head.trained_names(model, lora.head_names(model), "cls") == ["classifier", "pooler.dense"]
     meaned = head.apply_pooling(model, "mean")
     with torch.no_grad():
         out = meaned(input_ids=torch.tensor([[1, 5, 6, 2, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1, 0]]))
