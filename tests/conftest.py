@@ -68,6 +68,9 @@ def toy_overrides(model_dir: str, data_dir: str, tmp) -> list[str]:
         "task.name=toy", "task.max_seq_length=16",
         "trainer.epochs=5", "trainer.lr=2e-2", "trainer.batch_size=16", "trainer.progress_bar=false",
         "trainer.precision=32-true",
+        # the toy studies' assertions rest on how the tiny model learns with the classifier alone (the head every
+        # trial had before model.pooling); tests/unit/train/test_head.py and the head-only trial test cover the others
+        "model.pooling=cls_frozen",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output_dir={tmp}/outputs",
     ]
 

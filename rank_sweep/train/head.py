@@ -72,11 +72,18 @@ def resolve_pooling(requested: str, path: str, model: nn.Module) -> str:
 
 class MeanPooler(nn.Module):
     """The masked mean of the last hidden states: sentence-transformers' mean pooling, in the pooler's place.
-    The attention mask is the one the encoder was called with (:func:`apply_pooling` hands it over)."""
+    The attention mask is the one the encoder was called with: :meth:`remember` is a pre-hook on the encoder
+    (a bound method, so a deep copy of the model hooks the copy's pooler, not this one)."""
 
     def __init__(self):
         super().__init__()
         self.mask: torch.Tensor | None = None
+
+    def remember(self, module, args, kwargs) -> None:
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            mask = args[1]
+        self.mask = mask
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         mask = self.mask
@@ -84,16 +91,6 @@ class MeanPooler(nn.Module):
             return hidden_states.mean(dim=1)
         weights = mask.to(hidden_states.dtype).unsqueeze(-1)
         return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-
-
-def _remember_mask(pooler: MeanPooler):
-    def hook(module, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
-            mask = args[1]
-        pooler.mask = mask
-
-    return hook
 
 
 def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
@@ -107,7 +104,7 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
     parent = model.get_submodule(parent_name) if parent_name else model
     pooler = MeanPooler()
     setattr(parent, attr, pooler)
-    model.base_model.register_forward_pre_hook(_remember_mask(pooler), with_kwargs=True)
+    model.base_model.register_forward_pre_hook(pooler.remember, with_kwargs=True)
     model.config.rank_sweep_pooling = "mean"  # saved with an exported model: readers must mean-pool too
     return model
 

@@ -165,3 +165,15 @@ def test_the_head_only_reference_trains_the_head_alone(toy_cfg, pooling, head):
     _, [run] = _runs(toy_cfg)
     assert (run.data.params["targets"], run.data.params["r"]) == ("head only", "0")
     assert run.data.params["pooling"] == ("cls" if pooling == "auto" else pooling)  # resolved, never auto
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_a_trained_pooler_or_a_mean_pooled_head_exports_and_reloads(toy_cfg, pooling):
+    toy_cfg.model.pooling, toy_cfg.save_adapter, toy_cfg.trainer.epochs = pooling, True, 1
+    run_trial(toy_cfg, cache=WorkerCache())
+    _, [run] = _runs(toy_cfg)
+    metrics = run.data.metrics
+    assert run.data.params["pooling"] == pooling
+    # the merged model and the adapter reloaded onto a fresh base give the trained model's logits
+    assert metrics["export/merge_max_abs_diff"] < 1e-4 and metrics["export/reload_max_abs_diff"] < 1e-4
+    assert metrics["head_params"] == 2 * 32 + 2 + (32 * 32 + 32 if pooling == "cls" else 0)

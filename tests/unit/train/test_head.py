@@ -54,6 +54,20 @@ def test_mean_pooling_is_the_masked_mean_and_ignores_padding():
     assert isinstance(model.bert.pooler, head.MeanPooler) and model.config.rank_sweep_pooling == "mean"
 
 
+def test_a_copy_of_a_mean_pooled_model_pools_with_its_own_mask():
+    import copy
+
+    original = head.apply_pooling(bert(), "mean")
+    model = copy.deepcopy(original)  # as fresh_model, the export's merged copy and its reload make them
+    ids = torch.tensor([[2, 7, 9, 11, 3, 0, 0], [2, 5, 3, 0, 0, 0, 0]])
+    with torch.no_grad():
+        original(input_ids=ids[:1, :3], attention_mask=torch.ones(1, 3, dtype=torch.long))  # a stale mask there
+        logits = model(input_ids=ids, attention_mask=(ids != 0).long()).logits
+        alone = model(input_ids=ids[1:, :3], attention_mask=torch.ones(1, 3, dtype=torch.long)).logits
+    assert model.bert.pooler is not original.bert.pooler and model.bert.pooler.mask.shape == (1, 3)
+    assert torch.allclose(logits[1], alone[0], atol=1e-5)
+
+
 def test_cls_pooling_keeps_the_model_as_transformers_builds_it():
     plain, model = bert(), head.apply_pooling(bert(), "cls")
     ids = torch.tensor([[2, 7, 9, 3]])
