@@ -151,20 +151,28 @@ def log(client: MlflowClient, run_id: str, metrics: dict | None = None, params: 
     )
 
 
+def _children_with_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str, trials: dict):
+    """(run, Optuna trial) for each child run of ``parent_run_id`` in ``status`` whose tag ``optuna_trial`` names a
+    trial in ``trials`` (number -> FrozenTrial)."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = '{status}'"
+    )
+    for run in runs:
+        number = run.data.tags.get("optuna_trial")
+        trial = trials.get(int(number)) if number is not None and number.isdigit() else None
+        if trial is not None:
+            yield run, trial
+
+
 def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trials: dict) -> list[str]:
     """Mark FAILED the RUNNING child runs of ``parent_run_id`` whose Optuna trial (tag ``optuna_trial``) is
     finished: their worker died (or lost the store) before it could close them. ``trials``: number -> FrozenTrial.
 
     A live worker always closes its MLflow run before it tells Optuna the trial's state, so the run is
     re-read after the trial state: a run still RUNNING then is an orphan, never a trial in progress."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    )
     closed = []
-    for run in runs:
-        number = run.data.tags.get("optuna_trial")
-        trial = trials.get(int(number)) if number is not None and number.isdigit() else None
-        if trial is None or not trial.state.is_finished():
+    for run, trial in _children_with_trials(client, experiment_id, parent_run_id, "RUNNING", trials):
+        if not trial.state.is_finished():
             continue
         if client.get_run(run.info.run_id).info.status != "RUNNING":
             continue
@@ -181,15 +189,9 @@ def reconcile_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
     point of a trial and MLflow follows it (rank_sweep.interrupts); a signal between the two writes, before that
     module, left such pairs, and then the two select sources read different trials. ``trials``: number ->
     FrozenTrial."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'"
-    )
     fixed = []
-    for run in runs:
-        number = run.data.tags.get("optuna_trial")
-        trial = trials.get(int(number)) if number is not None and number.isdigit() else None
-        if trial is None or trial.state.name != "FAIL" or trial.user_attrs.get("mlflow_run_id") not in (
-                None, run.info.run_id):
+    for run, trial in _children_with_trials(client, experiment_id, parent_run_id, "FINISHED", trials):
+        if trial.state.name != "FAIL" or trial.user_attrs.get("mlflow_run_id") not in (None, run.info.run_id):
             continue
         end_run(client, run.info.run_id, "FAILED", f"the Optuna trial {trial.number} is FAIL "
                 f"({trial.user_attrs.get('fail_reason') or 'interrupted while it was recorded'}): the study's state wins")
