@@ -64,7 +64,12 @@ class PairedComparer:
             return None
         if rec.run_id not in self._cache:
             path = predictions_path(self.output_dir, rec.run_id, self.artifact)
-            found = load_predictions(path) if os.path.isfile(path) else self._download(rec.run_id)
+            if os.path.isfile(path):
+                found = load_predictions(path)
+            elif self.artifact != ARTIFACT and os.path.isfile(predictions_path(self.output_dir, rec.run_id)):
+                found = None  # the trial ran here and left no held-out outputs: it had none, MLflow has none either
+            else:
+                found = self._download(rec.run_id)
             self._cache[rec.run_id] = found
         return self._cache[rec.run_id]
 
