@@ -29,8 +29,7 @@ sys.path.insert(0, ROOT)
 from rank_sweep.cli import CONF_DIR  # noqa: E402
 from rank_sweep.config import build_config  # noqa: E402
 from rank_sweep.errors import RankSweepError  # noqa: E402
-from rank_sweep.results.command import read_study  # noqa: E402
-from rank_sweep.results.compare import PairedComparer  # noqa: E402
+from rank_sweep.results.command import read_study, study_comparer  # noqa: E402
 from rank_sweep.results.records import aggregate  # noqa: E402
 from rank_sweep.results.tables import interval_text  # noqa: E402
 
@@ -62,11 +61,7 @@ def main(sources: dict[str, list[str]], overrides: list[str]) -> tuple[str, dict
         f"diffs = pooling - cls_frozen, and mean - cls, on the same dev examples (paired, seeds pooled)", "",
         "| targets | r | pooling | mean | interval | seeds | diff to cls_frozen | mean - cls | trainable params |",
         "|---|---|---|---|---|---|---|---|---|"]
-    task = next((r.config["task"] for r in base.records if r.config and "task" in r.config), None)
-    pc = PairedComparer(cfg.task.metric if not task else task["metric"],
-                        (task["labels"] is None) if task else cfg.task.is_regression,
-                        1 if task and task["labels"] is None else (len(task["labels"]) if task else cfg.task.num_labels),
-                        base.direction, cfg.output_dir, cfg.tracking.resolved_uri(), cfg.search.confidence)
+    pc = study_comparer(cfg, base)  # records are compared across the studies: same dev examples, same metric
     for (targets, r), per in sorted(rows.items(), key=lambda kv: (kv[0][0] in ("full", "head only"), kv[0])):
         ref = per.get("cls_frozen")
         for pooling in POOLINGS:

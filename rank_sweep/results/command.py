@@ -230,16 +230,22 @@ def save_chosen_adapter(cfg: RunConfig, rec: TrialRecord, out: str, retrain: str
     return None, f"adapter: {why}; to get it: {retrain} save_adapter=true"
 
 
-def summary_comparer(cfg: RunConfig, study: StudyRecords):
-    """compare(summary a, summary b) -> paired Interval of b - a from the trials' per-example predictions, on the
-    metric the trials were scored with (their stored config, else this command's task)."""
-    by_number = {r.number: r for r in study.records}
+def study_comparer(cfg: RunConfig, study: StudyRecords) -> PairedComparer:
+    """The paired comparer of a finished study's trials, on the metric they were scored with (their stored config,
+    else this command's task), reading this command's output folder and tracking store."""
     task = next((r.config["task"] for r in study.records if r.config and "task" in r.config), None)
     metric = task["metric"] if task else cfg.task.metric
     regression = task["labels"] is None if task else cfg.task.is_regression
     labels = 1 if regression else (len(task["labels"]) if task else cfg.task.num_labels)
-    comparer = PairedComparer(metric, regression, labels, study.direction, cfg.output_dir,
-                              cfg.tracking.resolved_uri(), cfg.search.confidence)
+    return PairedComparer(metric, regression, labels, study.direction, cfg.output_dir, cfg.tracking.resolved_uri(),
+                          cfg.search.confidence)
+
+
+def summary_comparer(cfg: RunConfig, study: StudyRecords):
+    """compare(summary a, summary b) -> paired Interval of b - a from the trials' per-example predictions
+    (:func:`study_comparer`)."""
+    by_number = {r.number: r for r in study.records}
+    comparer = study_comparer(cfg, study)
 
     def compare(a, b):
         return comparer([by_number[n] for n in a.numbers], [by_number[n] for n in b.numbers])

@@ -220,7 +220,7 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
     storage = open_storage(storage_url, cfg.search.heartbeat_seconds)
     spec = validate(cfg, cache)
     study = load_or_create_study(cfg, spec, storage_url, storage=storage)
-    pooling = None if cfg.task.is_causal else cache.pooling(cfg)  # model.pooling as resolved for this checkpoint
+    pooling = cache.pooling(cfg)  # model.pooling as resolved for this checkpoint (None: a causal LM, no head)
     try:
         run_id = parent_run(study, client, experiment_id, cfg, spec, pooling)
         fixed = tracking.reconcile_runs(client, experiment_id, run_id, {t.number: t for t in study.get_trials()})

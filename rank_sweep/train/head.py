@@ -28,14 +28,13 @@ import os
 import torch
 from torch import nn
 
-from rank_sweep.config.base import POOLINGS  # noqa: F401  (the one list of the options)
 from rank_sweep.errors import ConfigError
 
 
 def pooler_name(model: nn.Module) -> str | None:
     """The dotted name of the pooler the classification layer reads (``bert.pooler``, ``pooler``), or None."""
-    for name, module in model.named_modules():
-        if name.split(".")[-1] == "pooler" and name.count(".") <= 1 and module is not None:
+    for name, _ in model.named_modules():
+        if name.split(".")[-1] == "pooler" and name.count(".") <= 1:
             return name
     return None
 

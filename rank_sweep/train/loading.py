@@ -72,6 +72,7 @@ class WorkerCache:
     def __init__(self):
         self._models: dict = {}
         self._data: dict = {}
+        self._pooling: dict = {}  # (model, model.pooling, labels) -> the resolved pooling
 
     def tokenizer_and_model(self, cfg: RunConfig):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -136,12 +137,17 @@ class WorkerCache:
         check_seq_length(cfg, tok, model)  # on every call: configs sharing a cached model differ in length
         return self._models[key]
 
-    def pooling(self, cfg: RunConfig) -> str:
-        """``model.pooling`` resolved for this checkpoint (``auto`` decided; a causal LM task: ``cls``, unused)."""
+    def pooling(self, cfg: RunConfig) -> str | None:
+        """``model.pooling`` resolved for this checkpoint (``auto`` decided), once per model; None for a causal LM
+        task, which has no classifier head."""
         if cfg.task.is_causal:
-            return "cls"
-        model = self.tokenizer_and_model(cfg)[1]
-        return head.resolve_pooling(cfg.model.pooling, resolve_model_path(cfg.model.name_or_path), model)
+            return None
+        key = (cfg.model.name_or_path, cfg.model.pooling, cfg.task.num_labels)
+        if key not in self._pooling:  # reads the checkpoint's pooling config: once, not at every call of a trial
+            model = self.tokenizer_and_model(cfg)[1]
+            self._pooling[key] = head.resolve_pooling(cfg.model.pooling, resolve_model_path(cfg.model.name_or_path),
+                                                      model)
+        return self._pooling[key]
 
     def trained_heads(self, cfg: RunConfig) -> list[str]:
         """The modules trained in full beside an adapter, and by the head-only reference."""
@@ -281,7 +287,7 @@ def check_seq_length(cfg: RunConfig, tokenizer, model: torch.nn.Module) -> None:
         )
 
 
-def fresh_model(base: torch.nn.Module, seed: int, pooling: str = "cls") -> torch.nn.Module:
+def fresh_model(base: torch.nn.Module, seed: int, pooling: str | None = "cls") -> torch.nn.Module:
     """A copy of the pristine base with its (newly initialized) head re-drawn from ``seed`` and the resolved
     ``pooling`` put on it (:func:`rank_sweep.train.head.apply_pooling`)."""
     model = copy.deepcopy(base)
