@@ -394,7 +394,7 @@ def holdout_regret(chosen, best, records, compare) -> dict:
     if mine is None:
         return {}
     out = {"choice_optimism": round(mine.optimism, 4), "ladder_choice_holdout_score": round(mine.score.estimate, 4)}
-    if config_key(best) == (chosen.targets, chosen.r, chosen.tuned):  # the ladder chose the grid's best
+    if config_key(best) == chosen.config:  # the ladder chose the grid's best
         out.update(regret_holdout=0.0, regret_holdout_ci=[0.0, 0.0])
     elif (theirs := held.get(statistic([best]).label)) is not None and theirs.vs_choice is not None:
         out.update(regret_holdout=round(theirs.vs_choice.estimate, 4),

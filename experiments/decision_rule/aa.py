@@ -21,8 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from rank_sweep.config import RunConfig  # noqa: E402
-from rank_sweep.results.compare import widen  # noqa: E402
-from rank_sweep.results.paired import is_gain, paired_difference  # noqa: E402
+from rank_sweep.results.paired import (  # noqa: E402
+    is_gain,
+    paired_difference,
+    widen,  # noqa: E402
+)
 from rank_sweep.results.predictions import load_predictions, predictions_path  # noqa: E402
 from rank_sweep.train.loading import WorkerCache  # noqa: E402
 from rank_sweep.train.trial import run_trial  # noqa: E402

@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 from experiments.nested_rank.measure import plateaus_agree, screen_vs_separate  # noqa: E402
 from rank_sweep import tracking  # noqa: E402
-from rank_sweep.config import RunConfig, SearchConfig, TaskConfig, TrainerConfig, trial_config  # noqa: E402
+from rank_sweep.config import Point, RunConfig, SearchConfig, TaskConfig, TrainerConfig, trial_config  # noqa: E402
 from rank_sweep.config.base import conf_yaml  # noqa: E402
 from rank_sweep.results.records import TrialRecord  # noqa: E402
 from rank_sweep.study import plan as ladder  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
     separate: dict[int, list] = {}
     for r in args.ranks:
         for seed in range(args.seeds):
-            res = run_trial(trial_config(cfg, args.targets, r, seed), cache=cache, client=client, experiment_id=experiment)
+            res = run_trial(trial_config(cfg, Point(args.targets, r, seed)), cache=cache, client=client, experiment_id=experiment)
             separate.setdefault(r, []).append(record(n, args.targets, r, seed, res))
             steps[res.run_id] = res.train_steps
             n += 1
@@ -106,7 +106,7 @@ def main() -> None:
         name = scale + (" frozen" if frozen else "")
         rows = []
         for seed in range(args.seeds):
-            run = trial_config(cfg, args.targets, max(args.ranks), seed)
+            run = trial_config(cfg, Point(args.targets, max(args.ranks), seed))
             cb = nested.NestedRanks(args.ranks, run.lora, scale, frozen, seed, resolve_precision(run))
             res = run_trial(run, cache=cache, client=client, experiment_id=experiment, callbacks=[cb])
             scores = nested.record_ranks(cb, run.task, 0.95, 0.02, run.output_dir, client, res.run_id)

@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 from rank_sweep.cli import CONF_DIR  # noqa: E402
 from rank_sweep.config import build_config  # noqa: E402
 from rank_sweep.results.command import read_study, summary_comparer  # noqa: E402
-from rank_sweep.results.records import aggregate, method_of  # noqa: E402
+from rank_sweep.results.records import aggregate  # noqa: E402
 from rank_sweep.results.selection import score_text  # noqa: E402
 from rank_sweep.results.tables import interval_text  # noqa: E402
 
@@ -34,7 +34,7 @@ def main(overrides: list[str]) -> str:
     study = read_study(cfg, "study")
     compare = summary_comparer(cfg, study)
     rows = aggregate([r for r in study.records if r.usable], cfg.search.confidence, study.direction)
-    lora = [s for s in rows if method_of(s.targets) == "lora"]
+    lora = [s for s in rows if s.method == "lora"]
     ref = max(lora, key=lambda s: s.mean if study.direction == "maximize" else -s.mean)
     seconds = {}
     for rec in study.records:

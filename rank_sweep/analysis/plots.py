@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from rank_sweep.errors import RankSweepError
-from rank_sweep.results.records import FULL, ConfigSummary, TrialRecord
+from rank_sweep.results.records import ConfigSummary, TrialRecord
 from rank_sweep.results.selection import pareto_front
 
 
@@ -51,7 +51,7 @@ def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metri
     and the head-only reference, if present, as dashed levels. ``held`` (label -> HeldOut of
     :mod:`rank_sweep.results.holdout`): each target set's held-out scores as a dotted line of its colour."""
     scored = _scored(summaries)
-    lora = [s for s in scored if s.targets != FULL and s.r > 0]
+    lora = [s for s in scored if s.method == "lora"]
     if not lora:
         raise RankSweepError("no LoRA configuration with a score to plot against rank")
     fig, ax = _figure()
@@ -69,7 +69,7 @@ def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metri
         if stuck:  # a rank that did not learn is a hole in the curve, not a data point
             ax.scatter([s.r for s in stuck], [s.mean for s in stuck], marker="x", s=80, color=color, zorder=3)
     for s in scored:
-        if s.targets == FULL or s.r == 0:
+        if s.method != "lora":  # full fine-tuning, the head alone, a reference method: a level
             ax.axhline(s.mean, linestyle="--", color="grey", label=f"{s.label} ({s.mean:.4g})")
     ranks = sorted({s.r for s in lora})
     ax.set_xscale("log", base=2)
@@ -162,7 +162,7 @@ def plot_learning_curves(records: Sequence[TrialRecord], path: str | Path, metri
         label = None
         if key not in labelled:
             labelled.add(key)
-            label = rec.targets if rec.targets == FULL or rec.r == 0 else f"{rec.targets} r={rec.r}"
+            label = rec.point.config.label
         epochs = range(1, len(rec.intermediate) + 1)
         ax.plot(epochs, rec.intermediate, styles.get(rec.state, "-"), marker=".", color=colors[key], label=label)
     ax.set_xlabel("epoch")

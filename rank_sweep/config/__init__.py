@@ -7,7 +7,7 @@ input fails before any model is loaded or any run is recorded.
 
 The package: ``base`` (where defaults come from, shared checks), ``sections`` (model, task, lora,
 trainer, tracking), ``method`` (LoRA or a reference method: IA3, prefix/prompt tuning, AdaLoRA),
-``budget`` (the one budget type, select's settings), ``run`` (search, the whole run, building from a
+``budget`` (the one budget type, select's settings), ``point`` (a trial's typed identity), ``run`` (search, the whole run, building from a
 Hydra tree).
 
 Every default lives in one place, the YAML of ``conf/``: a dataclass field
@@ -43,12 +43,13 @@ from rank_sweep.config.base import (
 )
 from rank_sweep.config.budget import Budget, SelectConfig, build_budget
 from rank_sweep.config.method import PEFT_CONFIGS, MethodConfig, check_settings, method_size, settings_of
-from rank_sweep.config.run import TRIAL_SECTIONS, RunConfig, SearchConfig, build, build_config, trial_config
+from rank_sweep.config.point import Point
+from rank_sweep.config.run import TRIAL_SECTIONS, RunConfig, SearchConfig, build, build_config, run_point, trial_config
 from rank_sweep.config.sections import LoraConfig, ModelConfig, TaskConfig, TrackingConfig, TrainerConfig
 
 __all__ = [
     "ALPHA_POLICIES", "CONF_DIR", "FULL", "HEAD", "INITS", "METHODS", "METRICS", "MINIMIZED", "PEFT_CONFIGS", "PRECISIONS", "PRUNERS", "SOURCES", "STRATEGIES",
-    "TASK_SOURCES", "TRIAL_SECTIONS", "Budget", "LoraConfig", "MethodConfig", "ModelConfig", "RunConfig", "SearchConfig", "SelectConfig", "TaskConfig",
+    "TASK_SOURCES", "Point", "TRIAL_SECTIONS", "Budget", "LoraConfig", "MethodConfig", "ModelConfig", "RunConfig", "SearchConfig", "SelectConfig", "TaskConfig",
     "TrackingConfig", "TrainerConfig", "build", "build_budget", "build_config", "check_rank", "check_settings", "default", "method_size",
-    "one_of", "option_defaults", "settings_of", "sqlite_path", "targets_key", "trial_config",
+    "one_of", "option_defaults", "settings_of", "sqlite_path", "targets_key", "trial_config", "run_point",
 ]

@@ -11,7 +11,6 @@ from typing import Any
 
 from rank_sweep.config.base import (
     FULL,
-    HEAD,
     METHODS,
     PRUNERS,
     STRATEGIES,
@@ -24,9 +23,11 @@ from rank_sweep.config.base import (
     option_defaults,
     positive,
     sqlite_path,
+    targets_key,
 )
 from rank_sweep.config.budget import Budget, build_budget
 from rank_sweep.config.method import MethodConfig, method_size
+from rank_sweep.config.point import Point
 from rank_sweep.config.sections import LoraConfig, ModelConfig, TaskConfig, TrackingConfig, TrainerConfig
 from rank_sweep.errors import ConfigError
 
@@ -237,23 +238,37 @@ class RunConfig:
 TRIAL_SECTIONS = ("model", "task", "lora", "method", "trainer", "seed")  # what retrains one trial: a preset sets these
 
 
-def trial_config(cfg: RunConfig, targets: str, r: int, seed: int, **overrides) -> RunConfig:
-    """``cfg`` for one point: target set (or :data:`FULL`), rank, seed, and ``section.key`` overrides."""
+def trial_config(cfg: RunConfig, point: Point, **overrides) -> RunConfig:
+    """``cfg`` for one :class:`~rank_sweep.config.point.Point` (its method, targets, rank or size, seed and own
+    learning rate), then ``section.key`` overrides."""
     run = copy.deepcopy(cfg)
-    run.seed = seed
+    run.seed = point.seed
     methods = {(m.name, method_size(m)): m for m in cfg.search.references()}
-    if targets == FULL:
+    if point.method == "full":
         run.lora.full_finetune = True
-    elif targets == HEAD:
+    elif point.method == "head":
         run.lora.head_only = True
-    elif targets in METHODS:  # a reference method: targets names it, r is its size
-        run.method = copy.deepcopy(methods.get((targets, r)) or MethodConfig(name=targets))
+    elif point.method != "lora":  # a reference method, of its size
+        run.method = copy.deepcopy(methods.get((point.method, point.r)) or MethodConfig(name=point.method))
     else:
-        run.lora.targets, run.lora.r = targets.split(","), r
+        run.lora.targets, run.lora.r = point.targets.split(","), point.r
+    if point.lr is not None:
+        run.trainer.lr = point.lr
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         setattr(getattr(run, section), name, value)
     return run
+
+
+def run_point(cfg: RunConfig) -> Point:
+    """The point a run config trains (the inverse of :func:`trial_config`; its lr stays the config's)."""
+    if cfg.method.name != "lora":
+        return Point.reference(cfg.method.name, method_size(cfg.method), cfg.seed)
+    if cfg.lora.head_only:
+        return Point.head(cfg.seed)
+    if cfg.lora.full_finetune:
+        return Point.full(cfg.seed)
+    return Point(targets_key(cfg.lora.targets), cfg.lora.r, cfg.seed)
 
 
 def build(cls: type, data: dict | None, where: str) -> Any:

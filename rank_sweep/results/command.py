@@ -156,7 +156,7 @@ def trial_config_of(cfg: RunConfig, rec: TrialRecord) -> tuple[dict, str]:
             return {k: data[k] for k in TRIAL_SECTIONS if k in data}, "the trial's stored config"
         except Exception as e:  # an old run without it, or a store whose artifacts are not here
             why = f"its config.json could not be read ({first_line(e)[:120]})"
-    run = trial_config(cfg, rec.targets, rec.r, rec.seed)
+    run = trial_config(cfg, rec.point)
     if rec.lr is not None:
         run.trainer.lr = rec.lr
     tree = {k: v for k, v in asdict(run).items() if k in TRIAL_SECTIONS}
@@ -281,7 +281,7 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
                                direction=direction),
              plots.plot_learning_curves(records, os.path.join(out, "learning_curves.png"), cfg.task.metric)]
     chosen = selection.chosen
-    best_trial = max((r for r in records if r.usable and config_key(r) == (chosen.targets, chosen.r, chosen.tuned)),
+    best_trial = max((r for r in records if r.usable and config_key(r) == chosen.config),
                      key=lambda r: r.score if direction == "maximize" else -r.score)
     # the preset goes in <out>/experiment/, a config group Hydra finds through --config-dir
     name = f"selected_{study.name}".replace("/", "_")

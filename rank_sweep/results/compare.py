@@ -15,26 +15,13 @@ Returns None when a record's predictions cannot be found: callers then fall back
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Sequence
 
-from scipy.stats import norm
-
-from rank_sweep.results.paired import Interval, paired_difference
+from rank_sweep.results.paired import Interval, paired_difference, widen
 from rank_sweep.results.predictions import ARTIFACT, load_predictions, predictions_path
 from rank_sweep.results.records import TrialRecord
-
-
-def widen(diff: Interval, extra_variance: float, confidence: float) -> Interval:
-    """Each side of ``diff`` widened by an independent noise of variance ``extra_variance``:
-    half = sqrt(half_dev^2 + z^2 * extra_variance), z = Phi^-1((1 + confidence) / 2)."""
-    if extra_variance <= 0:
-        return diff
-    extra = norm.ppf((1 + confidence) / 2) ** 2 * extra_variance
-    return Interval(diff.estimate, diff.estimate - math.sqrt((diff.estimate - diff.low) ** 2 + extra),
-                    diff.estimate + math.sqrt((diff.high - diff.estimate) ** 2 + extra))
 
 
 def seed_variance(recs: Sequence[TrialRecord], seed_std: float | None) -> float:
@@ -56,34 +43,35 @@ class PairedComparer:
         self.direction, self.output_dir, self.uri = direction, output_dir, tracking_uri
         self.confidence, self.n_boot = confidence, n_boot
         self.artifact = artifact  # the decision split's outputs; only reports pass the held-out split's
-        self._cache: dict[str, object] = {}
+        self._cache: dict[tuple[str, str], object] = {}
 
     def predictions(self, rec: TrialRecord):
         """The record's per-example predictions, or None if neither this machine nor MLflow has them."""
         if not rec.run_id:
             return None
-        if rec.run_id not in self._cache:
-            path = predictions_path(self.output_dir, rec.run_id, self.artifact)
+        key = (rec.run_id, rec.outputs)
+        if key not in self._cache:
+            folder = os.path.join(rec.run_id, rec.outputs) if rec.outputs else rec.run_id
+            path = predictions_path(self.output_dir, folder, self.artifact)
             if os.path.isfile(path):
                 found = load_predictions(path)
-            elif self.artifact != ARTIFACT and os.path.isfile(predictions_path(self.output_dir, rec.run_id)):
+            elif self.artifact != ARTIFACT and os.path.isfile(predictions_path(self.output_dir, folder)):
                 found = None  # the trial ran here and left no held-out outputs: it had none, MLflow has none either
             else:
-                found = self._download(rec.run_id)
-            self._cache[rec.run_id] = found
-        return self._cache[rec.run_id]
+                found = self._download(rec.run_id, rec.outputs)
+            self._cache[key] = found
+        return self._cache[key]
 
-    def _download(self, run_id: str):
+    def _download(self, run_id: str, outputs: str = ""):
         if not self.uri:
             return None
         try:
             from mlflow.tracking import MlflowClient
 
-            run, _, rank = run_id.partition("/")  # "<run>/r<rank>": a rank of a nested screen
-            name = self.artifact
-            artifact = f"{os.path.dirname(name)}/{rank}/{os.path.basename(name)}" if rank else name
+            name = self.artifact  # a screened rank's outputs: predictions/r<rank>/val.npz
+            artifact = f"{os.path.dirname(name)}/{outputs}/{os.path.basename(name)}" if outputs else name
             with tempfile.TemporaryDirectory() as tmp:
-                return load_predictions(MlflowClient(self.uri).download_artifacts(run, artifact, tmp))
+                return load_predictions(MlflowClient(self.uri).download_artifacts(run_id, artifact, tmp))
         except Exception:  # not logged (an older trial), or the store has no artifacts here
             return None
 

@@ -19,8 +19,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rank_sweep.results.compare import PairedComparer, widen
-from rank_sweep.results.paired import Interval, metric_values, paired_difference, score_interval
+from rank_sweep.results.compare import PairedComparer
+from rank_sweep.results.paired import Interval, metric_values, paired_difference, score_interval, widen
 from rank_sweep.results.records import ConfigSummary, TrialRecord
 
 HOLDOUT_ARTIFACT = "predictions/holdout.npz"  # the MLflow artifact path of a trial's held-out outputs

@@ -268,10 +268,25 @@ def combine_seed_noise(diff: Interval, seed_diffs: Sequence[float] | None = None
         raise ValueError(f"the between-seed std {s!r} is not valid: give finite seed differences")
     if k < 2 or s == 0:
         return diff
-    extra = (norm.ppf((1 + confidence) / 2) * s) ** 2 / k
-    low = diff.estimate - math.sqrt((diff.estimate - diff.low) ** 2 + extra)
-    high = diff.estimate + math.sqrt((diff.high - diff.estimate) ** 2 + extra)
-    return Interval(diff.estimate, low, high)
+    return widen(diff, s * s / k, confidence)
+
+
+def widen(diff: Interval, extra_variance: float, confidence: float) -> Interval:
+    """The one widening by seed noise: each side of ``diff`` widened by an independent noise of variance
+    ``extra_variance``: half = sqrt(half_dev^2 + z^2 * extra_variance), z = Phi^-1((1 + confidence) / 2)."""
+    if extra_variance <= 0:
+        return diff
+    extra = norm.ppf((1 + confidence) / 2) ** 2 * extra_variance
+    return Interval(diff.estimate, diff.estimate - math.sqrt((diff.estimate - diff.low) ** 2 + extra),
+                    diff.estimate + math.sqrt((diff.high - diff.estimate) ** 2 + extra))
+
+
+def not_worse(diff: Interval, delta: float, direction: str = "maximize") -> bool:
+    """b is not shown worse than a by more than ``delta``: the upper bound of b - a is not below -delta (for
+    ``minimize``, the lower bound not above delta). The plateau rank and select's tolerance both use it."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r} is not valid: choose maximize or minimize")
+    return not (diff.high < -delta if direction == "maximize" else diff.low > delta)
 
 
 def is_gain(diff: Interval, min_delta: float, direction: str = "maximize") -> bool:

@@ -20,10 +20,11 @@ from typing import Any
 import optuna
 
 from rank_sweep.config import sqlite_path
+from rank_sweep.config.point import Point, decode
 from rank_sweep.errors import RankSweepError, first_line, redact_text
 from rank_sweep.results.records import UNKNOWN, TrialRecord
 
-POINT_PARAMS = ("targets", "r", "seed")  # the point; any other Optuna param is a value the sampler tuned
+POINT_PARAMS = ("targets", "r", "seed")  # the point's row, rank, seed; any other Optuna param is Point.values
 
 
 def _get(trial: optuna.trial.FrozenTrial, key: str) -> Any:
@@ -34,6 +35,22 @@ def _opt(value: Any, kind: type) -> Any:
     return None if value is None else kind(value)
 
 
+def _stored(trial: optuna.trial.FrozenTrial) -> tuple:
+    """(row, r, seed, values) as an Optuna trial stores its point."""
+    targets = _get(trial, "targets")
+    if isinstance(targets, (list, tuple)):
+        targets = ",".join(targets)
+    r, seed = _get(trial, "r"), _get(trial, "seed")
+    return ("" if targets is None else str(targets), UNKNOWN if r is None else int(r),
+            UNKNOWN if seed is None else int(seed),
+            tuple(sorted((k, float(v)) for k, v in trial.params.items() if k not in POINT_PARAMS)))
+
+
+def decode_trial(trial: optuna.trial.FrozenTrial) -> Point:
+    """The point an Optuna trial ran (:func:`rank_sweep.config.point.decode` of its stored form)."""
+    return decode(*_stored(trial))
+
+
 def records_from_study(study: optuna.Study, trials: list | None = None) -> list[TrialRecord]:
     """One record per trial of ``study`` (or of ``trials``, a snapshot of them), by trial number."""
     if len(study.directions) != 1:
@@ -42,17 +59,14 @@ def records_from_study(study: optuna.Study, trials: list | None = None) -> list[
         )
     records = []
     for t in sorted(study.get_trials(deepcopy=False) if trials is None else trials, key=lambda t: t.number):
-        targets = _get(t, "targets")
-        if isinstance(targets, (list, tuple)):
-            targets = ",".join(targets)
+        targets, r, seed, values = _stored(t)
         attrs = t.user_attrs
-        r, seed = _get(t, "r"), _get(t, "seed")
         records.append(
             TrialRecord(
                 number=t.number,
-                targets="" if targets is None else str(targets),
-                r=UNKNOWN if r is None else int(r),
-                seed=UNKNOWN if seed is None else int(seed),
+                targets=targets,
+                r=r,
+                seed=seed,
                 state=t.state.name,
                 score=_opt(t.values[0] if t.values else None, float),
                 lora_params=_opt(attrs.get("lora_params"), int),
@@ -64,7 +78,7 @@ def records_from_study(study: optuna.Study, trials: list | None = None) -> list[
                 lr=_opt(attrs.get("lr"), float),
                 run_id=_opt(attrs.get("mlflow_run_id"), str),
                 intermediate=tuple(float(v) for _, v in sorted(t.intermediate_values.items())),
-                tuned=tuple(sorted((k, float(v)) for k, v in t.params.items() if k not in POINT_PARAMS)),
+                tuned=values,
                 config=attrs.get("config"),
                 score_ci_low=_opt(attrs.get("score_ci_low"), float),
                 score_ci_high=_opt(attrs.get("score_ci_high"), float),

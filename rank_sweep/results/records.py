@@ -18,19 +18,15 @@ import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from rank_sweep.config import FULL, HEAD, METHODS
+from rank_sweep.config import FULL, HEAD
+from rank_sweep.config.point import UNKNOWN, Point, decode
+from rank_sweep.results.paired import Interval, widen
 
-UNKNOWN = -1  # r or seed of a trial that never got its parameters
-__all__ = ["FULL", "HEAD", "UNKNOWN", "TrialRecord", "ConfigSummary", "aggregate", "statistic", "one_per_seed", "config_key",
-           "method_of"]
-
-
-def method_of(targets: str) -> str:
-    """The method of a row: ``lora`` (roles such as ``Wq,Wv``), ``full``, a reference method's name, or
-    :data:`HEAD` for the head-only reference."""
-    return targets if targets in (FULL, HEAD) or targets in METHODS else "lora"
+__all__ = ["FULL", "HEAD", "UNKNOWN", "Point", "TrialRecord", "ConfigSummary", "aggregate", "statistic",
+           "one_per_seed", "config_key"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +34,8 @@ class TrialRecord:
     """One trial: its configuration, outcome and cost, as the study stored them."""
 
     number: int
-    targets: str  # roles joined by commas ("Wq,Wv"), or "full" for full fine-tuning
-    r: int  # 0 for full fine-tuning
+    targets: str  # the stored row: roles joined by commas ("Wq,Wv"), "full", "head only" or a method (see .point)
+    r: int  # the stored rank (0 for full fine-tuning and the head; a reference method's size)
     seed: int
     state: str  # COMPLETE, PRUNED, FAIL, RUNNING (or WAITING)
     score: float | None
@@ -51,8 +47,9 @@ class TrialRecord:
     alpha: float | None = None
     lr: float | None = None
     run_id: str | None = None
+    outputs: str = ""  # where in its run its per-example outputs are: "" (the run's own), "r4" (a screened rank)
     intermediate: tuple[float, ...] = ()  # validation score per epoch
-    tuned: tuple[tuple[str, float], ...] = ()  # values a TPE study drew for this trial, e.g. (("lr", 1e-3),)
+    tuned: tuple[tuple[str, float], ...] = ()  # the other values stored with the point (Point.values): its own lr, ...
     config: dict | None = field(default=None, compare=False, repr=False)  # the trial's resolved config, if stored
     score_ci_low: float | None = None  # the score's interval over dev examples (bootstrap, search.confidence)
     score_ci_high: float | None = None
@@ -65,6 +62,11 @@ class TrialRecord:
     def usable(self) -> bool:
         """COMPLETE with a finite score: the only trials that count in a summary."""
         return self.state == "COMPLETE" and self.score is not None and math.isfinite(self.score)
+
+    @cached_property
+    def point(self) -> Point:
+        """What the trial ran, typed (decoded once from the stored row, rank, seed and values)."""
+        return decode(self.targets, self.r, self.seed, self.tuned)
 
 
 @dataclass(frozen=True)
@@ -82,25 +84,31 @@ class ConfigSummary:
     not_learning: bool = False  # every completed seed stayed at the trivial baseline
     numbers: tuple[int, ...] = ()  # trial numbers, in record order
     n_not_learning: int = 0  # seeds among n that did not learn
-    tuned: tuple[tuple[str, float], ...] = ()  # the tuned values shared by these trials (TPE), else ()
+    tuned: tuple[tuple[str, float], ...] = ()  # the values stored with their point (Point.values), else ()
     ci_low: float | None = None  # interval of the mean: dev-set sampling and seed noise (see statistic)
     ci_high: float | None = None
     unstable: tuple[int, ...] = ()  # trial numbers of seeds that collapsed while their siblings learned
     peak_memory_mb: float | None = None  # the largest over seeds (what a memory budget must respect)
     adapter_mb: float | None = None
 
+    @cached_property
+    def config(self) -> Point:
+        """The configuration, typed (a point without a seed)."""
+        return decode(self.targets, self.r, UNKNOWN, self.tuned)
+
     @property
     def label(self) -> str:
-        """How plots and reports name a configuration: ``Wq,Wv r=4``, ``full``, or with its tuned values
-        ``Wq r=4 lr=0.0012 alpha_k=2.5``."""
-        base = self.targets if self.targets == FULL or self.r == 0 else f"{self.targets} r={self.r}"
-        marks = {"screen": "(nested screen)", "screened": "(screened)"}  # search=nested's rows
-        return " ".join([base, *(marks[k] if k in marks else f"{k}={v:.3g}" for k, v in self.tuned)])
+        """How plots and reports name a configuration: ``Wq,Wv r=4``, ``full``, ``Wq r=4 lr=0.0012``."""
+        return self.config.label
+
+    @property
+    def method(self) -> str:
+        return self.config.method
 
     @property
     def screened(self) -> bool:
         """A nested screen, or a rank scored by truncating one: shown beside the trials, never chosen."""
-        return any(k in ("screen", "screened") for k, _ in self.tuned)
+        return self.config.screened
 
 
 def _first(values: Iterable[Any]) -> Any:
@@ -110,23 +118,20 @@ def _first(values: Iterable[Any]) -> Any:
     return max(present) if present else None
 
 
-def config_key(rec: TrialRecord) -> tuple:
-    """What makes trials the same configuration: target set, rank and any tuned values (never the seed)."""
-    return rec.targets, rec.r, rec.tuned
+def config_key(rec: TrialRecord) -> Point:
+    """What makes trials the same configuration: their point without the seed."""
+    return rec.point.config
 
 
 def _interval(recs: list[TrialRecord], mean: float, std: float, confidence: float) -> tuple[float | None, ...]:
     """The mean's interval: each seed's dev-set interval (its half-widths averaged: the seeds share the dev
-    examples, so that error does not shrink with seeds) widened by the seed noise std/sqrt(k), as variances."""
+    examples, so that error does not shrink with seeds) widened by the seed noise std^2/k (:func:`widen`)."""
     if any(r.score_ci_low is None or r.score_ci_high is None for r in recs):
         return None, None
-    from statistics import NormalDist
-
-    z = NormalDist().inv_cdf((1 + confidence) / 2)
     below = statistics.fmean(r.score - r.score_ci_low for r in recs)
     above = statistics.fmean(r.score_ci_high - r.score for r in recs)
-    seed = (z * std) ** 2 / len(recs)
-    return mean - math.sqrt(below ** 2 + seed), mean + math.sqrt(above ** 2 + seed)
+    iv = widen(Interval(mean, mean - below, mean + above), std * std / len(recs), confidence)
+    return iv.low, iv.high
 
 
 def unstable_seeds(recs: list[TrialRecord], direction: str = "maximize") -> tuple[int, ...]:
@@ -189,7 +194,7 @@ def one_per_seed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     configuration and seed: a point that two workers happened to both finish counts once, as in the ladder."""
     seen, out = set(), []
     for rec in records:
-        key = (*config_key(rec), rec.seed)
+        key = rec.point
         if rec.usable and key not in seen:
             seen.add(key)
             out.append(rec)
@@ -202,4 +207,5 @@ def aggregate(records: Iterable[TrialRecord], confidence: float = 0.95,
     groups: dict[tuple, list[TrialRecord]] = {}
     for rec in one_per_seed(records):
         groups.setdefault(config_key(rec), []).append(rec)
-    return [statistic(recs, confidence, direction) for _, recs in sorted(groups.items())]
+    order = sorted(groups, key=lambda p: (p.row, p.r, p.values))
+    return [statistic(groups[p], confidence, direction) for p in order]

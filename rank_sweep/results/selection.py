@@ -21,10 +21,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rank_sweep.config import FULL, HEAD, Budget
+from rank_sweep.config import Budget
 from rank_sweep.config.budget import count_text
 from rank_sweep.errors import RankSweepError
-from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate, method_of
+from rank_sweep.results.paired import not_worse
+from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate
 
 DIRECTIONS = ("maximize", "minimize")
 __all__ = ["Budget", "Selection", "select", "pareto_front", "count_text", "score_text"]
@@ -163,12 +164,11 @@ def select(
     vs_best = {s.label: d for s in eligible if compare is not None and (d := compare(best, s)) is not None}
     paired = compare is not None and len(vs_best) == len(eligible)
     if paired:  # "within tolerance": the difference to the best is not significantly larger than the tolerance
-        worse = (lambda d: d.high < -slack) if direction == "maximize" else (lambda d: d.low > slack)
-        candidates = [s for s in eligible if not worse(vs_best[s.label])]
+        candidates = [s for s in eligible if not_worse(vs_best[s.label], slack, direction)]
     else:
         candidates = [s for s in eligible if bad(s) <= bad(best) + slack]
     chosen = min(candidates, key=lambda s: (s.trainable_params, s.r, bad(s)))
-    excluded = [(cat, s, _against(s, chosen, compare) if why.startswith("reference: ") and s.targets != HEAD else why)
+    excluded = [(cat, s, _against(s, chosen, compare) if why.startswith("reference: ") and s.method != "head" else why)
                 for cat, s, why in excluded]
     return Selection(
         chosen=chosen,
@@ -204,18 +204,18 @@ def _eligible(summaries: list[ConfigSummary], budget: Budget, methods: Sequence[
     if not fitting:
         raise _no_fit_error(budget, with_metrics)
     # the head-only reference is what an adapter must beat, not a configuration to choose
-    excluded += [(3, s, "reference: the head alone, no adapter") for s in fitting if s.targets == HEAD]
+    excluded += [(3, s, "reference: the head alone, no adapter") for s in fitting if s.method == "head"]
     excluded += [(3, s, "screened (search=nested): the confirmed trials are chosen from") for s in fitting
                  if s.screened]
-    fitting = [s for s in fitting if s.targets != HEAD and not s.screened]
+    fitting = [s for s in fitting if s.method != "head" and not s.screened]
     chosen_from = set(methods)
     if "all" not in chosen_from:
-        excluded += [(3, s, f"reference: {method_of(s.targets)}, not chosen (select.methods={list(methods)})")
-                     for s in fitting if method_of(s.targets) not in chosen_from]
-        fitting = [s for s in fitting if method_of(s.targets) in chosen_from]
+        excluded += [(3, s, f"reference: {s.method}, not chosen (select.methods={list(methods)})")
+                     for s in fitting if s.method not in chosen_from]
+        fitting = [s for s in fitting if s.method in chosen_from]
         if not fitting:
             raise RankSweepError(f"no configuration of select.methods={list(methods)} is within the budget: the "
-                                 f"study has {', '.join(sorted({method_of(s.targets) for s in with_metrics}))}")
+                                 f"study has {', '.join(sorted({s.method for s in with_metrics}))}")
     eligible = [s for s in fitting if not s.not_learning]
     excluded += [(3, s, "not learning") for s in fitting if s.not_learning]
     if not eligible:
@@ -253,7 +253,7 @@ def _runners_up(eligible, candidates, chosen, excluded, bad, tolerance: float, d
 
 def _against(s: ConfigSummary, chosen: ConfigSummary, compare) -> str:
     """How a reference row compares to the choice: the paired interval of its score minus the choice's."""
-    head = f"reference method {method_of(s.targets)}, not chosen: {cost_text(s)}"
+    head = f"reference method {s.method}, not chosen: {cost_text(s)}"
     d = compare(chosen, s) if compare is not None and s.mean is not None else None
     if d is not None:
         return f"{head}; vs the choice {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}] (paired)"
@@ -261,9 +261,9 @@ def _against(s: ConfigSummary, chosen: ConfigSummary, compare) -> str:
 
 
 def cost_text(s: ConfigSummary) -> str:
-    if s.lora_params is None or s.targets == FULL:
+    if s.lora_params is None or s.method == "full":
         return f"{count_text(s.trainable_params)} trainable params"
-    if method_of(s.targets) != "lora":  # a reference method: its adapter's params, then with the head
+    if s.method != "lora":  # a reference method: its adapter's params, then with the head
         return f"{count_text(s.lora_params)} {s.targets} params ({count_text(s.trainable_params)} trainable)"
     extra = "" if s.trainable_params == s.lora_params else f" ({count_text(s.trainable_params)} trainable)"
     return f"{count_text(s.lora_params)} LoRA params{extra}"

@@ -50,9 +50,8 @@ MEMORY_HEADER = ["peak memory MB", "adapter MB"]  # shown when measured (rank_sw
 
 def note(s: ConfigSummary) -> str:
     """What a row must say beside its numbers: seeds that did not learn, seeds that collapsed."""
-    marks = dict(s.tuned)
-    screen = (["nested screen (its ranks: the screened rows)"] if "screen" in marks else
-              ["screened: truncated from the nested screen"] if "screened" in marks else [])
+    screen = {"screen": ["nested screen (its ranks: the screened rows)"],
+              "screened": ["screened: truncated from the nested screen"]}.get(s.config.kind, [])
     parts = screen + ["not learning"] if s.not_learning else screen + (
         [f"{s.n_not_learning} of {s.n} seeds not learning"] if s.n_not_learning else [])
     if s.unstable:
@@ -89,7 +88,7 @@ def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "mark
                     "ci_low", "ci_high", "decision", "vs_r", "diff", "diff_ci_low", "diff_ci_high", "peak_memory_mb",
                     "adapter_mb", "label", *extra])
         for s in summaries:
-            g = decisions.get((s.targets, s.r, dict(s.tuned).get("lr")))
+            g = decisions.get((s.targets, s.r, s.config.lr))
             verdict = [None] * 5 if g is None else [g.decision, g.vs_r, g.diff, g.diff_ci_low, g.diff_ci_high]
             w.writerow([s.targets, s.r, s.mean, s.std, s.n, s.lora_params, s.trainable_params, s.not_learning,
                         s.ci_low, s.ci_high, *verdict, s.peak_memory_mb, s.adapter_mb, s.label,

@@ -1,37 +1,15 @@
-"""The trial history indexed by point: what finished, what failed, what runs now.
-
-A *point* is (target set, rank, seed, and the learning rate of a probe): what one trial runs.
-"""
+"""The trial history indexed by point (:class:`rank_sweep.config.point.Point`): what finished, what failed,
+what runs now; and the rows a nested screen's truncated ranks add."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
+from rank_sweep.config.point import Point
 from rank_sweep.results.records import TrialRecord
 
-SCREEN = ("screen", 1.0)  # the tuned value that marks a nested-rank screen trial (search=nested)
+SCREEN = ("screen", 1.0)  # the stored value that marks a nested-rank screen trial (search=nested): Point.kind
 SCREENED = ("screened", 1.0)  # ... and the rows derived from it, one per truncated rank
-
-
-@dataclass(frozen=True)
-class Point:
-    targets: str  # roles joined by commas, or "full"
-    r: int
-    seed: int
-    lr: float | None = None  # None: the configured trainer.lr; else a probe's (search.lr_probe)
-    screen: bool = False  # a nested-rank screen at r (search=nested), not an ordinary trial
-
-    def __str__(self) -> str:
-        return (f"{self.targets} r={self.r} seed={self.seed}" + ("" if self.lr is None else f" lr={self.lr:g}")
-                + (" (nested screen)" if self.screen else ""))
-
-
-def point_of(rec: TrialRecord) -> Point:
-    """The point a record ran: a probe trial carries its learning rate as the tuned value ``lr``, a nested
-    screen the tuned value ``screen``."""
-    tuned = dict(rec.tuned)
-    return Point(rec.targets, rec.r, rec.seed, tuned.get("lr"), tuned.get("screen") == 1.0)
 
 
 def _counts_at(screen: TrialRecord, b: int) -> dict:
@@ -42,19 +20,14 @@ def _counts_at(screen: TrialRecord, b: int) -> dict:
     return {"lora_params": lora, "trainable_params": screen.trainable_params - screen.lora_params + lora}
 
 
-def tuned_of(point: Point) -> tuple:
-    """The tuned values a record of ``point`` carries: the inverse of :func:`point_of`."""
-    return (SCREEN,) if point.screen else () if point.lr is None else (("lr", point.lr),)
-
-
 def screened_records(screen: TrialRecord) -> list[TrialRecord]:
-    """One record per rank a nested screen scored by truncation: its run id is ``<run>/r<rank>`` (where its
-    per-example predictions are), its tuned value ``screened`` keeps it apart from ordinary trials."""
+    """One record per rank a nested screen scored by truncation: in the screen's run, its per-example outputs are
+    under ``r<rank>`` (``outputs``); its kind ``screened`` keeps it apart from ordinary trials."""
     out = []
     for b, (score, low, high, not_learning) in sorted((screen.nested or {}).items(), key=lambda kv: int(kv[0])):
         out.append(dataclasses.replace(
             screen, r=int(b), score=score, score_ci_low=low, score_ci_high=high, not_learning=bool(not_learning),
-            run_id=None if screen.run_id is None else f"{screen.run_id}/r{b}", tuned=(SCREENED,), nested=None,
+            outputs=f"r{b}", tuned=(SCREENED,), nested=None,
             intermediate=(), **_counts_at(screen, int(b))))
     return out
 
@@ -65,7 +38,7 @@ class History:
     def __init__(self, records: list[TrialRecord], max_retries: int):
         self.by_point: dict[Point, list[TrialRecord]] = {}
         for rec in records:
-            self.by_point.setdefault(point_of(rec), []).append(rec)
+            self.by_point.setdefault(rec.point, []).append(rec)
         self.max_retries = max_retries
 
     def status(self, p: Point) -> str:

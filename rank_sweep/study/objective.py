@@ -17,9 +17,10 @@ from lightning.pytorch.callbacks import Callback
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from rank_sweep import interrupts
-from rank_sweep.config import FULL, HEAD, TRIAL_SECTIONS, RunConfig, trial_config
+from rank_sweep.config import TRIAL_SECTIONS, RunConfig, trial_config
+from rank_sweep.config.point import Point, decode, from_claim
 from rank_sweep.errors import TrackingError
-from rank_sweep.study import plan as ladder
+from rank_sweep.study.plan import LadderSpec, pointless
 from rank_sweep.study.sampler import POINT_ATTR, trial_records
 from rank_sweep.study.workers import claim_for_this_worker
 from rank_sweep.train import nested
@@ -30,16 +31,17 @@ from rank_sweep.train.trial import resolved_config, run_trial
 
 class PointlessCheck(Callback):
     """Lightning callback for a speculative trial: after each validation, prune it when the rung under it
-    has ended its ladder (:func:`ladder.pointless`), so an idle worker's guess costs at most an epoch more."""
+    has ended its ladder (:func:`~rank_sweep.study.plan.pointless`), so an idle worker's guess costs at most an
+    epoch more."""
 
-    def __init__(self, trial: optuna.Trial, spec: ladder.LadderSpec, point: ladder.Point):
+    def __init__(self, trial: optuna.Trial, spec: LadderSpec, point: Point):
         self.trial, self.spec, self.point = trial, spec, point
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
         others = [r for r in trial_records(self.trial.study) if r.number != self.trial.number]
-        why = ladder.pointless(others, self.spec, self.point)
+        why = pointless(others, self.spec, self.point)
         if why:
             self.trial.set_user_attr("pruned_reason", why)
             raise optuna.TrialPruned(why)
@@ -49,15 +51,17 @@ class PointlessCheck(Callback):
 PROBE_LR = FloatDistribution(1e-12, 1e3, log=True)
 
 
-def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, CategoricalDistribution]:
+def distributions(cfg: RunConfig, spec: LadderSpec) -> dict[str, CategoricalDistribution]:
+    """The stored rows (Point.row), ranks and seeds the study's trials may take (Optuna's categorical choices)."""
     sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
     ranks = list(spec.ranks)
     if spec.include_full:
-        sets, ranks = sets + [FULL], [0, *ranks]
+        sets, ranks = sets + [Point.full(0).row], [0, *ranks]
     for method, size in spec.references:
-        sets, ranks = sets + ([] if method in sets else [method]), ranks if size in ranks else [*ranks, size]
+        row = Point.reference(method, size, 0).row
+        sets, ranks = sets + ([] if row in sets else [row]), ranks if size in ranks else [*ranks, size]
     if spec.head_reference:
-        sets, ranks = [HEAD, *sets], ranks if 0 in ranks else [0, *ranks]
+        sets, ranks = [Point.head(0).row, *sets], ranks if 0 in ranks else [0, *ranks]
     return {"targets": CategoricalDistribution(sets), "r": CategoricalDistribution(ranks),
             "seed": CategoricalDistribution(spec.seeds + spec.noise_seeds)}
 
@@ -72,38 +76,39 @@ class Objective:
         self.fatal: TrackingError | None = None  # the tracking store failed: the study must stop, not go on
 
     def __call__(self, trial: optuna.Trial) -> float:
+        claim = trial.study._storage.get_trial_system_attrs(trial._trial_id).get(POINT_ATTR) or {}
         if self.cfg.search.strategy == "tpe":
             claim_for_this_worker(trial.study, trial._trial_id)  # (the ladder sampler has claimed it already)
-            targets, r, seed, overrides = self._suggest_tpe(trial)
-        else:
-            targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
+            point, overrides = self._suggest_tpe(trial)
+        else:  # the ladder's claim: suggested as params (their stored form), so that the trial's record carries it
+            point = from_claim(claim) if claim else None
+            row = trial.suggest_categorical("targets", self.dists["targets"].choices)
             r = trial.suggest_categorical("r", self.dists["r"].choices)
             seed = trial.suggest_categorical("seed", self.dists["seed"].choices)
+            if point is not None and point.lr is not None:  # a probe's lr, or a reference row's own
+                trial.suggest_float("lr", PROBE_LR.low, PROBE_LR.high, log=True)
+            if point is not None and point.kind == "screen":
+                trial.suggest_categorical("screen", [1.0])
+            point = decode(row, r, seed, (() if point is None else point.values))
             overrides = {}
-        claim = trial.study._storage.get_trial_system_attrs(trial._trial_id).get(POINT_ATTR) or {}
-        probe_lr = None
-        if claim.get("lr") is not None:  # a probe of a first rung that did not learn, or a reference row's own lr
-            probe_lr = trial.suggest_float("lr", PROBE_LR.low, PROBE_LR.high, log=True)
-            overrides = {"trainer.lr": probe_lr}
-        run = trial_config(self.cfg, targets, r, seed, **overrides)
+        run = trial_config(self.cfg, point, **overrides)
         callbacks = [_pruning_callback(trial, f"val/{self.cfg.task.metric}")]
         screen = None
-        if claim.get("screen"):  # search=nested: one training for every rank of the ladder
-            trial.suggest_categorical("screen", [1.0])
+        if point.kind == "screen":  # search=nested: one training for every rank of the ladder
             s = self.cfg.search
-            screen = nested.NestedRanks([x for x in self.spec.ranks if x <= r], run.lora, s.nested_scale,
-                                        s.nested_frozen, seed, resolve_precision(run))
+            screen = nested.NestedRanks([x for x in self.spec.ranks if x <= point.r], run.lora, s.nested_scale,
+                                        s.nested_frozen, point.seed, resolve_precision(run))
             callbacks = [screen]  # no pruning of a screen on its r_max score
         if claim.get("speculative"):
             trial.set_user_attr("speculative", True)
-            callbacks.append(PointlessCheck(trial, self.spec, ladder.Point(targets, r, seed, probe_lr)))
+            callbacks.append(PointlessCheck(trial, self.spec, point))
+        if point.lr is not None and self.cfg.search.strategy != "tpe":
+            overrides = {"trainer.lr": point.lr}  # the MLflow tag tuned names the trial's own lr
         tuned = {k.partition(".")[2]: v for k, v in overrides.items()}
         try:
             result = run_trial(run, cache=self.cache, client=self.client, experiment_id=self.experiment_id,
                                parent_run_id=self.parent_run_id, callbacks=callbacks,
-                               run_name=f"trial {trial.number}: {targets} r={r} seed={seed}"
-                               + ("" if probe_lr is None else f" lr={probe_lr:g}")
-                               + ("" if screen is None else " (nested screen)"),
+                               run_name=f"trial {trial.number}: {point}",
                                learn_margin=self.cfg.search.learn_margin,
                                tags={"optuna_trial": trial.number, "optuna_study": trial.study.study_name,
                                      "worker": f"{socket.gethostname()}:{os.getpid()}"
@@ -142,18 +147,20 @@ class Objective:
             trial.set_user_attr(key, value)
         return result.score
 
-    def _suggest_tpe(self, trial: optuna.Trial):
+    def _suggest_tpe(self, trial: optuna.Trial) -> tuple[Point, dict]:
         """TPE's point: target set, rank, the learning rate, and alpha_k where it acts (the ``scaled`` policy;
         under ``fixed``/``rslora`` alpha is the constant the config names). The seed is the config's, stored on
         the trial so that records and the preset carry it."""
-        targets = trial.suggest_categorical("targets", self.dists["targets"].choices)
+        row = trial.suggest_categorical("targets", self.dists["targets"].choices)
         r = trial.suggest_categorical("r", self.dists["r"].choices)
         low, high = self.cfg.search.tpe_lr_range
-        overrides = {"trainer.lr": trial.suggest_float("lr", float(low), float(high), log=True)}
+        lr = trial.suggest_float("lr", float(low), float(high), log=True)
+        overrides = {"trainer.lr": lr}
         if self.cfg.lora.alpha_policy == "scaled":
             overrides["lora.alpha_k"] = trial.suggest_float("alpha_k", 0.5, 8.0, log=True)
         trial.set_user_attr("seed", self.cfg.seed)
-        return targets, r, self.cfg.seed, overrides
+        values = {"lr": lr, **({"alpha_k": overrides["lora.alpha_k"]} if "lora.alpha_k" in overrides else {})}
+        return decode(row, r, self.cfg.seed, values.items()), overrides
 
 
 def _pruning_callback(trial, monitor):

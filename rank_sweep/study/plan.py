@@ -25,12 +25,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from rank_sweep.results.paired import is_gain
-from rank_sweep.results.records import FULL, HEAD, TrialRecord, statistic
-from rank_sweep.study.history import History, Point, point_of, screened_records
+from rank_sweep.config.point import Point
+from rank_sweep.results.paired import is_gain, not_worse
+from rank_sweep.results.records import TrialRecord, statistic
+from rank_sweep.study.history import History, screened_records
 from rank_sweep.study.spec import LadderSpec, over_budget, over_memory, rung_seeds
 
-__all__ = ["LadderSpec", "Plan", "Point", "Rung", "LadderState", "plan", "point_of", "pointless", "over_budget",
+__all__ = ["LadderSpec", "Plan", "Point", "Rung", "LadderState", "plan", "pointless", "over_budget",
            "rung_seeds", "walk_ladder"]
 
 
@@ -162,7 +163,7 @@ def walk_nested(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
     """search=nested: one screen at the top rank, the ladder's rule on its truncated ranks, then ordinary trials
     from the screened plateau rank up: its rung and the one above confirm it, or the ladder climbs on from there
     (the ordinary rule decides). A screen that finds no plateau rank hands over to the ordinary ladder."""
-    point = Point(targets, spec.ranks[-1], spec.seeds[0], screen=True)
+    point = Point(targets, spec.ranks[-1], spec.seeds[0], kind="screen")
     screen = hist.completed(point)
     if screen is None:
         if hist.status(point) == "pending":
@@ -172,7 +173,8 @@ def walk_nested(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
             return walk_ladder(targets, spec, hist, pending, speculative, head)
         return state
     quick = replace(spec, seeds=spec.seeds[:1], noise_seeds=[], lr_probe=[], nested=False)
-    screened = walk_ladder(targets, quick, History(screened_records(screen), spec.max_retries), [], None, head)
+    as_trials = [replace(x, tuned=()) for x in screened_records(screen)]  # judged as trials at those ranks would be
+    screened = walk_ladder(targets, quick, History(as_trials, spec.max_retries), [], None, head)
     start = screened.plateau_rank
     state = walk_ladder(targets, spec if start is None else replace(spec, ranks=[r for r in spec.ranks if r >= start],
                                                                       noise_seeds=[]),
@@ -262,8 +264,7 @@ def _plateau(state: LadderState, spec: LadderSpec, best, best_r, by_rank, spread
     for g in learned:
         diff = None if g.r == best_r else _compare(spec, by_rank[best_r], by_rank[g.r], spread)
         if diff is not None:  # g - best: g is "as good" unless surely worse by more than min_delta
-            worse = diff.high < -spec.min_delta if spec.direction == "maximize" else diff.low > spec.min_delta
-            if not worse:
+            if not_worse(diff, spec.min_delta, spec.direction):
                 near.append(g.r)
         elif _better(g.mean, best, spec.direction) >= -state.threshold - 1e-12:
             near.append(g.r)
@@ -276,7 +277,7 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
     speculative: list[Point] = []
     head = None
     if spec.head_reference:  # first: it is the cheapest trial, and every ladder's verdict needs it
-        point = Point(HEAD, 0, spec.seeds[0])
+        point = Point.head(spec.seeds[0])
         if hist.status(point) == "pending":
             pending.append(point)
         done = hist.completed(point)
@@ -286,7 +287,7 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
     extensions: list[str] = []
     if spec.grid:  # every rank of every target set, and of the extension sets only when extend is on
         sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
-        pending = [p for p in pending if p.targets == HEAD] + [
+        pending = [p for p in pending if p.method == "head"] + [
             Point(ts, r, s) for ts in sets for r in spec.ranks for s in spec.seeds
             if not over_budget(spec, ts, r) and hist.status(Point(ts, r, s)) == "pending"]
         ladders = [walk_ladder(ts, spec, hist, []) for ts in sets]
@@ -306,11 +307,12 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
                         if hist.status(p) == "pending" and p not in pending:
                             pending.append(p)
     if spec.include_full:
-        lr = spec.reference_lr.get((FULL, 0))
-        pending.extend(p for p in (Point(FULL, 0, s, lr) for s in spec.seeds) if hist.status(p) == "pending")
+        lr = spec.reference_lr.get(("full", 0))
+        pending.extend(p for p in (Point.full(s, lr) for s in spec.seeds) if hist.status(p) == "pending")
     for method, size in spec.references:  # reference methods: one trial per seed, after the ladders
         lr = spec.reference_lr.get((method, size))  # its own lr where given (search.reference_methods), else None
-        pending.extend(p for p in (Point(method, size, s, lr) for s in spec.seeds) if hist.status(p) == "pending")
+        pending.extend(p for p in (Point.reference(method, size, s, lr) for s in spec.seeds)
+                       if hist.status(p) == "pending")
     running = any(s == "RUNNING" for recs in hist.by_point.values() for s in (r.state for r in recs))
     done = not pending and not running and all(lad.finished for lad in ladders)
     return Plan(pending, done, ladders, extensions, speculative)
@@ -322,7 +324,7 @@ def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str
     A speculative rung becomes pointless when the rung under it ends its ladder, or when its ladder learned at
     another lr (a probe's); other points of a ladder that is still climbing, of the grid, of an extension or
     of full fine-tuning are never pointless."""
-    if spec.grid or point.targets not in spec.target_sets or point.screen:
+    if spec.grid or point.method != "lora" or point.targets not in spec.target_sets or point.screened:
         return None
     hist = History([r for r in records if r.targets], spec.max_retries)
     state = (walk_nested if spec.nested else walk_ladder)(point.targets, spec, hist, [])

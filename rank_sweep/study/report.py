@@ -22,7 +22,7 @@ from rank_sweep.config import RunConfig
 from rank_sweep.errors import RankSweepError, TrackingError
 from rank_sweep.results import holdout
 from rank_sweep.results.compare import PairedComparer
-from rank_sweep.results.readers import records_from_study
+from rank_sweep.results.readers import decode_trial, records_from_study
 from rank_sweep.results.records import aggregate
 from rank_sweep.results.tables import summary_table
 from rank_sweep.study import page
@@ -91,21 +91,22 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
     return run_id
 
 
-def trial_line(spec: ladder.LadderSpec, metric: str):
+def trial_line(spec: ladder.LadderSpec, metric: str, study_state=None):
+    """The console line of a finished trial, with its rung's verdict from the plan that ``study_state`` (the
+    study's :class:`~rank_sweep.study.state.StudyState`, refreshed for this trial event) holds; else planned here."""
     def line(study, trial):
-        state = trial.state.name
-        p = trial.params
-        if not p:
+        if not trial.params:
             return
-        decision = ""
+        point = decode_trial(trial)
+        state, decision = trial.state.name, ""
         if state == "COMPLETE" and spec.tuned:  # TPE: no ladder, so no rung verdict; show what it drew
-            decision = "[" + ", ".join(f"{k}={v:.3g}" for k, v in p.items() if k not in ("targets", "r", "seed")) + "]"
+            decision = "[" + ", ".join(f"{k}={v:.3g}" for k, v in point.values) + "]"
         elif state == "COMPLETE":
-            lads = {lad.targets: lad for lad in ladder.plan(trial_records(study), spec).ladders}
-            lad = lads.get(p["targets"])
-            rung = next((g for g in lad.rungs if g.r == p["r"] and g.lr == p.get("lr")), None) if lad else None
+            planned = study_state.plan if study_state is not None else ladder.plan(trial_records(study), spec)
+            lad = next((lad for lad in planned.ladders if lad.targets == point.row), None)
+            rung = next((g for g in lad.rungs if g.r == point.r and g.lr == point.lr), None) if lad else None
             decision = f"[{rung.decision}: {rung.detail}]" if rung else ""
-            if p.get("screen"):
+            if point.kind == "screen":
                 decision = f"[nested screen: ranks {', '.join(trial.user_attrs.get('nested', {}))} scored by truncation]"
             if trial.user_attrs.get("not_learning"):
                 decision = "[not learning] " + decision
@@ -116,9 +117,9 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
         if state == "FAIL":
             decision = f"[{trial.user_attrs.get('fail_reason', 'failed')}]"
         lp = trial.user_attrs.get("lora_params")
-        lr = f" lr={p['lr']:g}" if "lr" in p and not spec.tuned else ""  # a learning-rate probe
-        print(f"trial {trial.number:3d}  {p['targets']:<12} r={p['r']:<3} seed={p.get('seed', '-')}{lr}  {score}  "
-              f"lora_params={lp if lp is None else f'{lp:,}'}  {decision}", flush=True)
+        lr = f" lr={point.lr:g}" if point.lr is not None and not spec.tuned else ""  # the trial's own lr
+        print(f"trial {trial.number:3d}  {point.row:<12} r={point.r:<3} seed={trial.params.get('seed', '-')}{lr}  "
+              f"{score}  lora_params={lp if lp is None else f'{lp:,}'}  {decision}", flush=True)
     return line
 
 

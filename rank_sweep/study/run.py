@@ -7,8 +7,9 @@ Everything that can reject the input (model, data, every target set, every rank,
 budget, the stores) is checked before the first trial trains. The flow of one trial:
 :func:`optimize` -> ``study.optimize`` -> :class:`~rank_sweep.study.sampler.LadderSampler`
 claims a point -> :class:`~rank_sweep.study.objective.Objective` trains it
-(:mod:`rank_sweep.train.trial`, logged by :mod:`rank_sweep.tracking`) -> :class:`StopWhenDone`
-prints its line (:mod:`rank_sweep.study.report`) and stops the study when the plan is done.
+(:mod:`rank_sweep.train.trial`, logged by :mod:`rank_sweep.tracking`) -> :class:`StopWhenDone` reads the storage
+and plans once (:class:`~rank_sweep.study.state.StudyState`), prints its line (:mod:`rank_sweep.study.report`)
+and applies the one stop rule (:func:`~rank_sweep.study.state.stop_reason`); the next claim reuses that plan.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import time
 
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.trial import TrialState
 
 from rank_sweep import interrupts, tracking
-from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
+from rank_sweep.config import RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError, TrackingError, TrialsFailed
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.objective import Objective
 from rank_sweep.study.report import parent_run, trial_line, wrap_up
-from rank_sweep.study.sampler import next_point, trial_records
+from rank_sweep.study.sampler import LadderSampler
+from rank_sweep.study.state import StudyState, stop_reason
 from rank_sweep.study.storage import load_or_create_study, open_storage
 from rank_sweep.study.workers import fail_stale_trials
 from rank_sweep.train import lora, methods
@@ -34,7 +35,7 @@ from rank_sweep.train.loading import WorkerCache, check_output_dir
 
 
 class CostModel:
-    """(targets, r) -> (LoRA params, trainable params) from the closed form, before training."""
+    """(LoRA targets, r) -> (LoRA params, trainable params) from the closed form, before training."""
 
     def __init__(self, base, cfg: RunConfig, total_params: int, heads: list[str] | None = None):
         self.base, self.family, self.total = base, cfg.model.family, total_params
@@ -48,10 +49,6 @@ class CostModel:
         return self._plans[targets]
 
     def __call__(self, targets: str, r: int) -> tuple[int, int]:
-        if targets == FULL:
-            return 0, self.total
-        if targets == HEAD:
-            return 0, self.head
         n = self.plan(targets).lora_params(r)
         return n, n + self.head
 
@@ -114,48 +111,21 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
 
 
 class StopWhenDone:
-    """Callback: stop the study when the plan is complete, a budget is spent, or trials keep failing."""
+    """Callback after each trial: read the study once (``state``), print the trial's line from that plan, and stop
+    the study when :func:`~rank_sweep.study.state.stop_reason` says so."""
 
-    def __init__(self, spec: ladder.LadderSpec, cfg: RunConfig, printer):
+    def __init__(self, spec: ladder.LadderSpec, cfg: RunConfig, printer, state: StudyState | None = None):
         self.spec, self.cfg, self.printer = spec, cfg, printer
+        self.state = state
         self.reason: str | None = None
 
     def __call__(self, study, trial):
+        state = (self.state or StudyState(study, self.spec)).refresh()  # one read and one plan per trial event
         self.printer(study, trial)
-        reason = stop_reason(study, self.spec, self.cfg)
+        reason = stop_reason(study, self.spec, self.cfg, state)
         if reason:
             self.reason = reason
             study.stop()
-
-
-def stop_reason(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> str | None:
-    all_trials = study.get_trials(deepcopy=False)
-    trials = [t for t in all_trials if t.params]
-    finished = [t for t in trials if t.state.is_finished()]
-    budget = cfg.search.budget
-    k = cfg.search.max_consecutive_failures
-    # a trial that failed before it got its parameters counts too (else such failures would loop for ever);
-    # a trial pruned for having no point to run does not
-    last = sorted((t for t in all_trials if t.state.is_finished() and (t.params or t.state == TrialState.FAIL)),
-                  key=lambda t: t.number)[-k:]
-    if len(last) == k and all(t.state == TrialState.FAIL for t in last):
-        why = last[-1].user_attrs.get("fail_reason", "see the MLflow runs")
-        return f"stopped: the last {k} trials failed (search.max_consecutive_failures={k}); last error: {why}"
-    if budget.max_trials is not None and len(finished) >= budget.max_trials:
-        return f"budget: search.budget.max_trials={budget.max_trials} trials run"
-    spent = sum((t.duration.total_seconds() for t in finished if t.duration), 0.0)
-    if budget.max_seconds is not None and spent >= budget.max_seconds:
-        return f"budget: search.budget.max_seconds={budget.max_seconds:g} spent ({spent:.0f}s of trials)"
-    if cfg.search.strategy == "tpe":
-        n = cfg.search.n_trials or 20
-        return f"tpe: {n} trials run" if len(finished) >= n else None
-    if ladder.plan(trial_records(study), spec).done:
-        return "done: every ladder stopped"
-    return None
-
-
-def _running(study: optuna.Study) -> list:
-    return [r for r in trial_records(study) if r.state == "RUNNING"]
 
 
 def housekeeping(study, client, experiment_id, parent_run_id, cfg) -> list:
@@ -173,7 +143,7 @@ def housekeeping(study, client, experiment_id, parent_run_id, cfg) -> list:
 
 
 def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.LadderSpec, cfg: RunConfig,
-             tidy, sleep=time.sleep) -> str:
+             tidy, sleep=time.sleep, state: StudyState | None = None) -> str:
     """Run trials one at a time until a stop reason; return it.
 
     Before each trial the trials of killed workers are failed (``tidy``). When the plan has nothing to run
@@ -187,15 +157,16 @@ def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.La
     else:
         lost = "a killed one: this storage has no heartbeat, so only a dead worker of this machine is noticed"
     waiting_for = None
+    state = state or stopper.state or StudyState(study, spec)
     while True:
-        tidy()
-        stop = stop_reason(study, spec, cfg)
-        if stop:
-            return stop
-        if cfg.search.strategy != "tpe" and next_point(trial_records(study), spec)[0] is None:
-            running = sorted(r.number for r in _running(study))
-            if not running:  # nothing to run and nothing running: every ladder has stopped
-                return "done: every ladder stopped"
+        if tidy():
+            state.invalidate()  # stale trials were failed: their points are to run again
+        step = state.next_step(cfg)
+        if step.action == "stop":
+            return step.reason
+        if step.action == "wait":
+            running = step.running
+            state.invalidate()  # look again after the pause
             if running != waiting_for:
                 print(f"waiting for {len(running)} running trial(s) {running} (another worker, or {lost})", flush=True)
                 waiting_for = running
@@ -236,7 +207,10 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
     print(f"study {cfg.study_name()}: storage {tracking.redact(storage_url)}, mlflow "
           f"{tracking.redact(cfg.tracking.resolved_uri())} (parent run {run_id})\n"
           f"ladder {spec.ranks} x target sets {spec.target_sets} x seeds {spec.seeds}{head}", flush=True)
-    stopper = StopWhenDone(spec, cfg, trial_line(spec, cfg.task.metric))
+    state = StudyState(study, spec)  # the storage read and the plan of each trial event, shared by all three:
+    stopper = StopWhenDone(spec, cfg, trial_line(spec, cfg.task.metric, state), state)  # the trial's line, the stop rule
+    if isinstance(study.sampler, LadderSampler):
+        study.sampler.state = state  # and the next claim
     objective = Objective(cfg, spec, cache, client, experiment_id, run_id)
     stop, status = None, "FINISHED"
     try:

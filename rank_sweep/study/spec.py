@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rank_sweep.results.records import FULL, HEAD
-
 
 @dataclass
 class LadderSpec:
@@ -54,8 +52,7 @@ def rung_seeds(spec: LadderSpec, r: int) -> list[int]:
 
 
 def over_budget(spec: LadderSpec, targets: str, r: int) -> str | None:
-    if targets in (FULL, HEAD) or any(targets == m for m, _ in spec.references):
-        return None  # reference rows: shown beside the ladders, not bound by their budget
+    """Why LoRA on ``targets`` at rank ``r`` is over the study's budget, or None (reference rows are not bound)."""
     if spec.rank_limit is not None and r > spec.rank_limit:
         return f"r={r} > budget max_rank {spec.rank_limit}"
     if spec.cost is None:

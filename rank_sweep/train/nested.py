@@ -191,18 +191,16 @@ def record_ranks(callback: NestedRanks, task, confidence: float, learn_margin: f
     ``nested/r<rank>/score``, ``..._ci_low``, ``..._ci_high``, ``.../not_learning``. Returns
     rank -> [score, ci_low, ci_high, not_learning] (the trial's user attr ``nested``)."""
     from rank_sweep import tracking
-    from rank_sweep.results.paired import is_gain
     from rank_sweep.results.predictions import predictions_path, save_predictions
     from rank_sweep.train.metrics import compute_metrics
-    from rank_sweep.train.model import constant_outputs
-    from rank_sweep.train.trial import dev_intervals
+    from rank_sweep.train.trial import learning_test
 
     out, metrics = {}, {}
     for b, outputs in sorted(callback.outputs.items()):
         labels = callback.labels
         score = compute_metrics(task, outputs, labels)[task.metric]
-        ci, vs = dev_intervals(task, outputs, labels, callback.train_labels, confidence)
-        not_learning = constant_outputs(outputs, task.is_regression) or not is_gain(vs, learn_margin, task.direction)
+        ci, _, learning = learning_test(task, outputs, labels, callback.train_labels, confidence, learn_margin)
+        not_learning = not learning
         path = save_predictions(predictions_path(output_dir, f"{run_id}/r{b}"), outputs, labels)
         client.log_artifact(run_id, path, f"predictions/r{b}")
         out[str(b)] = [float(score), float(ci.low), float(ci.high), bool(not_learning)]

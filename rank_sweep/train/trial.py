@@ -23,7 +23,7 @@ import torch
 
 from rank_sweep import interrupts, tracking
 from rank_sweep.analysis import spectra
-from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
+from rank_sweep.config import RunConfig, run_point
 from rank_sweep.errors import ConfigError
 from rank_sweep.results.paired import is_gain, paired_difference, score_interval
 from rank_sweep.results.predictions import ARTIFACT, predictions_path, save_predictions
@@ -35,7 +35,7 @@ from rank_sweep.train.export import export_adapter
 from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
 from rank_sweep.train.memory import PeakMemory, adapter_mb, state_memory
 from rank_sweep.train.metrics import baseline_outputs, baseline_score
-from rank_sweep.train.model import SequenceClassifier
+from rank_sweep.train.model import SequenceClassifier, constant_outputs
 
 
 @dataclass
@@ -91,17 +91,11 @@ def prepare(cfg: RunConfig, cache: WorkerCache | None = None):
 def trial_params(cfg: RunConfig, pooling: str | None = None) -> dict:
     """The MLflow params every trial carries (a contract: later parts rely on these names). ``pooling`` is
     ``model.pooling`` as resolved for the checkpoint (:func:`rank_sweep.train.head.resolve_pooling`)."""
-    full = cfg.lora.full_finetune or cfg.lora.head_only
-    reference = cfg.method.name != "lora"  # a reference method: targets names it, r is its size
-    if reference:
-        r, targets = method_size(cfg.method), cfg.method.name
-    else:
-        r = 0 if full else cfg.lora.r
-        targets = (HEAD if cfg.lora.head_only else FULL) if full else targets_key(cfg.lora.targets)
+    point = run_point(cfg)  # stored as its row ("Wq,Wv", "full", "head only", a method) and rank or size
     return {
         "model": cfg.model.label, "model_path": cfg.model.name_or_path, "task": cfg.task.name,
-        "method": cfg.method.name, "r": r, "targets": targets,
-        "alpha": None if full or reference else cfg.lora.lora_alpha,
+        "method": cfg.method.name, "r": point.r, "targets": point.row,
+        "alpha": None if point.method != "lora" else cfg.lora.lora_alpha,
         "alpha_policy": cfg.lora.alpha_policy,
         "lr": cfg.trainer.lr,
         "epochs": cfg.trainer.epochs,
@@ -251,11 +245,8 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     final.update(fit.memory)
     beats = score > baseline + margin if cfg.task.direction == "maximize" else score < baseline - margin
     if fit.module.last_outputs is not None and train_labels is not None:
-        ci, vs_baseline = dev_intervals(cfg.task, fit.module.last_outputs, fit.module.last_labels, train_labels,
-                                        cfg.search.confidence)
-        # learning = better than the trivial predictor by more than learn_margin, on the same dev examples,
-        # with confidence: a head that flips a few examples by chance is not learning
-        beats = is_gain(vs_baseline, margin, cfg.task.direction)
+        ci, vs_baseline, beats = learning_test(cfg.task, fit.module.last_outputs, fit.module.last_labels,
+                                               train_labels, cfg.search.confidence, margin)
         final.update({"score_ci_low": ci.low, "score_ci_high": ci.high, "baseline_diff": vs_baseline.estimate,
                       "baseline_diff_ci_low": vs_baseline.low, "baseline_diff_ci_high": vs_baseline.high})
     not_learning = fit.module.constant_predictions or not beats
@@ -284,13 +275,15 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     return score, not_learning, ci
 
 
-def dev_intervals(task, outputs, labels, train_labels, confidence: float):
-    """The score's interval over dev examples, and the paired interval of score - the trivial predictor's: what
-    a trial (and each rank of a nested screen) reports and tests learning with."""
+def learning_test(task, outputs, labels, train_labels, confidence: float, margin: float):
+    """The one learning test of a trial and of each rank of a nested screen: (the score's interval over dev
+    examples, the paired interval of score - the trivial predictor's, learning). Learning = outputs that are not
+    constant and beat the trivial predictor by more than ``margin`` on the same dev examples, with confidence:
+    a head that flips a few examples by chance is not learning."""
     kw = {"is_regression": task.is_regression, "num_labels": task.num_labels, "confidence": confidence}
     ci = score_interval(task.metric, outputs, labels, **kw)
     vs = paired_difference(task.metric, baseline_outputs(task, train_labels, len(labels)), outputs, labels, **kw)
-    return ci, vs
+    return ci, vs, not constant_outputs(outputs, task.is_regression) and is_gain(vs, margin, task.direction)
 
 
 def factors_path(output_dir: str, run_id: str) -> str:

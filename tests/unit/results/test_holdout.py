@@ -17,7 +17,7 @@ from rank_sweep.results.records import TrialRecord, aggregate
 from rank_sweep.results.selection import select
 from rank_sweep.results.tables import summary_table
 from rank_sweep.study.plan import LadderSpec, plan
-from rank_sweep.train.trial import dev_intervals
+from rank_sweep.train.trial import learning_test
 
 N_DEV, N_HELD = 400, 600
 # (targets, r) -> accuracy on the decision split and on the held-out split
@@ -79,8 +79,7 @@ def _decisions(tmp_path, records):
     learning = []
     for rec in records:
         val = comparer.predictions(rec)
-        ci, vs = dev_intervals(task, val.outputs, val.label, train_labels, 0.95)
-        learning.append((ci, vs))
+        learning.append(learning_test(task, val.outputs, val.label, train_labels, 0.95, 0.02))
     by_number = {r.number: r for r in records}
 
     def compare(a, b):

@@ -27,12 +27,12 @@ def trial(r, score, number) -> TrialRecord:
 
 def test_the_screen_runs_first_and_alone():
     p = plan([], spec())
-    assert p.pending == [Point(WQ, 8, 0, screen=True)] and not p.done
+    assert p.pending == [Point(WQ, 8, 0, kind="screen")] and not p.done
 
 
 def test_screened_rows_carry_each_rank_with_its_run_and_exact_counts():
     rows = screened_records(screen({1: 0.6, 2: 0.7, 4: 0.71, 8: 0.72}))
-    assert [(x.r, x.score, x.run_id, x.lora_params, x.trainable_params) for x in rows] == [
+    assert [(x.r, x.score, f"{x.run_id}/{x.outputs}", x.lora_params, x.trainable_params) for x in rows] == [
         (1, 0.6, "run/r1", 100, 110), (2, 0.7, "run/r2", 200, 210), (4, 0.71, "run/r4", 400, 410),
         (8, 0.72, "run/r8", 800, 810)]
     assert all(x.tuned == (("screened", 1.0),) for x in rows)
@@ -66,6 +66,6 @@ def test_a_screen_that_finds_no_plateau_hands_over_to_the_ordinary_ladder():
 
 
 def test_a_screen_is_never_pointless_and_a_failed_one_falls_back():
-    assert pointless([], spec(), Point(WQ, 8, 0, screen=True)) is None
+    assert pointless([], spec(), Point(WQ, 8, 0, kind="screen")) is None
     failed = [TrialRecord(i, WQ, 8, 0, "FAIL", None, None, None, None, tuned=(SCREEN,)) for i in range(3)]
     assert plan(failed, spec(max_retries=2)).pending == [Point(WQ, 1, 0)]

@@ -439,13 +439,13 @@ def test_running_points_are_not_proposed_and_block_done(records, history, pendin
 
 @pytest.mark.parametrize(
     "point, overrides",
-    [(Point(ALL4, 2, 0), {"extend": True, "extend_sets": [ALL4]}), (Point(FULL, 0, 0), {"include_full": True})],
+    [(Point(ALL4, 2, 0), {"extend": True, "extend_sets": [ALL4]}), (Point.full(0), {"include_full": True})],
     ids=["extension running", "full fine-tuning running"],
 )
 def test_running_point_outside_the_ladders_blocks_done(records, point, overrides):
     history = rungs(WQ, PLATEAU_AT_2)
     assert plan(records(history), spec(**overrides)).pending == [point]
-    p = plan(records(history + [row(point.targets, point.r, point.seed, state="RUNNING")]), spec(**overrides))
+    p = plan(records(history + [row(point.row, point.r, point.seed, state="RUNNING")]), spec(**overrides))
     assert p.pending == [] and all(lad.finished for lad in p.ladders)
     assert not p.done
 
@@ -512,7 +512,7 @@ def test_a_rank_budget_stops_the_ladder_before_the_rung():
 def test_full_finetune_reference_runs_after_the_ladders(records):
     s = spec(seeds=[0, 1], include_full=True, cost=cost, max_lora_params=10)
     p = plan(records([]), s)
-    assert p.pending == [Point(FULL, 0, 0), Point(FULL, 0, 1)]
+    assert p.pending == [Point.full(0), Point.full(1)]
     p = plan(records([row(FULL, 0, 0, 0.9), row(FULL, 0, 1, 0.9)]), s)
     assert p.pending == [] and p.done
 
@@ -577,7 +577,7 @@ def test_the_head_reference_runs_first_and_a_ladder_that_does_not_beat_it_report
     from rank_sweep.results.records import HEAD
 
     s = spec(ranks=[1, 2], head_reference=True, compare=_paired(0.02))
-    assert plan(records([]), s).pending == [Point(HEAD, 0, 0), Point(WQ, 1, 0)]  # the head first
+    assert plan(records([]), s).pending == [Point.head(0), Point(WQ, 1, 0)]  # the head first
     history = [row(HEAD, 0, 0, 0.70)] + rungs(WQ, {1: 0.70, 2: 0.71})
     lad = plan(records(history), s).ladders[0]
     assert lad.finished and lad.plateau_rank is None

@@ -6,11 +6,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from rank_sweep.config import FULL, RunConfig, SearchConfig, trial_config
+from rank_sweep.config import FULL, Point, RunConfig, SearchConfig, trial_config
 from rank_sweep.errors import ConfigError
 from rank_sweep.results.records import TrialRecord
 from rank_sweep.study import objective as study_objective
-from rank_sweep.study.plan import Point, plan
+from rank_sweep.study.plan import plan
 from rank_sweep.study.run import StopWhenDone, build_spec
 from rank_sweep.study.sampler import LadderSampler
 from rank_sweep.study.storage import study_fingerprint
@@ -33,17 +33,17 @@ def test_each_reference_method_is_one_trial_per_seed_after_the_ladders():
     ladder = [TrialRecord(i, "Wq", r, s, "COMPLETE", 0.7, 10, 12, 1.0) for i, (r, s) in
               enumerate([(1, 0), (1, 1), (2, 0), (2, 1)])]
     p = plan(ladder, spec)
-    assert p.pending == [Point(FULL, 0, 0), Point(FULL, 0, 1), Point("ia3", 0, 0), Point("ia3", 0, 1),
-                         Point("prefix_tuning", 8, 0), Point("prefix_tuning", 8, 1)]
+    assert p.pending == [Point.full(0), Point.full(1), Point.reference("ia3", 0, 0), Point.reference("ia3", 0, 1),
+                         Point.reference("prefix_tuning", 8, 0), Point.reference("prefix_tuning", 8, 1)]
     assert not p.done
 
 
 def test_a_reference_point_trains_its_method_with_its_settings():
     cfg = cfg_with(reference_methods=[{"name": "adalora", "init_r": 6, "target_r": 3}, "ia3"])
-    run = trial_config(cfg, "adalora", 3, 1)
+    run = trial_config(cfg, Point.reference("adalora", 3, 1))
     assert run.method.name == "adalora" and run.method.settings["init_r"] == 6 and run.seed == 1
-    assert trial_config(cfg, "ia3", 0, 0).method.name == "ia3"
-    assert trial_config(cfg, "Wq", 2, 0).method.name == "lora"  # the ladder's points stay LoRA
+    assert trial_config(cfg, Point.reference("ia3", 0, 0)).method.name == "ia3"
+    assert trial_config(cfg, Point("Wq", 2, 0)).method.name == "lora"  # the ladder's points stay LoRA
 
 
 @pytest.mark.parametrize("entries, message", [
@@ -105,11 +105,11 @@ def test_a_reference_row_with_its_own_lr_trains_at_that_lr_and_keeps_it_apart():
     assert spec.include_full and spec.reference_lr == {(FULL, 0): 5e-5, ("ia3", 0): 3e-3}
     ladder = [TrialRecord(i, "Wq", r, 0, "COMPLETE", 0.7, 10, 12, 1.0) for i, r in enumerate([1, 2])]
     pending = plan(ladder, spec).pending
-    assert pending == [Point(FULL, 0, 0, 5e-5), Point("ia3", 0, 0, 3e-3), Point("prompt_tuning", 20, 0)]
+    assert pending == [Point.full(0, 5e-5), Point.reference("ia3", 0, 0, 3e-3), Point.reference("prompt_tuning", 20, 0)]
     done = ladder + [TrialRecord(2, FULL, 0, 0, "COMPLETE", 0.8, 0, 99, 1.0, tuned=(("lr", 5e-5),))]
-    assert plan(done, spec).pending[0] == Point("ia3", 0, 0, 3e-3)  # the full row with its lr is done
+    assert plan(done, spec).pending[0] == Point.reference("ia3", 0, 0, 3e-3)  # the full row with its lr is done
     at_base = ladder + [TrialRecord(2, FULL, 0, 0, "COMPLETE", 0.5, 0, 99, 1.0)]  # full at trainer.lr: another row
-    assert plan(at_base, spec).pending[0] == Point(FULL, 0, 0, 5e-5)
+    assert plan(at_base, spec).pending[0] == Point.full(0, 5e-5)
     assert study_fingerprint(cfg, spec)["search.reference_lr"] == [["full", 0, 5e-5], ["ia3", 0, 3e-3]]
     assert "search.reference_lr" not in study_fingerprint(cfg_with(reference_methods=["full"]),
                                                           build_spec(cfg_with(reference_methods=["full"])))

@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from rank_sweep.config import Budget, RunConfig, SearchConfig
+from rank_sweep.config.point import decode
 from rank_sweep.errors import RankSweepError, TrackingError
 from rank_sweep.study import storage as study_storage
 from rank_sweep.study.objective import distributions
@@ -55,13 +56,13 @@ class FakeObjective:
         self.visited: list[Point] = []
 
     def __call__(self, trial: optuna.Trial) -> float:
-        p = Point(*(trial.suggest_categorical(k, self.dists[k].choices) for k in ("targets", "r", "seed")))
+        p = decode(*(trial.suggest_categorical(k, self.dists[k].choices) for k in ("targets", "r", "seed")))
         self.visited.append(p)
         if self.fail_first.get(p, 0) > 0:
             self.fail_first[p] -= 1
             trial.set_user_attr("fail_reason", "RuntimeError: boom")
             raise RuntimeError("boom")
-        return self.scores[(p.targets, p.r)]
+        return self.scores[(p.row, p.r)]
 
 
 class StopAfter:
@@ -78,7 +79,7 @@ def quiet(study, trial):
 
 
 def stored_points(study) -> list[Point]:
-    return [Point(t.params["targets"], t.params["r"], t.params["seed"])
+    return [decode(t.params["targets"], t.params["r"], t.params["seed"])
             for t in sorted(study.get_trials(), key=lambda t: t.number) if t.params]
 
 
@@ -104,7 +105,7 @@ def _walk(*rows):
         ({"target_sets": [[WQ, "Wv"], [WQ]], "extend_max_rank": 2},
          [Point(WQV, r, 0) for r in (1, 2, 4)] + [Point(WQ, r, 0) for r in (1, 2, 4, 8)] + [Point(ALL4, 2, 0)]),
         ({"strategy": "grid", "ladder": [1, 2]}, _walk((WQ, (1, 2), (0,)), (WQV, (1, 2), (0,)), (ALL4, (1, 2), (0,)))),
-        ({"include_full_finetune": True, "extend": False}, WALK[:7] + [Point("full", 0, 0)]),
+        ({"include_full_finetune": True, "extend": False}, WALK[:7] + [Point.full(0)]),
     ],
     ids=["ladder + extensions", "no extension", "patience 2", "two seeds", "ladder order follows target_sets",
          "grid", "full fine-tuning reference"],
