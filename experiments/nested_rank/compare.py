@@ -30,8 +30,8 @@ from rank_sweep import tracking  # noqa: E402
 from rank_sweep.config import Point, RunConfig, SearchConfig, TaskConfig, TrainerConfig, trial_config  # noqa: E402
 from rank_sweep.config.base import conf_yaml  # noqa: E402
 from rank_sweep.results.records import TrialRecord  # noqa: E402
-from rank_sweep.study import plan as ladder  # noqa: E402
 from rank_sweep.study.history import SCREEN, screened_records  # noqa: E402
+from rank_sweep.study.plan import plan  # noqa: E402
 from rank_sweep.study.run import build_spec, comparer  # noqa: E402
 from rank_sweep.train import nested  # noqa: E402
 from rank_sweep.train.loading import WorkerCache, resolve_precision  # noqa: E402
@@ -85,14 +85,14 @@ def main() -> None:
     compare = comparer(cfg)
     spec = build_spec(cfg, compare=compare)
     flat = [x for recs in separate.values() for x in recs]
-    walk = ladder.plan([], spec)
+    walk = plan([], spec)
     visited: list = []
     while walk.pending:  # the ordinary ladder on the separate trials: the points it would have trained
         more = [x for x in flat if (x.r, x.seed) in {(p.r, p.seed) for p in walk.pending}]
         if not more:
             break
         visited += more
-        walk = ladder.plan(visited, spec)
+        walk = plan(visited, spec)
     ladder_steps = sum(steps[x.run_id] for x in visited)
     out = {"task": args.task, "train": args.train, "epochs": args.epochs, "lr": args.lr, "targets": args.targets,
            "ranks": args.ranks, "seeds": args.seeds, "ladder_plateau": walk.ladders[0].plateau_rank,
@@ -116,7 +116,7 @@ def main() -> None:
             curve = screen_vs_separate(screened, separate, compare)
             sspec = copy.deepcopy(spec)
             sspec.seeds, sspec.noise_seeds = [seed], []
-            plateau = ladder.plan(list(screened.values()), sspec).ladders[0].plateau_rank
+            plateau = plan(list(screened.values()), sspec).ladders[0].plateau_rank
             confirm = 2 * statistics.median(steps.values())  # the plateau rank and the one above, as trained
             agrees, gap = plateaus_agree(plateau, lp, separate, compare)
             gap = gap and [round(x, 4) for x in gap]

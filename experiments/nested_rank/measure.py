@@ -16,8 +16,8 @@ from rank_sweep.config import Budget
 from rank_sweep.errors import RankSweepError
 from rank_sweep.results.readers import records_from_study
 from rank_sweep.results.selection import select
-from rank_sweep.study import plan as ladder
 from rank_sweep.study.history import screened_records
+from rank_sweep.study.plan import plan
 
 
 def screen_vs_separate(screened: dict[int, object], separate: dict[int, list], compare) -> dict:
@@ -65,8 +65,8 @@ def nested_vs_grid(ncfg, grid: list, ladder_spec, ladder_visited: list, ladder_s
     steps = {t.number: t.user_attrs.get("train_steps", 0) for t in study.trials}
     recs = [r for r in records_from_study(study) if r.usable]
     nspec = build_spec(ncfg, compare=compare)
-    nplan = ladder.plan(recs, nspec)
-    lplan = ladder.plan(ladder_visited, ladder_spec)
+    nplan = plan(recs, nspec)
+    lplan = plan(ladder_visited, ladder_spec)
     out: dict = {"nested_trials": len(recs), "nested_train_steps": sum(steps.values())}
     out["nested_vs_ladder_compute"] = out["nested_train_steps"] / ladder_steps
     grid_sets = {r.targets for r in grid}

@@ -26,9 +26,10 @@ from rank_sweep.results.readers import decode_trial, records_from_study
 from rank_sweep.results.records import aggregate
 from rank_sweep.results.tables import summary_table
 from rank_sweep.study import page
-from rank_sweep.study import plan as ladder
 from rank_sweep.study.history import screened_records
+from rank_sweep.study.plan import plan
 from rank_sweep.study.sampler import trial_records
+from rank_sweep.study.spec import LadderSpec
 from rank_sweep.study.workers import WORKER_ATTR, this_worker, worker_is_gone
 from rank_sweep.train.trial import factors_path
 
@@ -51,7 +52,7 @@ def _usable_run(client, run_id: str | None, uri: str) -> bool:
         raise tracking.store_failed(uri, f"reading the study's parent run {run_id}", e) from e
 
 
-def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, spec: ladder.LadderSpec,
+def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, spec: LadderSpec,
                pooling: str | None = None) -> str:
     """The study's MLflow parent run: created once, found again on resume through the study.
 
@@ -91,7 +92,7 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
     return run_id
 
 
-def trial_line(spec: ladder.LadderSpec, metric: str, study_state=None):
+def trial_line(spec: LadderSpec, metric: str, study_state=None):
     """The console line of a finished trial, with its rung's verdict from the plan that ``study_state`` (the
     study's :class:`~rank_sweep.study.state.StudyState`, refreshed for this trial event) holds; else planned here."""
     def line(study, trial):
@@ -102,7 +103,7 @@ def trial_line(spec: ladder.LadderSpec, metric: str, study_state=None):
         if state == "COMPLETE" and spec.tuned:  # TPE: no ladder, so no rung verdict; show what it drew
             decision = "[" + ", ".join(f"{k}={v:.3g}" for k, v in point.values) + "]"
         elif state == "COMPLETE":
-            planned = study_state.plan if study_state is not None else ladder.plan(trial_records(study), spec)
+            planned = study_state.plan if study_state is not None else plan(trial_records(study), spec)
             lad = next((lad for lad in planned.ladders if lad.targets == point.row), None)
             rung = next((g for g in lad.rungs if g.r == point.r and g.lr == point.lr), None) if lad else None
             decision = f"[{rung.decision}: {rung.detail}]" if rung else ""
@@ -123,7 +124,7 @@ def trial_line(spec: ladder.LadderSpec, metric: str, study_state=None):
     return line
 
 
-def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> tuple[str, dict]:
+def summarize(study: optuna.Study, spec: LadderSpec, cfg: RunConfig) -> tuple[str, dict]:
     records = records_from_study(study)
     screened = [x for rec in records if rec.nested for x in screened_records(rec)]  # search=nested's rows
     summaries = aggregate(records + screened, cfg.search.confidence, cfg.task.direction)
@@ -146,7 +147,7 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
         lines += [f"    {s.label}: {s.mean:.4f} (trials {', '.join(map(str, s.numbers))})" for s in best]
         return "\n".join(lines), {"ladders": {}, "extensions": [], "summaries": summaries, "records": records,
                                    "best": [s.label for s in best], "verdicts": {}, "held": held}
-    p = ladder.plan(trial_records(study), spec)
+    p = plan(trial_records(study), spec)
     decisions = {}
     for lad in p.ladders:
         plateau = f"plateau rank r={lad.plateau_rank}" if lad.plateau_rank else "no plateau rank"
@@ -190,7 +191,7 @@ def _factors(client, output_dir: str, run_id: str, folder: str) -> str | None:
         return None
 
 
-def subspace_report(info: dict, spec: ladder.LadderSpec, cfg: RunConfig, folder: str, client=None) -> list[str]:
+def subspace_report(info: dict, spec: LadderSpec, cfg: RunConfig, folder: str, client=None) -> list[str]:
     """The LoRA paper's section 7 for each ladder: phi between the A factors at the plateau (or lowest)
     rank and the highest rank trained, averaged over layers per role; one heatmap per ladder."""
     lines = []

@@ -23,10 +23,11 @@ from rank_sweep import interrupts, tracking
 from rank_sweep.config import RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError, TrackingError, TrialsFailed
 from rank_sweep.results.compare import PairedComparer
-from rank_sweep.study import plan as ladder
+from rank_sweep.results.readers import decode_trial
 from rank_sweep.study.objective import Objective
 from rank_sweep.study.report import parent_run, trial_line, wrap_up
 from rank_sweep.study.sampler import LadderSampler
+from rank_sweep.study.spec import LadderSpec, over_budget
 from rank_sweep.study.state import StudyState, stop_reason
 from rank_sweep.study.storage import load_or_create_study, open_storage
 from rank_sweep.study.workers import fail_stale_trials
@@ -53,7 +54,7 @@ class CostModel:
         return n, n + self.head
 
 
-def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
+def validate(cfg: RunConfig, cache: WorkerCache) -> LadderSpec:
     tok, base, total = cache.tokenizer_and_model(cfg)
     cache.splits(cfg, tok)
     cost = CostModel(base, cfg, total, cache.trained_heads(cfg))
@@ -77,7 +78,7 @@ def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
                           f"raise it or lower search.start_rank / search.ladder")
     cheapest = min(((cost(t, spec.ranks[0]), t) for t in spec.target_sets), key=lambda x: x[0][1])
     (lp, tp), targets = cheapest
-    if ladder.over_budget(spec, targets, spec.ranks[0]):
+    if over_budget(spec, targets, spec.ranks[0]):
         raise ConfigError(
             f"the budget is below the cheapest trial: {targets} r={spec.ranks[0]} needs {lp:,} LoRA params and "
             f"{tp:,} trainable params (search.budget.max_lora_params={spec.max_lora_params}, "
@@ -92,9 +93,9 @@ def comparer(cfg: RunConfig) -> PairedComparer:
                           cfg.output_dir, cfg.tracking.resolved_uri(), cfg.search.confidence)
 
 
-def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
+def build_spec(cfg: RunConfig, cost=None, compare=None) -> LadderSpec:
     s = cfg.search
-    return ladder.LadderSpec(
+    return LadderSpec(
         target_sets=[targets_key(t) for t in s.target_sets], ranks=s.ranks,
         seeds=[cfg.seed + i for i in range(s.seeds)], patience=s.patience, min_delta=s.min_delta,
         noise_k=s.noise_k, direction=cfg.task.direction, extend=s.extend,
@@ -114,7 +115,7 @@ class StopWhenDone:
     """Callback after each trial: read the study once (``state``), print the trial's line from that plan, and stop
     the study when :func:`~rank_sweep.study.state.stop_reason` says so."""
 
-    def __init__(self, spec: ladder.LadderSpec, cfg: RunConfig, printer, state: StudyState | None = None):
+    def __init__(self, spec: LadderSpec, cfg: RunConfig, printer, state: StudyState | None = None):
         self.spec, self.cfg, self.printer = spec, cfg, printer
         self.state = state
         self.reason: str | None = None
@@ -132,8 +133,8 @@ def housekeeping(study, client, experiment_id, parent_run_id, cfg) -> list:
     """Fail the trials of killed workers and close their MLflow runs (FAILED, with the reason)."""
     failed = fail_stale_trials(study, cfg.search.heartbeat_seconds)
     for t in failed:
-        print(f"trial {t.number:3d}  {t.params.get('targets', '?'):<12} r={t.params.get('r', '?'):<3} "
-              f"seed={t.params.get('seed', '-')}  fail  [{t.user_attrs.get('fail_reason')}]", flush=True)
+        print(f"trial {t.number:3d}  {decode_trial(t) if t.params else '?'}  fail  [{t.user_attrs.get('fail_reason')}]",
+              flush=True)
     try:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         tracking.close_orphan_runs(client, experiment_id, parent_run_id, trials)
@@ -142,7 +143,7 @@ def housekeeping(study, client, experiment_id, parent_run_id, cfg) -> list:
     return failed
 
 
-def optimize(study, objective: Objective, stopper: StopWhenDone, spec: ladder.LadderSpec, cfg: RunConfig,
+def optimize(study, objective: Objective, stopper: StopWhenDone, spec: LadderSpec, cfg: RunConfig,
              tidy, sleep=time.sleep, state: StudyState | None = None) -> str:
     """Run trials one at a time until a stop reason; return it.
 
