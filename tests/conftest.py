@@ -71,6 +71,9 @@ def toy_overrides(model_dir: str, data_dir: str, tmp) -> list[str]:
         # the toy studies' assertions rest on how the tiny model learns with the classifier alone (the head every
         # trial had before model.pooling); tests/unit/train/test_head.py and the head-only trial test cover the others
         "model.pooling=cls_frozen",
+        # the toy studies pin their walks at the configured lr (the bracket adds two trials per ladder):
+        # tests/unit/study/test_lr_bracket.py covers the bracket, through the real sampler and objective too
+        "search.lr_bracket=[]",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output_dir={tmp}/outputs",
     ]
 

@@ -41,6 +41,10 @@ class Point:
     method: str = LORA  # lora | full | head | a reference method (config.METHODS)
     extra: tuple[tuple[str, float], ...] = ()
 
+    def __post_init__(self) -> None:  # a learning rate is part of the identity: 1e-3 * 9 and 9e-3 are one lr
+        if self.lr is not None:
+            object.__setattr__(self, "lr", float(f"{float(self.lr):.12g}"))
+
     @classmethod
     def full(cls, seed: int, lr: float | None = None) -> Point:
         return cls("", 0, seed, lr, method="full")

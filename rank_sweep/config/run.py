@@ -50,6 +50,7 @@ class SearchConfig:
     min_delta: float = default("search", "min_delta")
     noise_k: float = default("search", "noise_k")
     learn_margin: float = default("search", "learn_margin")  # score must beat the trivial baseline by this to count as learning
+    lr_bracket: list[float] = default("search", "lr_bracket")  # multiples of trainer.lr the first rung trains (with 1)
     lr_probe: list[float] = default("search", "lr_probe")  # multiples of trainer.lr tried when a first rung does not learn
     extend: bool = default("search", "extend")
     extend_target_sets: list[list[str]] = default("search", "extend_target_sets")
@@ -125,6 +126,12 @@ class SearchConfig:
                 or len(set(probe)) != len(probe)):
             raise ConfigError(f"search.lr_probe={probe!r} is not valid: give distinct multiples of trainer.lr other "
                               f"than 1, e.g. [3, 10] (or [] for no probe)")
+        bracket = self.lr_bracket
+        if (not isinstance(bracket, (list, tuple)) or any(isinstance(m, bool) or not isinstance(m, (int, float))
+                                                           or not m > 0 for m in bracket)
+                or len(set(bracket)) != len(bracket) or (bracket and 1 not in bracket)):
+            raise ConfigError(f"search.lr_bracket={bracket!r} is not valid: give distinct positive multiples of "
+                              f"trainer.lr that include 1, e.g. [0.3, 1, 3] (or [] for the configured lr throughout)")
         positive("search.max_retries", self.max_retries, allow_zero=True, integer=True)
         positive("search.max_consecutive_failures", self.max_consecutive_failures, integer=True)
         positive("search.heartbeat_seconds", self.heartbeat_seconds, integer=True)

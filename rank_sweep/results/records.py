@@ -90,6 +90,7 @@ class ConfigSummary:
     unstable: tuple[int, ...] = ()  # trial numbers of seeds that collapsed while their siblings learned
     peak_memory_mb: float | None = None  # the largest over seeds (what a memory budget must respect)
     adapter_mb: float | None = None
+    lr: float | None = None  # the learning rate its trials trained at (as logged)
 
     @cached_property
     def config(self) -> Point:
@@ -186,6 +187,7 @@ def statistic(recs: list[TrialRecord], confidence: float = 0.95, direction: str 
         tuned=recs[0].tuned,
         peak_memory_mb=_first(rec.peak_memory_mb for rec in recs),
         adapter_mb=_first(rec.adapter_mb for rec in recs),
+        lr=_first(rec.lr for rec in recs),
     )
 
 

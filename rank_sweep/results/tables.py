@@ -17,12 +17,29 @@ from rank_sweep.results.records import ConfigSummary, TrialRecord
 from rank_sweep.results.selection import Selection, as_summaries, cost_text, count_text, score_text
 
 
+def header(summaries: Sequence[ConfigSummary]) -> list[str]:
+    """The markdown columns: ``lr`` where the trials logged it, the memory columns where measured."""
+    return ([*HEADER[:2], "lr", *HEADER[2:]] if has_lr(summaries) else HEADER) + (
+        MEMORY_HEADER if has_memory(summaries) else [])
+
+
+def has_lr(summaries: Sequence[ConfigSummary]) -> bool:
+    """Whether the trials logged their learning rate (every study does; hand-made records may not)."""
+    return any(s.lr is not None for s in summaries)
+
+
 def _rows(summaries: Sequence[ConfigSummary], memory: bool = False) -> list[list[str]]:
+    lr = has_lr(summaries)
     return [
-        [s.targets, str(s.r), score_text(s.mean), interval_text(s), f"{s.std:.3g}", str(s.n), count_text(s.lora_params),
+        [s.targets, str(s.r), *([lr_text(s.lr)] if lr else []), score_text(s.mean), interval_text(s), f"{s.std:.3g}", str(s.n), count_text(s.lora_params),
          count_text(s.trainable_params), *([mb_text(s.peak_memory_mb), mb_text(s.adapter_mb)] if memory else [])]
         for s in summaries
     ]
+
+
+def lr_text(lr: float | None) -> str:
+    """A learning rate as the tables write it: ``0.003``, ``?`` when not logged."""
+    return "?" if lr is None else f"{lr:g}"
 
 
 def mb_text(x: float | None) -> str:
@@ -67,31 +84,32 @@ def summary_table(items: Sequence[TrialRecord | ConfigSummary], fmt: str = "mark
     verdict and the interval of its difference to the best lower rung (``diff``, ``diff_ci_low``,
     ``diff_ci_high``); its column ``label`` names the row with any tuned value (``Wq r=1 lr=0.003``). With
     ``held`` (label -> :class:`~rank_sweep.results.holdout.HeldOut`), a report-only held-out column (markdown)
-    or the columns ``holdout_mean``, ``holdout_ci_low``, ``holdout_ci_high``, ``holdout_n`` after ``label``."""
+    or the columns ``holdout_mean``, ``holdout_ci_low``, ``holdout_ci_high``, ``holdout_n`` after ``label`` and
+    ``lr`` (the learning rate the row's trials trained at: also a markdown column when they logged it)."""
     summaries = as_summaries(items)
     decisions = decisions or {}
     if fmt == "markdown":
         notes = [note(s) for s in summaries]
         memory = has_memory(summaries)
         rows = [row + [note] for row, note in zip(_rows(summaries, memory), notes, strict=True)]
-        header = HEADER + (MEMORY_HEADER if memory else [])
+        columns = header(summaries)
         if held:
-            return _markdown(header + ["held-out (report only)", "note"],
+            return _markdown(columns + ["held-out (report only)", "note"],
                              [[*row[:-1], holdout.cell(held.get(s.label)), row[-1]]
                               for row, s in zip(rows, summaries, strict=True)])
-        return _markdown(header + ["note"], rows)
+        return _markdown(columns + ["note"], rows)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         extra = list(holdout.CSV_COLUMNS) if held else []
         w.writerow(["targets", "r", "mean", "std", "n", "lora_params", "trainable_params", "not_learning",
                     "ci_low", "ci_high", "decision", "vs_r", "diff", "diff_ci_low", "diff_ci_high", "peak_memory_mb",
-                    "adapter_mb", "label", *extra])
+                    "adapter_mb", "label", "lr", *extra])
         for s in summaries:
             g = decisions.get((s.targets, s.r, s.config.lr))
             verdict = [None] * 5 if g is None else [g.decision, g.vs_r, g.diff, g.diff_ci_low, g.diff_ci_high]
             w.writerow([s.targets, s.r, s.mean, s.std, s.n, s.lora_params, s.trainable_params, s.not_learning,
-                        s.ci_low, s.ci_high, *verdict, s.peak_memory_mb, s.adapter_mb, s.label,
+                        s.ci_low, s.ci_high, *verdict, s.peak_memory_mb, s.adapter_mb, s.label, s.lr,
                         *(holdout.csv_values(held.get(s.label)) if held else [])])
         return buf.getvalue()
     raise RankSweepError(f"fmt={fmt!r} is not valid: choose markdown or csv")
@@ -120,7 +138,7 @@ def format_selection(selection: Selection) -> str:
         else "  (none)",
         "",
         "Pareto front (score vs trainable params, learning configurations):",
-        _markdown(HEADER + (MEMORY_HEADER if has_memory(selection.pareto) else []),
+        _markdown(header(selection.pareto),
                   _rows(selection.pareto, has_memory(selection.pareto))),
     ]
     return "\n".join(lines)

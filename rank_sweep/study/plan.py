@@ -29,6 +29,7 @@ from rank_sweep.config.point import Point
 from rank_sweep.results.paired import is_gain, not_worse
 from rank_sweep.results.records import TrialRecord, statistic
 from rank_sweep.study.history import History, screened_records
+from rank_sweep.study.rungs import Calibration, calibrate, probe, rung
 from rank_sweep.study.spec import LadderSpec, over_budget, over_memory, rung_seeds
 
 __all__ = ["LadderSpec", "Plan", "Point", "Rung", "LadderState", "plan", "pointless", "over_budget",
@@ -61,6 +62,7 @@ class LadderState:
     screen: LadderState | None = None  # search=nested: the ladder's rule on the screen's truncated ranks
     lr: float | None = None  # the learning rate it climbs at: None, the configured one; else the probe's that learned
     probes: list[str] = field(default_factory=list)  # what each learning-rate probe found
+    calibration: Calibration | None = None  # what the lr bracket on the first rung found (search.lr_bracket)
 
 
 @dataclass
@@ -99,12 +101,17 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
         if why:
             state.finished, state.reason = True, f"budget: next rung {why}"
             break
-        outcome = _rung(spec, hist, targets, r, state.lr, pending, speculative)
+        if r == spec.ranks[0] and spec.lr_bracket and spec.base_lr:  # the ladder's learning rate first
+            outcome = calibrate(spec, hist, targets, r, state, pending)
+            if outcome is not None and state.calibration.seed_spread and state.lr is not None:
+                spread.append(state.calibration.seed_spread)  # the seed noise measured at the configured lr
+        else:
+            outcome = rung(spec, hist, targets, r, state.lr, pending, speculative)
         if outcome is None:
             break
         done, kind = outcome
         if kind == "not learning" and r == spec.ranks[0] and spec.lr_probe and spec.base_lr:
-            probed = _probe(spec, hist, targets, r, state, pending)
+            probed = probe(spec, hist, targets, r, state, pending)
             if probed is None:
                 break  # a probe is running
             done, kind = probed
@@ -114,11 +121,11 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
         if kind != "learning":
             state.rungs.append(Rung(r, 0, None, 0.0, kind, "no learning seed: not a plateau signal", lr=state.lr))
             continue
-        rung = statistic(done, spec.confidence, spec.direction)  # as the summary and select: every seed counts
-        mean, std, n = rung.mean, rung.std, rung.n
-        shaky = (f"; r={r} is unstable at lr {done[0].lr:g}: {len(rung.unstable)} of {n} seeds collapsed"
-                 if rung.unstable and done[0].lr is not None else
-                 f"; unstable: {len(rung.unstable)} of {n} seeds collapsed" if rung.unstable else "")
+        stat = statistic(done, spec.confidence, spec.direction)  # as the summary and select: every seed counts
+        mean, std, n = stat.mean, stat.std, stat.n
+        shaky = (f"; r={r} is unstable at lr {done[0].lr:g}: {len(stat.unstable)} of {n} seeds collapsed"
+                 if stat.unstable and done[0].lr is not None else
+                 f"; unstable: {len(stat.unstable)} of {n} seeds collapsed" if stat.unstable else "")
         by_rank[r] = done
         spread.append((n, std))
         threshold = max(spec.min_delta, spec.noise_k * _pooled_std(spread))
@@ -172,7 +179,7 @@ def walk_nested(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
         if hist.status(point) == "failed":  # the screen cannot run: the ordinary ladder instead
             return walk_ladder(targets, spec, hist, pending, speculative, head)
         return state
-    quick = replace(spec, seeds=spec.seeds[:1], noise_seeds=[], lr_probe=[], nested=False)
+    quick = replace(spec, seeds=spec.seeds[:1], noise_seeds=[], lr_probe=[], lr_bracket=[], nested=False)
     as_trials = [replace(x, tuned=()) for x in screened_records(screen)]  # judged as trials at those ranks would be
     screened = walk_ladder(targets, quick, History(as_trials, spec.max_retries), [], None, head)
     start = screened.plateau_rank
@@ -181,49 +188,6 @@ def walk_nested(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
                         hist, pending, speculative, head)
     state.screen = screened
     return state
-
-
-def _rung(spec: LadderSpec, hist: History, targets: str, r: int, lr: float | None, pending: list[Point],
-          speculative: list[Point] | None):
-    """One rung at one learning rate: None while any of its seeds is to run (those pending are added to
-    ``pending``, and rungs above a running one to ``speculative``), else (its usable records, its kind:
-    learning | not learning | failed | pruned)."""
-    points = [Point(targets, r, s, lr) for s in rung_seeds(spec, r)]
-    statuses = [hist.status(p) for p in points]
-    todo = [p for p, s in zip(points, statuses, strict=False) if s in ("pending", "running")]
-    if todo:
-        pending.extend(p for p in todo if hist.status(p) == "pending")
-        if speculative is not None and "running" in statuses:
-            for x in [x for x in spec.ranks if x > r][:spec.speculate]:
-                if over_budget(spec, targets, x):
-                    break
-                speculative.extend(q for q in (Point(targets, x, s, lr) for s in rung_seeds(spec, x))
-                                   if hist.status(q) == "pending")
-        return None
-    done = [rec for rec in (hist.completed(p) for p in points) if rec is not None]
-    if done and not statistic(done, spec.confidence, spec.direction).not_learning:
-        return done, "learning"
-    kind = "failed" if all(s == "failed" for s in statuses) else (
-        "pruned" if all(s == "pruned" for s in statuses) else "not learning")
-    return done, kind
-
-
-def _probe(spec: LadderSpec, hist: History, targets: str, r: int, state: LadderState, pending: list[Point]):
-    """The first rung did not learn at the configured lr: retry it at each ``lr_probe`` multiple in turn. The
-    ladder climbs at the first that learns (``state.lr``); when none does, at the configured lr as before.
-    None while a probe is to run; else the first rung's (records, kind) at the lr the ladder keeps."""
-    state.probes = [f"r={r} at lr {spec.base_lr:g} (configured): not learning"]
-    for m in spec.lr_probe:
-        lr = spec.base_lr * m
-        outcome = _rung(spec, hist, targets, r, lr, pending, None)
-        if outcome is None:
-            return None
-        done, kind = outcome
-        state.probes.append(f"r={r} at lr {lr:g} ({m:g}x): {kind}")
-        if kind == "learning":
-            state.lr = lr
-            return done, kind
-    return _rung(spec, hist, targets, r, None, [], None)
 
 
 def _against_the_head(state: LadderState, spec: LadderSpec, head: list[TrialRecord], by_rank, spread) -> None:

@@ -108,6 +108,7 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> LadderSpec:
         grid=s.strategy == "grid", tuned=s.strategy == "tpe", nested=s.strategy == "nested", speculate=s.speculate,
         noise_seeds=[cfg.seed + s.seeds + i for i in range(s.noise_seeds)], compare=compare, confidence=s.confidence,
         lr_probe=[] if s.strategy != "ladder" else [float(m) for m in s.lr_probe], base_lr=cfg.trainer.lr,
+        lr_bracket=[] if s.strategy != "ladder" or len(s.lr_bracket) < 2 else [float(m) for m in s.lr_bracket],
     )
 
 

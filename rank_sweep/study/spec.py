@@ -44,6 +44,9 @@ class LadderSpec:
     # the first that learns (search.lr_probe); empty: no probe
     lr_probe: list[float] = field(default_factory=list)
     base_lr: float | None = None
+    # multiples of base_lr the first rung of each ladder trains before the ladder climbs (search.lr_bracket): the
+    # best by the paired statistic is the ladder's lr (study.rungs.calibrate); empty: the configured lr throughout
+    lr_bracket: list[float] = field(default_factory=list)
 
 
 def rung_seeds(spec: LadderSpec, r: int) -> list[int]:

@@ -133,7 +133,7 @@ def test_summary_csv_gains_report_only_held_out_columns_only_when_there_is_a_hel
     held = holdout.held_out(summaries, records, holdout.holdout_reader(_comparer(tmp_path)))
     plain = summary_table(summaries, fmt="csv").splitlines()
     with_held = summary_table(summaries, fmt="csv", held=held).splitlines()
-    assert plain[0].endswith(",label")  # a study without held-out outputs: the columns as before
+    assert plain[0].endswith(",label,lr")  # a study without held-out outputs: no held-out columns
     assert with_held[0] == plain[0] + "," + ",".join(holdout.CSV_COLUMNS)
     row = dict(zip(with_held[0].split(","), with_held[1 + [s.label for s in summaries].index("Wq r=8")].split(","),
                    strict=True))

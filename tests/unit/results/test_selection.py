@@ -358,7 +358,7 @@ def test_summary_table_markdown_and_csv():
         "trainable_params": "1040",
         "not_learning": "True",
         "ci_low": "", "ci_high": "", "decision": "", "vs_r": "", "diff": "", "diff_ci_low": "", "diff_ci_high": "",
-        "peak_memory_mb": "", "adapter_mb": "", "label": "Wq,Wv r=2",
+        "peak_memory_mb": "", "adapter_mb": "", "label": "Wq,Wv r=2", "lr": "",
     }
 
 

@@ -122,7 +122,8 @@ def test_a_whole_study_probes_through_the_real_sampler_and_objective(monkeypatch
     """Wq learns only at lr >= 3e-3, Wq,Wv at the configured lr: the study's trials and their stored lr."""
     cfg = RunConfig()
     cfg.trainer.lr, cfg.output_dir = BASE, str(tmp_path)
-    cfg.search = SearchConfig(ladder=[1, 2], target_sets=[[WQ], [WQ, "Wv"]], extend=False, lr_probe=[3, 10])
+    cfg.search = SearchConfig(ladder=[1, 2], target_sets=[[WQ], [WQ, "Wv"]], extend=False, lr_probe=[3, 10],
+                              lr_bracket=[])  # the probe alone (test_lr_bracket: the bracket)
     trained = []
 
     def fake_run_trial(run, **kwargs):

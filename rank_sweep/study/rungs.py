@@ -1,0 +1,151 @@
+"""One rung of a ladder at one learning rate, and the learning rate a ladder climbs at: the bracket and the probe.
+
+Before a ladder climbs, its first (cheapest) rung trains a bracket of learning rates around ``trainer.lr``
+(``search.lr_bracket``, multiples; the configured one with every seed of the rung, the others with the first seed).
+The best by the paired statistic on the same dev examples becomes the ladder's learning rate; a tie (the best not
+shown better than the configured one by more than ``min_delta``) keeps the configured one; a best at the bracket's
+edge is tried one step further that way, once. When nothing in the bracket learns, ``search.lr_probe`` retries the
+rung at larger multiples in turn (the bracket's own points are not trained twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rank_sweep.config.point import Point
+from rank_sweep.results.paired import is_gain
+from rank_sweep.results.records import TrialRecord, statistic
+from rank_sweep.study.history import History
+from rank_sweep.study.spec import LadderSpec, over_budget, rung_seeds
+
+
+@dataclass
+class Calibration:
+    """What the bracket found: (multiple, lr, mean, interval or None, kind) per lr tried, the one kept and why."""
+
+    tried: list[tuple[float, float, float | None, tuple[float, float] | None, str]] = field(default_factory=list)
+    kept: float | None = None  # the multiple the ladder climbs at
+    why: str = ""
+    seed_spread: tuple[int, float] | None = None  # (seeds, std) of the configured lr's rung: the seed noise
+
+
+def rung(spec: LadderSpec, hist: History, targets: str, r: int, lr: float | None, pending: list[Point],
+         speculative: list[Point] | None, seeds: list[int] | None = None):
+    """One rung at one learning rate: None while any of its seeds is to run (those pending are added to
+    ``pending``, and rungs above a running one to ``speculative``), else (its usable records, its kind:
+    learning | not learning | failed | pruned)."""
+    points = [Point(targets, r, s, lr) for s in (rung_seeds(spec, r) if seeds is None else seeds)]
+    statuses = [hist.status(p) for p in points]
+    todo = [p for p, s in zip(points, statuses, strict=False) if s in ("pending", "running")]
+    if todo:
+        pending.extend(p for p in todo if hist.status(p) == "pending" and p not in pending)
+        if speculative is not None and "running" in statuses:
+            for x in [x for x in spec.ranks if x > r][:spec.speculate]:
+                if over_budget(spec, targets, x):
+                    break
+                speculative.extend(q for q in (Point(targets, x, s, lr) for s in rung_seeds(spec, x))
+                                   if hist.status(q) == "pending")
+        return None
+    done = [rec for rec in (hist.completed(p) for p in points) if rec is not None]
+    if done and not statistic(done, spec.confidence, spec.direction).not_learning:
+        return done, "learning"
+    kind = "failed" if all(s == "failed" for s in statuses) else (
+        "pruned" if all(s == "pruned" for s in statuses) else "not learning")
+    return done, kind
+
+
+def probe(spec: LadderSpec, hist: History, targets: str, r: int, state, pending: list[Point]):
+    """The first rung did not learn at the configured lr: retry it at each ``lr_probe`` multiple in turn. The
+    ladder climbs at the first that learns (``state.lr``); when none does, at the configured lr as before.
+    None while a probe is to run; else the first rung's (records, kind) at the lr the ladder keeps."""
+    state.probes = [f"r={r} at lr {spec.base_lr:g} (configured): not learning"]
+    for m in spec.lr_probe:
+        lr = spec.base_lr * m
+        outcome = rung(spec, hist, targets, r, lr, pending, None, spec.seeds[:1] if spec.lr_bracket else None)
+        if outcome is None:
+            return None
+        done, kind = outcome
+        state.probes.append(f"r={r} at lr {lr:g} ({m:g}x): {kind}")
+        if kind == "learning":
+            state.lr = lr
+            return done, kind
+    return rung(spec, hist, targets, r, None, [], None)
+
+
+def _lr(spec: LadderSpec, m: float) -> float | None:
+    return None if m == 1 else spec.base_lr * m
+
+
+def _better(spec: LadderSpec, a: list[TrialRecord], b: list[TrialRecord], seed_std: float | None) -> bool:
+    """b beats a by more than min_delta: the paired interval (seed noise included), else the means."""
+    diff = spec.compare(a, b, seed_std) if spec.compare is not None else None
+    if diff is not None:
+        return is_gain(diff, spec.min_delta, spec.direction)
+    sa = statistic(a, spec.confidence, spec.direction).mean
+    sb = statistic(b, spec.confidence, spec.direction).mean
+    return (sb - sa if spec.direction == "maximize" else sa - sb) > spec.min_delta
+
+
+def calibrate(spec: LadderSpec, hist: History, targets: str, r: int, state, pending: list[Point]):
+    """The bracket on the first rung (see the module doc). None while a point of it is to run; else the first
+    rung's (records, kind) at the learning rate the ladder climbs at (``state.lr``; None: the configured one),
+    with ``state.calibration`` saying what was tried."""
+    cal = Calibration()
+    state.calibration = cal
+    multiples = sorted(spec.lr_bracket)
+    outcomes = {m: rung(spec, hist, targets, r, _lr(spec, m), pending, None, None if m == 1 else spec.seeds[:1])
+                for m in multiples}
+    if any(o is None for o in outcomes.values()):
+        return None
+    sign = 1.0 if spec.direction == "maximize" else -1.0
+
+    def note(m, done, kind):
+        s = statistic(done, spec.confidence, spec.direction) if done else None
+        ci = (s.ci_low, s.ci_high) if s is not None and s.ci_low is not None else None
+        cal.tried.append((m, spec.base_lr * m, None if s is None else s.mean, ci, kind))
+
+    for m in multiples:
+        note(m, *outcomes[m])
+    learning = {m: done for m, (done, kind) in outcomes.items() if kind == "learning"}
+    if 1 in learning and len(learning[1]) > 1:
+        s1 = statistic(learning[1], spec.confidence, spec.direction)
+        cal.seed_spread = (s1.n, s1.std)
+    seed_std = cal.seed_spread[1] if cal.seed_spread else None
+    if not learning:
+        cal.why = "no learning rate of the bracket learns"
+        return outcomes[1]
+
+    def mean(m):
+        return sign * statistic(learning[m], spec.confidence, spec.direction).mean
+
+    best = max(learning, key=mean)
+    if best != 1 and 1 in learning and not _better(spec, learning[1], learning[best], seed_std):
+        cal.why = (f"{spec.base_lr * best:g} scored best but is not shown better than the configured "
+                   f"{spec.base_lr:g} by more than min_delta {spec.min_delta:g}: the configured one is kept")
+        best = 1
+    elif best in (multiples[0], multiples[-1]) and best != 1 and len(multiples) > 1:
+        step = multiples[-1] / multiples[-2] if best == multiples[-1] else multiples[0] / multiples[1]
+        further = best * step  # one step beyond the edge, once
+        out = rung(spec, hist, targets, r, _lr(spec, further), pending, None, spec.seeds[:1])
+        if out is None:
+            return None
+        note(further, *out)
+        if out[1] == "learning" and _better(spec, learning[best], out[0], seed_std):
+            learning[further] = out[0]
+            best = further
+        cal.why = f"the best, {spec.base_lr * best:g}, at the bracket's edge: tried {spec.base_lr * further:g} too"
+    else:
+        cal.why = f"{spec.base_lr * best:g} scored best" + (" (the configured one)" if best == 1 else "")
+    cal.kept = best
+    state.lr = _lr(spec, best)
+    return learning[best], "learning"
+
+
+def calibration_lines(cal: Calibration, r: int) -> list[str]:
+    """The bracket as the summary prints it: each lr with its score and interval, then the one kept."""
+    cells = []
+    for m, lr, mean, ci, kind in cal.tried:
+        score = "-" if mean is None else f"{mean:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+        cells.append(f"lr {lr:g} ({m:g}x): {score}" + ("" if kind == "learning" else f" ({kind})"))
+    kept = "" if cal.kept is None else f" -> climbs at lr {cal.tried[0][1] / cal.tried[0][0] * cal.kept:g}"
+    return [f"lr bracket on r={r}: " + "; ".join(cells) + kept, f"    ({cal.why})"]

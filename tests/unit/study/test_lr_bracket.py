@@ -1,0 +1,97 @@
+"""search.lr_bracket (issue #24): before a ladder climbs, its first rung trains a bracket of learning rates; the
+best (by more than min_delta) is the lr the ladder and its extension climb at, a tie keeps the configured one, a
+best at the edge is tried one step further once. The plan on hand-built histories (no training)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rank_sweep.config import RunConfig, SearchConfig
+from rank_sweep.errors import ConfigError
+from rank_sweep.study.plan import LadderSpec, Point, plan
+from rank_sweep.study.run import build_spec
+from tests.unit.study.test_lr_probe import direct, row, via_optuna
+
+WQ, ALL4 = "Wq", "Wq,Wk,Wv,Wo"
+BASE = 1e-3
+
+
+def spec(**kw) -> LadderSpec:
+    base = dict(target_sets=[WQ], ranks=[1, 2, 4], seeds=[0], noise_seeds=[1, 2], extend=False, lr_probe=[3.0, 10.0],
+                base_lr=BASE, lr_bracket=[0.3, 1.0, 3.0])
+    return LadderSpec(**{**base, **kw})
+
+
+@pytest.fixture(params=["records", "optuna"])
+def records(request):
+    return direct if request.param == "records" else via_optuna
+
+
+def first_rung(scores: dict, learning=True):
+    """The bracket's trials: the configured lr with seeds 0, 1, 2, the others with seed 0."""
+    out = []
+    for m, score in scores.items():
+        lr = None if m == 1 else BASE * m
+        seeds = (0, 1, 2) if m == 1 else (0,)
+        out += [row(WQ, 1, score + 0.001 * s, lr=lr, seed=s, not_learning=not learning) for s in seeds]
+    return out
+
+
+def test_the_bracket_runs_first_the_configured_lr_with_every_seed_the_others_with_one(records):
+    p = plan(records([]), spec())
+    assert p.pending == [Point(WQ, 1, 0, BASE * 0.3), Point(WQ, 1, 0), Point(WQ, 1, 1), Point(WQ, 1, 2),
+                         Point(WQ, 1, 0, BASE * 3)]
+
+
+def test_a_clearly_better_lr_inside_the_bracket_is_where_the_ladder_climbs(records):
+    s = spec(lr_bracket=[0.3, 1.0, 3.0, 10.0])
+    p = plan(records(first_rung({0.3: 0.60, 1: 0.70, 3: 0.80, 10: 0.75})), s)
+    lad = p.ladders[0]
+    assert lad.lr == pytest.approx(3e-3) and lad.calibration.kept == 3.0
+    assert p.pending == [Point(WQ, 2, 0, 3e-3)]  # the ladder climbs at it, one seed per rung
+    assert [m for m, *_ in lad.calibration.tried] == [0.3, 1.0, 3.0, 10.0]
+
+
+def test_a_tie_keeps_the_configured_lr(records):
+    p = plan(records(first_rung({0.3: 0.60, 1: 0.80, 3: 0.803})), spec())  # +0.003 < min_delta 0.005
+    lad = p.ladders[0]
+    assert lad.lr is None and lad.calibration.kept == 1.0 and "configured one is kept" in lad.calibration.why
+    assert p.pending == [Point(WQ, 2, 0)]
+
+
+def test_a_best_at_the_edge_is_tried_one_step_further_once(records):
+    hist = first_rung({0.3: 0.60, 1: 0.70, 3: 0.80})
+    p = plan(records(hist), spec())
+    assert p.pending == [Point(WQ, 1, 0, 9e-3)] and p.ladders[0].lr is None  # waits for it
+    p = plan(records(hist + [row(WQ, 1, 0.85, lr=9e-3)]), spec())
+    assert p.ladders[0].lr == pytest.approx(9e-3) and p.pending == [Point(WQ, 2, 0, 9e-3)]
+    p = plan(records(hist + [row(WQ, 1, 0.79, lr=9e-3)]), spec())  # not better: the edge stays, no further step
+    assert p.ladders[0].lr == pytest.approx(3e-3) and p.pending == [Point(WQ, 2, 0, 3e-3)]
+
+
+def test_the_extension_climbs_at_the_ladders_lr(records):
+    s = spec(lr_bracket=[0.3, 1.0, 3.0, 10.0], extend=True, extend_sets=[ALL4], ranks=[1, 2])
+    hist = first_rung({0.3: 0.60, 1: 0.70, 3: 0.80, 10: 0.75}) + [row(WQ, 2, 0.80, lr=3e-3)]
+    p = plan(records(hist), s)
+    assert p.ladders[0].plateau_rank == 1
+    assert p.pending == [Point(ALL4, 1, 0, 3e-3)]
+
+
+def test_nothing_learns_in_the_bracket_the_probe_goes_on_without_training_a_point_twice(records):
+    p = plan(records(first_rung({0.3: 0.5, 1: 0.5, 3: 0.5}, learning=False)), spec())
+    assert p.pending == [Point(WQ, 1, 0, 1e-2)]  # 3x is the bracket's; the probe asks only for 10x
+
+
+@pytest.mark.parametrize("bad", [[0.3, 3], [1, 1], [0, 1], "x", [True, 1]])
+def test_a_bad_bracket_is_refused_in_one_line(bad):
+    with pytest.raises(ConfigError, match=r"search\.lr_bracket=.* include 1"):
+        SearchConfig(lr_bracket=bad)
+
+
+def test_the_study_passes_the_bracket_only_to_ladders():
+    cfg = RunConfig()
+    assert build_spec(cfg).lr_bracket == [0.3, 1.0, 3.0]
+    cfg.search = SearchConfig(strategy="grid")
+    assert build_spec(cfg).lr_bracket == []
+    cfg.search = SearchConfig(lr_bracket=[])
+    assert build_spec(cfg).lr_bracket == []
