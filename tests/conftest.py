@@ -74,6 +74,7 @@ def toy_overrides(model_dir: str, data_dir: str, tmp) -> list[str]:
         # the toy studies pin their walks at the configured lr (the bracket adds two trials per ladder):
         # tests/unit/study/test_lr_bracket.py covers the bracket, through the real sampler and objective too
         "search.lr_bracket=[]",
+        "search.head_reference=false",  # as before it was on by default: the tests that want it turn it on
         f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output_dir={tmp}/outputs",
     ]
 

@@ -3,7 +3,8 @@
 # (MiniLM-L6, SST-2, 2,000 sentences x 3 epochs, 64 tokens, head pooling auto -> mean), LoRA on Wq at r = 1, 8, 64
 # (search=grid, one seed), at each learning rate of a half-decade grid, under each alpha policy:
 #   scaled (alpha = 2r: scale 2 at every rank), fixed (alpha 16: scale 16/r), rslora (alpha 16: scale 16/sqrt(r)).
-# One study per (policy, lr): lrt_<policy>_<lr>. About 45 trials; ~45 min on 2 idle cores. Then table.py.
+# One study per (policy, lr): lrt_<policy>_<lr> (rerun: finished studies are skipped, a cut one resumes). About 45
+# trials, ~6 min a study here (2 busy cores). LOCK=<file>: each study under flock, so others' jobs can interleave.
 #   OUT=/tmp/lrt bash experiments/lr_transfer/run.sh && .venv/bin/python experiments/lr_transfer/table.py
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +16,7 @@ COMMON="search=grid search.target_sets=[[Wq]] search.ladder=[1,8,64] search.seed
         search.lr_probe=[] search.extend=false search.head_reference=false search.max_rank=64 trainer.progress_bar=false"
 for policy in $POLICIES; do
   for lr in $LRS; do
-    .venv/bin/rank-sweep experiment=quickstart $COMMON $STORES lora.alpha_policy=$policy trainer.lr=$lr \
+    ${LOCK:+flock $LOCK} .venv/bin/rank-sweep experiment=quickstart $COMMON $STORES lora.alpha_policy=$policy trainer.lr=$lr \
       search.study_name=lrt_${policy}_${lr}
   done
 done

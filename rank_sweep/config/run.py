@@ -56,7 +56,8 @@ class SearchConfig:
     extend_target_sets: list[list[str]] = default("search", "extend_target_sets")
     extend_max_rank: int = default("search", "extend_max_rank")  # "a low rank": plateau ranks up to this trigger the extension step
     include_full_finetune: bool = default("search", "include_full_finetune")
-    head_reference: bool = default("search", "head_reference")  # one head-only trial the adapters must beat
+    # one head-only trial the adapters must beat; None (the default): on for classifiers, off for causal LMs
+    head_reference: bool | None = default("search", "head_reference")
     reference_methods: list = default("search", "reference_methods")  # names or {name: ..., <setting>: ...}
     pruner: str = default("search", "pruner")
     n_trials: int | None = default("search", "n_trials")  # tpe only: trials to sample
@@ -110,8 +111,10 @@ class SearchConfig:
                                       f"{list(ts)!r} are the same set of matrices (two ladders of one adapter); give "
                                       f"each set once")
                 seen[key] = list(ts)
-        for name in ("extend", "include_full_finetune", "head_reference"):
+        for name in ("extend", "include_full_finetune"):
             boolean(f"search.{name}", getattr(self, name))
+        if self.head_reference is not None:
+            boolean("search.head_reference", self.head_reference)
         positive("search.seeds", self.seeds, integer=True)
         positive("search.noise_seeds", self.noise_seeds, allow_zero=True, integer=True)
         if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1:

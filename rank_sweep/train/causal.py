@@ -42,7 +42,7 @@ ANSWERS = "predictions/answers.jsonl"  # exact_match: the same answers, one JSON
 
 def check_causal_run(cfg: RunConfig) -> None:
     """What a causal LM task cannot be combined with, refused before anything loads."""
-    if cfg.lora.head_only or cfg.search.head_reference:
+    if cfg.lora.head_only or cfg.search.head_reference:  # (None, the default, is off for a causal LM)
         key = "lora.head_only" if cfg.lora.head_only else "search.head_reference"
         raise ConfigError(f"{key}=true is not valid for causal LM task {cfg.task.name}: its head is the (tied) LM "
                           f"head, and its reference is the base model before training (baseline_score)")

@@ -95,3 +95,37 @@ def test_the_study_passes_the_bracket_only_to_ladders():
     assert build_spec(cfg).lr_bracket == []
     cfg.search = SearchConfig(lr_bracket=[])
     assert build_spec(cfg).lr_bracket == []
+
+
+def test_a_whole_study_calibrates_through_the_real_sampler_and_objective(monkeypatch, tmp_path):
+    """Wq scores best at 3x the configured lr; the study trains the bracket, then climbs at 3e-3, and every row
+    carries the lr it trained at."""
+    import optuna
+
+    from rank_sweep.results.readers import records_from_study
+    from rank_sweep.study import objective as study_objective
+    from rank_sweep.study.run import StopWhenDone
+    from rank_sweep.study.sampler import LadderSampler
+    from rank_sweep.train.lora import ParamCounts
+    from rank_sweep.train.trial import TrialResult
+
+    cfg = RunConfig()
+    cfg.trainer.lr, cfg.output_dir = BASE, str(tmp_path)
+    cfg.search = SearchConfig(ladder=[1, 2], target_sets=[[WQ]], extend=False, noise_seeds=0, lr_bracket=[0.3, 1, 3],
+                              head_reference=False)
+    trained = []
+
+    def fake_run_trial(run, **kwargs):
+        trained.append((run.lora.r, run.trainer.lr))
+        score = {3e-4: 0.60, 1e-3: 0.70, 3e-3: 0.80, 9e-3: 0.78}[round(run.trainer.lr, 12)] + 0.001 * run.lora.r
+        return TrialResult(score, "accuracy", {}, ParamCounts(10, 2, 12, 100), 1.0, 0.1, 0.50, False, False)
+
+    monkeypatch.setattr(study_objective, "run_trial", fake_run_trial)
+    spec = build_spec(cfg)
+    study = optuna.create_study(direction="maximize", sampler=LadderSampler(spec))
+    objective = study_objective.Objective(cfg, spec, None, None, None, None)
+    study.optimize(objective, n_trials=20, callbacks=[StopWhenDone(spec, cfg, printer=lambda *a: None)])
+    assert trained == [(1, 3e-4), (1, 1e-3), (1, 3e-3), (1, 9e-3), (2, 3e-3)]
+    recs = records_from_study(study)
+    assert [r.point.lr for r in recs] == [3e-4, None, 3e-3, 9e-3, 3e-3] and [r.lr for r in recs] == [
+        3e-4, 1e-3, 3e-3, 9e-3, 3e-3]

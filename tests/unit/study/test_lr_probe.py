@@ -123,7 +123,7 @@ def test_a_whole_study_probes_through_the_real_sampler_and_objective(monkeypatch
     cfg = RunConfig()
     cfg.trainer.lr, cfg.output_dir = BASE, str(tmp_path)
     cfg.search = SearchConfig(ladder=[1, 2], target_sets=[[WQ], [WQ, "Wv"]], extend=False, lr_probe=[3, 10],
-                              lr_bracket=[])  # the probe alone (test_lr_bracket: the bracket)
+                              lr_bracket=[], head_reference=False)  # the probe alone (test_lr_bracket: the bracket)
     trained = []
 
     def fake_run_trial(run, **kwargs):

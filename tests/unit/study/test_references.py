@@ -22,7 +22,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def cfg_with(**search) -> RunConfig:
     cfg = RunConfig()
-    cfg.search = SearchConfig(**{"ladder": [1, 2], "target_sets": [["Wq"]], "extend": False, "lr_bracket": [], **search})
+    cfg.search = SearchConfig(**{"ladder": [1, 2], "target_sets": [["Wq"]], "extend": False, "lr_bracket": [], "head_reference": False, **search})
     return cfg
 
 

@@ -42,7 +42,7 @@ WALK = [Point(WQ, r, 0) for r in (1, 2, 4, 8)] + [Point(WQV, r, 0) for r in (1, 
 
 def make_cfg(**search) -> RunConfig:
     cfg = RunConfig()
-    cfg.search = SearchConfig(**{"ladder": [1, 2, 4, 8], "target_sets": [[WQ], [WQ, "Wv"]], "lr_bracket": [], **search})
+    cfg.search = SearchConfig(**{"ladder": [1, 2, 4, 8], "target_sets": [[WQ], [WQ, "Wv"]], "lr_bracket": [], "head_reference": False, **search})
     return cfg
 
 
