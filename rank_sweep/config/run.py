@@ -51,6 +51,7 @@ class SearchConfig:
     noise_k: float = default("search", "noise_k")
     learn_margin: float = default("search", "learn_margin")  # score must beat the trivial baseline by this to count as learning
     lr_bracket: list[float] = default("search", "lr_bracket")  # multiples of trainer.lr the first rung trains (with 1)
+    lr_check: bool = default("search", "lr_check")  # the plateau rechecked at the bracket's neighbouring lrs
     lr_probe: list[float] = default("search", "lr_probe")  # multiples of trainer.lr tried when a first rung does not learn
     extend: bool = default("search", "extend")
     extend_target_sets: list[list[str]] = default("search", "extend_target_sets")
@@ -111,7 +112,7 @@ class SearchConfig:
                                       f"{list(ts)!r} are the same set of matrices (two ladders of one adapter); give "
                                       f"each set once")
                 seen[key] = list(ts)
-        for name in ("extend", "include_full_finetune"):
+        for name in ("extend", "include_full_finetune", "lr_check"):
             boolean(f"search.{name}", getattr(self, name))
         if self.head_reference is not None:
             boolean("search.head_reference", self.head_reference)

@@ -29,7 +29,7 @@ from rank_sweep.config.point import Point
 from rank_sweep.results.paired import is_gain, not_worse
 from rank_sweep.results.records import TrialRecord, statistic
 from rank_sweep.study.history import History, screened_records
-from rank_sweep.study.rungs import Calibration, calibrate, probe, rung
+from rank_sweep.study.rungs import Calibration, calibrate, check_across_lr, probe, rung
 from rank_sweep.study.spec import LadderSpec, over_budget, over_memory, rung_seeds
 
 __all__ = ["LadderSpec", "Plan", "Point", "Rung", "LadderState", "plan", "pointless", "over_budget",
@@ -63,6 +63,8 @@ class LadderState:
     lr: float | None = None  # the learning rate it climbs at: None, the configured one; else the probe's that learned
     probes: list[str] = field(default_factory=list)  # what each learning-rate probe found
     calibration: Calibration | None = None  # what the lr bracket on the first rung found (search.lr_bracket)
+    lr_verdict: str | None = None  # the plateau checked across the bracket's neighbouring lrs (search.lr_check)
+    lr_dependent: bool = False  # ... a rank above the plateau gains over it at a neighbouring lr
 
 
 @dataclass
@@ -162,6 +164,8 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
     _plateau(state, spec, best, best_r, by_rank, spread)
     if state.finished and state.plateau_rank is not None and head:
         _against_the_head(state, spec, head, by_rank, spread)
+    if state.finished and state.plateau_rank is not None and state.calibration is not None and spec.lr_check:
+        check_across_lr(spec, hist, targets, state, by_rank, _pooled_std(spread) or None, pending)
     return state
 
 
@@ -179,7 +183,8 @@ def walk_nested(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
         if hist.status(point) == "failed":  # the screen cannot run: the ordinary ladder instead
             return walk_ladder(targets, spec, hist, pending, speculative, head)
         return state
-    quick = replace(spec, seeds=spec.seeds[:1], noise_seeds=[], lr_probe=[], lr_bracket=[], nested=False)
+    quick = replace(spec, seeds=spec.seeds[:1], noise_seeds=[], lr_probe=[], lr_bracket=[], lr_check=False,
+                    nested=False)
     as_trials = [replace(x, tuned=()) for x in screened_records(screen)]  # judged as trials at those ranks would be
     screened = walk_ladder(targets, quick, History(as_trials, spec.max_retries), [], None, head)
     start = screened.plateau_rank

@@ -110,6 +110,7 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> LadderSpec:
         noise_seeds=[cfg.seed + s.seeds + i for i in range(s.noise_seeds)], compare=compare, confidence=s.confidence,
         lr_probe=[] if s.strategy != "ladder" else [float(m) for m in s.lr_probe], base_lr=cfg.trainer.lr,
         lr_bracket=[] if s.strategy != "ladder" or len(s.lr_bracket) < 2 else [float(m) for m in s.lr_bracket],
+        lr_check=s.lr_check,
     )
 
 

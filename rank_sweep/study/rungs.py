@@ -149,3 +149,43 @@ def calibration_lines(cal: Calibration, r: int) -> list[str]:
         cells.append(f"lr {lr:g} ({m:g}x): {score}" + ("" if kind == "learning" else f" ({kind})"))
     kept = "" if cal.kept is None else f" -> climbs at lr {cal.tried[0][1] / cal.tried[0][0] * cal.kept:g}"
     return [f"lr bracket on r={r}: " + "; ".join(cells) + kept, f"    ({cal.why})"]
+
+
+def check_across_lr(spec: LadderSpec, hist: History, targets: str, state, by_rank: dict, seed_std: float | None,
+                    pending: list[Point]) -> None:
+    """The verdict checked across the learning rate: the plateau rank and the rank above it (as the ladder trained
+    them) retrained with the first seed at each neighbour of the ladder's lr in the bracket that learned there. The
+    plateau *depends on the learning rate* when the rank above gains over it by more than min_delta at a neighbour;
+    else it *holds across* the lrs checked. Sets ``state.lr_verdict`` (and ``state.lr_dependent``)."""
+    cal, p = state.calibration, state.plateau_rank
+    above = sorted(r for r in by_rank if r > p)
+    learned = sorted(m for m, _, _, _, kind in cal.tried if kind == "learning")
+    if not above or cal.kept not in learned:
+        state.lr_verdict = f"plateau r={p}: no rank above it was trained, so nothing to check across lr"
+        return
+    q, i = above[0], learned.index(cal.kept)
+    neighbours = [learned[j] for j in (i - 1, i + 1) if 0 <= j < len(learned)]
+    if not neighbours:
+        state.lr_verdict = f"plateau r={p}: no other lr of the bracket learned, so nothing to check across lr"
+        return
+    found, waiting = [], False
+    for m in neighbours:
+        low, high = (rung(spec, hist, targets, x, _lr(spec, m), pending, None, spec.seeds[:1]) for x in (p, q))
+        if low is None or high is None:
+            waiting = True
+        elif low[1] == "learning" and high[1] == "learning":
+            diff = spec.compare(low[0], high[0], seed_std) if spec.compare is not None else None
+            found.append((m, diff, _better(spec, low[0], high[0], seed_std)))
+    if waiting:
+        state.lr_verdict = f"plateau r={p}: checking it at lr {', '.join(f'{spec.base_lr * m:g}' for m in neighbours)}"
+        return
+    lrs = [spec.base_lr * m for m in [cal.kept, *(m for m, _, _ in found)]]
+    gains = [(m, d) for m, d, won in found if won]
+    state.lr_dependent = bool(gains)
+    if gains:
+        m, d = gains[0]
+        by = "" if d is None else f" ({d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
+        state.lr_verdict = f"depends on the learning rate: at lr {spec.base_lr * m:g}, r={q} gains over r={p}{by}"
+    else:
+        state.lr_verdict = (f"plateau r={p} holds across lr [{min(lrs):g}, {max(lrs):g}] (r={q} gains over it at "
+                            f"none of them)")

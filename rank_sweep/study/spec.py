@@ -47,6 +47,7 @@ class LadderSpec:
     # multiples of base_lr the first rung of each ladder trains before the ladder climbs (search.lr_bracket): the
     # best by the paired statistic is the ladder's lr (study.rungs.calibrate); empty: the configured lr throughout
     lr_bracket: list[float] = field(default_factory=list)
+    lr_check: bool = False  # with a bracket: the plateau rechecked at the bracket's neighbouring lrs (search.lr_check)
 
 
 def rung_seeds(spec: LadderSpec, r: int) -> list[int]:

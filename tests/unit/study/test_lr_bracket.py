@@ -125,7 +125,42 @@ def test_a_whole_study_calibrates_through_the_real_sampler_and_objective(monkeyp
     study = optuna.create_study(direction="maximize", sampler=LadderSampler(spec))
     objective = study_objective.Objective(cfg, spec, None, None, None, None)
     study.optimize(objective, n_trials=20, callbacks=[StopWhenDone(spec, cfg, printer=lambda *a: None)])
-    assert trained == [(1, 3e-4), (1, 1e-3), (1, 3e-3), (1, 9e-3), (2, 3e-3)]
+    # the bracket, its edge one step further, the ladder at 3e-3 (plateau r=1), then the check across lr: r=2 at
+    # the neighbouring lrs that learned (r=1 there is the bracket's)
+    assert trained == [(1, 3e-4), (1, 1e-3), (1, 3e-3), (1, 9e-3), (2, 3e-3), (2, 1e-3), (2, 9e-3)]
     recs = records_from_study(study)
-    assert [r.point.lr for r in recs] == [3e-4, None, 3e-3, 9e-3, 3e-3] and [r.lr for r in recs] == [
-        3e-4, 1e-3, 3e-3, 9e-3, 3e-3]
+    assert [r.point.lr for r in recs] == [3e-4, None, 3e-3, 9e-3, 3e-3, None, 9e-3]
+    assert [r.lr for r in recs] == [3e-4, 1e-3, 3e-3, 9e-3, 3e-3, 1e-3, 9e-3]
+
+
+def _plateau_at_1(extra=()):
+    """The bracket keeps the configured lr (3x ties it), then r=2 is no gain: plateau r=1."""
+    return first_rung({0.3: 0.75, 1: 0.80, 3: 0.802}) + [row(WQ, 2, 0.801)] + list(extra)
+
+
+def test_the_plateau_is_checked_at_the_neighbouring_lrs_of_the_bracket(records):
+    s = spec(lr_check=True)
+    p = plan(records(_plateau_at_1()), s)
+    lad = p.ladders[0]
+    assert lad.plateau_rank == 1 and lad.lr is None and not p.done
+    # r=1 at 0.3x and 3x exist (the bracket's): only the rank above is trained there, with the first seed
+    assert p.pending == [Point(WQ, 2, 0, 3e-4), Point(WQ, 2, 0, 3e-3)] and "checking it" in lad.lr_verdict
+
+
+def test_a_plateau_that_holds_across_the_lrs(records):
+    p = plan(records(_plateau_at_1([row(WQ, 2, 0.752, lr=3e-4), row(WQ, 2, 0.803, lr=3e-3)])), spec(lr_check=True))
+    lad = p.ladders[0]
+    assert p.done and not lad.lr_dependent and lad.lr_verdict.startswith("plateau r=1 holds across lr [0.0003, 0.003]")
+
+
+def test_a_plateau_that_depends_on_the_learning_rate(records):
+    p = plan(records(_plateau_at_1([row(WQ, 2, 0.752, lr=3e-4), row(WQ, 2, 0.86, lr=3e-3)])), spec(lr_check=True))
+    lad = p.ladders[0]
+    assert p.done and lad.lr_dependent and lad.plateau_rank == 1
+    assert lad.lr_verdict == "depends on the learning rate: at lr 0.003, r=2 gains over r=1"  # means: no predictions
+
+
+def test_no_check_without_it_or_without_a_rank_above(records):
+    assert plan(records(_plateau_at_1()), spec(lr_check=False)).done
+    p = plan(records(first_rung({0.3: 0.75, 1: 0.80, 3: 0.802})), spec(lr_check=True, ranks=[1]))
+    assert p.done and "no rank above" in p.ladders[0].lr_verdict
