@@ -29,7 +29,7 @@ from rank_sweep.config.point import Point
 from rank_sweep.results.paired import is_gain, not_worse
 from rank_sweep.results.records import TrialRecord, statistic
 from rank_sweep.study.history import History, screened_records
-from rank_sweep.study.rungs import Calibration, calibrate, check_across_lr, probe, rung
+from rank_sweep.study.rungs import Calibration, calibrate, check_across_lr, probe, reference_row, rung
 from rank_sweep.study.spec import LadderSpec, over_budget, over_memory, rung_seeds
 
 __all__ = ["LadderSpec", "Plan", "Point", "Rung", "LadderState", "plan", "pointless", "over_budget",
@@ -74,6 +74,7 @@ class Plan:
     ladders: list[LadderState]
     extensions: list[str]
     speculative: list[Point] = field(default_factory=list)  # only for idle workers: see the module doc
+    references: dict[str, str] = field(default_factory=dict)  # reference row -> what its lr bracket found
 
 
 def _better(a: float, b: float, direction: str) -> float:
@@ -275,16 +276,15 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
                         p = Point(ext, lad.plateau_rank, s, lad.lr)
                         if hist.status(p) == "pending" and p not in pending:
                             pending.append(p)
-    if spec.include_full:
-        lr = spec.reference_lr.get(("full", 0))
-        pending.extend(p for p in (Point.full(s, lr) for s in spec.seeds) if hist.status(p) == "pending")
-    for method, size in spec.references:  # reference methods: one trial per seed, after the ladders
+    references = {}  # reference rows after the ladders: one trial per seed, at the row's own calibrated lr
+    for method, size in [("full", 0)] * spec.include_full + spec.references:
         lr = spec.reference_lr.get((method, size))  # its own lr where given (search.reference_methods), else None
-        pending.extend(p for p in (Point.reference(method, size, s, lr) for s in spec.seeds)
-                       if hist.status(p) == "pending")
+        points, references[f"{method}" + (f" {size}" if size else "")] = reference_row(spec, hist, method, size, lr,
+                                                                                         pending)
+        pending.extend(p for p in points if hist.status(p) == "pending" and p not in pending)
     running = any(s == "RUNNING" for recs in hist.by_point.values() for s in (r.state for r in recs))
     done = not pending and not running and all(lad.finished for lad in ladders)
-    return Plan(pending, done, ladders, extensions, speculative)
+    return Plan(pending, done, ladders, extensions, speculative, {k: v for k, v in references.items() if v})
 
 
 def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str | None:

@@ -181,6 +181,8 @@ def summarize(study: optuna.Study, spec: LadderSpec, cfg: RunConfig) -> tuple[st
                                                 "rungs": [asdict(g) for g in lad.screen.rungs]}
     for ext in p.extensions:
         lines.append(f"extension: {ext}")
+    for row, found in p.references.items():
+        lines.append(f"reference {row}: lr bracket {found}")
     verdicts = {(lad.targets, g.r, g.lr): g for lad in p.ladders for g in lad.rungs}
     return "\n".join(lines), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
                               "records": records, "verdicts": verdicts, "held": held}

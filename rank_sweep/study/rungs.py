@@ -189,3 +189,35 @@ def check_across_lr(spec: LadderSpec, hist: History, targets: str, state, by_ran
     else:
         state.lr_verdict = (f"plateau r={p} holds across lr [{min(lrs):g}, {max(lrs):g}] (r={q} gains over it at "
                             f"none of them)")
+
+
+def reference_row(spec: LadderSpec, hist: History, method: str, size: int, base: float | None,
+                  pending: list[Point]) -> tuple[list[Point], str | None]:
+    """A reference row (full fine-tuning, a reference method) at its own calibrated learning rate: with a bracket,
+    its first seed at each multiple of its customary lr (``base``: the lr its entry gives, else trainer.lr), the best
+    (by more than min_delta; a tie keeps the customary one) for its other seeds. (The points of its seeds at the lr
+    kept, or [] while the bracket runs; a line saying what the bracket found, or None without a bracket.)"""
+    def point(seed, lr):
+        return Point.full(seed, lr) if method == "full" else Point.reference(method, size, seed, lr)
+
+    if not spec.lr_bracket or spec.base_lr is None:
+        return [point(s, base) for s in spec.seeds], None
+    customary = base if base is not None else spec.base_lr
+    lrs = {m: (base if m == 1 else float(f"{customary * m:.12g}")) for m in sorted(spec.lr_bracket)}
+    first = {m: point(spec.seeds[0], lr) for m, lr in lrs.items()}
+    todo = [p for p in first.values() if hist.status(p) in ("pending", "running")]
+    if todo:
+        pending.extend(p for p in todo if hist.status(p) == "pending" and p not in pending)
+        return [], None
+    done = {m: hist.completed(p) for m, p in first.items()}
+    learning = {m: rec for m, rec in done.items() if rec is not None and not rec.not_learning}
+    sign = 1.0 if spec.direction == "maximize" else -1.0
+    kept = 1.0
+    if learning:
+        best = max(learning, key=lambda m: sign * learning[m].score)
+        if best == 1 or 1 not in learning or _better(spec, [learning[1]], [learning[best]], None):
+            kept = best
+    cells = "; ".join(f"lr {customary * m:g}: " + ("-" if rec is None else f"{rec.score:.4f}"
+                                                     + ("" if m in learning else " (not learning)"))
+                      for m, rec in done.items())
+    return [point(s, lrs[kept]) for s in spec.seeds], f"{cells} -> lr {customary * kept:g}"

@@ -164,3 +164,25 @@ def test_no_check_without_it_or_without_a_rank_above(records):
     assert plan(records(_plateau_at_1()), spec(lr_check=False)).done
     p = plan(records(first_rung({0.3: 0.75, 1: 0.80, 3: 0.802})), spec(lr_check=True, ranks=[1]))
     assert p.done and "no rank above" in p.ladders[0].lr_verdict
+
+
+def test_reference_rows_train_at_their_own_calibrated_lr():
+    from rank_sweep.results.records import TrialRecord
+
+    s = spec(lr_check=False, references=[("ia3", 0)], reference_lr={("ia3", 0): 1e-2}, include_full=True,
+             seeds=[0, 1], noise_seeds=[])
+    ladder = first_rung({0.3: 0.75, 1: 0.80, 3: 0.802}) + [row(WQ, 2, 0.801), row(WQ, 2, 0.801, seed=1)]
+    ladder = [x for x in ladder if x[2] in (0, 1)]
+    p = plan(direct(ladder), s)
+    # the bracket of each row, first seed: full around trainer.lr, ia3 around its own 1e-2
+    assert p.pending == [Point.full(0, 3e-4), Point.full(0), Point.full(0, 3e-3),
+                         Point.reference("ia3", 0, 0, 3e-3), Point.reference("ia3", 0, 0, 1e-2),
+                         Point.reference("ia3", 0, 0, 3e-2)]
+    n = len(ladder)
+    done = direct(ladder) + [
+        TrialRecord(n + i, row_, 0, 0, "COMPLETE", score, None, None, None, tuned=(("lr", lr),) if lr else ())
+        for i, (row_, lr, score) in enumerate([("full", 3e-4, 0.843), ("full", None, 0.84), ("full", 3e-3, 0.5),
+                                               ("ia3", 3e-3, 0.70), ("ia3", 1e-2, 0.75), ("ia3", 3e-2, 0.80)])]
+    p = plan(done, s)
+    assert p.pending == [Point.full(1), Point.reference("ia3", 0, 1, 3e-2)]  # full: a tie keeps the customary lr
+    assert p.references["ia3"].endswith("-> lr 0.03") and p.references["full"].endswith("-> lr 0.001")
