@@ -9,13 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/lrt}
-LRS=${LRS:-"3e-4 1e-3 3e-3 1e-2 3e-2"}
+LRS=${LRS:-"1e-3 3e-3 1e-2 3e-4 3e-2"}
 POLICIES=${POLICIES:-"scaled fixed rslora"}
 STORES="search.storage=sqlite:///$OUT/optuna.db tracking.uri=sqlite:///$OUT/mlflow.db output_dir=$OUT/out"
 COMMON="search=grid search.target_sets=[[Wq]] search.ladder=[1,8,64] search.seeds=1 search.noise_seeds=0
         search.lr_probe=[] search.extend=false search.head_reference=false search.max_rank=64 trainer.progress_bar=false"
-for policy in $POLICIES; do
-  for lr in $LRS; do
+for lr in $LRS; do            # the middle learning rates first: a cut run still covers every policy there
+  for policy in $POLICIES; do
     ${LOCK:+flock $LOCK} .venv/bin/rank-sweep experiment=quickstart $COMMON $STORES lora.alpha_policy=$policy trainer.lr=$lr \
       search.study_name=lrt_${policy}_${lr}
   done
