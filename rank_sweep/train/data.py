@@ -175,24 +175,14 @@ def data_files(task: TaskConfig) -> dict[str, str] | None:
 
 def data_digest(task: TaskConfig) -> dict[str, str]:
     """What the data a trial trains and scores on is: the sha256 of each file, or the Hub dataset's name."""
-    import hashlib
-
     files = data_files(task)
     if files is None:
         return {"hub": f"{task.hub_path}/{task.hub_config}"}
     if task.holdout and holdout.test_path(task):
         files["test"] = holdout.test_path(task)
-    out = {}
-    for split, path in files.items():
-        h = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        except OSError:
-            continue  # load_splits reports a missing file in its own words
-        out[f"{split}_sha256"] = h.hexdigest()
-    return out
+    digests = {split: holdout.file_sha256(path) for split, path in files.items()}
+    # a file that cannot be read is left out: load_splits reports a missing file in its own words
+    return {f"{split}_sha256": d for split, d in digests.items() if d is not None}
 
 
 def _file_splits(task: TaskConfig, layout: dict, cache_dir: str | None) -> tuple[dict, dict]:

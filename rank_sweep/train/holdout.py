@@ -52,8 +52,21 @@ class HoldoutInfo:
         return hashlib.sha256("\n".join(f"{self.source}:{r}" for r in self.rows).encode()).hexdigest()
 
     def params(self) -> dict:
+        """MLflow params of every trial that scores it (``rank-sweep-select`` prints them back)."""
         return {"holdout_source": self.source, "holdout_file": self.file, "holdout_rule": self.rule,
-                "holdout_ids_sha256": self.ids_sha256}
+                "holdout_ids_sha256": self.ids_sha256, "holdout_file_sha256": file_sha256(self.file)}
+
+
+def file_sha256(path: str | None) -> str | None:
+    """The sha256 of a file's bytes; None for no file, or one that cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except (OSError, TypeError):
+        return None
+    return h.hexdigest()
 
 
 def permutation(n: int) -> np.ndarray:
