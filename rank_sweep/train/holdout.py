@@ -83,8 +83,8 @@ def text_hash(values: list[str]) -> float:
 def dev_hash_rows(ds: datasets.Dataset, fields: list[str], fraction: float) -> np.ndarray:
     """Rows of ``ds`` whose text hashes below ``fraction``: identical examples fall on the same side."""
     columns = [ds[f] for f in fields]
-    return np.array([i for i, values in enumerate(zip(*columns, strict=True)) if text_hash(list(values)) < fraction],
-                    dtype=np.int64)
+    return np.array([i for i, values in enumerate(zip(*columns, strict=True))
+                     if text_hash(["" if v is None else str(v) for v in values]) < fraction], dtype=np.int64)
 
 
 def split_holdout(task: TaskConfig, train: datasets.Dataset, validation: datasets.Dataset,

@@ -100,7 +100,9 @@ def _rows(ds: datasets.Dataset, task: TaskConfig, where: str) -> datasets.Datase
             answers = ["" if c is None else str(c) for c in b[task.completion_field]]
             return {"prompt": prompts, "completion": answers,
                     "choice": [_choice_of(task, a, where) if a.strip() else -1 for a in answers]}
-    out = ds.map(build, batched=True, remove_columns=ds.column_names, desc="building prompts")
+    keep = hash_fields(task) if task.prompt_template is not None else []  # for the held-out split; dropped after
+    out = ds.map(build, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                 desc="building prompts")
     empty = sum(1 for c in out["completion"] if not c.strip())
     if empty:
         what = {"chat": "last assistant turn", "text": f"text ({task.text_field!r})"}.get(
@@ -111,8 +113,12 @@ def _rows(ds: datasets.Dataset, task: TaskConfig, where: str) -> datasets.Datase
 
 
 def hash_fields(task: TaskConfig) -> list[str]:
-    """What the held-out split's dev hash reads of a row: its input (the prompt; a text task's text; a chat's
-    turns), so that the same question falls on the same side whatever its answer."""
+    """What the held-out split's dev hash reads of a row: its input, so that the same question falls on the same
+    side whatever its answer. With ``task.prompt_template``, the ``text_fields`` it is built from (a GLUE-as-text
+    task then holds out the dev examples its classifier task holds out); else the prompt, a text task's text, a
+    chat's turns."""
+    if task.prompt_template is not None:
+        return list(task.text_fields)
     return {"chat": ["messages"], "text": ["completion"]}.get(task.format, ["prompt"])
 
 
@@ -124,7 +130,11 @@ def load_lm_splits(task: TaskConfig, cache_dir: str | None = None) -> datasets.D
     out = {k: _rows(raw[k], task, where[k]) for k in ("train", "validation")}
     test, files = data_mod.raw_test(task, cache_dir)  # task.test_file, if any
     test = None if test is None else _rows(test, task, f"data file {files['test']!r}")
-    return holdout.assemble(task, out["train"], out["validation"], test, files, hash_fields(task))
+    dd = holdout.assemble(task, out["train"], out["validation"], test, files, hash_fields(task))
+    inputs = [c for c in dd["train"].column_names if c not in ("prompt", "completion", "messages", "choice")]
+    rows = dd.remove_columns(inputs) if inputs else dd  # the text fields the dev hash read
+    rows.holdout_info = dd.holdout_info
+    return rows
 
 
 def choice_token_ids(tokenizer, task: TaskConfig) -> list[list[int]] | None:

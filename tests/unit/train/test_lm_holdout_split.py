@@ -51,6 +51,17 @@ def test_a_subsampled_glue_lm_task_holds_out_the_training_rows_its_classifier_ta
     assert load_lm_splits(lm_task, cache_dir=str(tmp_path)).holdout_info == info  # every trial, every worker
 
 
+def test_a_full_glue_lm_task_holds_out_the_dev_examples_its_classifier_task_holds_out(tmp_path):
+    if not os.environ.get("GLUE_DIR"):
+        pytest.skip("GLUE_DIR is not set")
+    lm = load_lm_splits(task_from_yaml("mrpc_lm"), cache_dir=str(tmp_path))
+    cls = load_splits(task_from_yaml("mrpc"), cache_dir=str(tmp_path))
+    assert lm.holdout_info == cls.holdout_info and lm.holdout_info.source == "dev_hash"  # the dev hash of the pair
+    assert lm["holdout"].num_rows == cls["holdout"].num_rows and lm["validation"].num_rows == 313
+    assert lm["holdout"]["choice"] == cls["holdout"]["label"]
+    assert all(ds.column_names == ["prompt", "completion", "choice"] for ds in lm.values())  # the fields hashed: gone
+
+
 def test_a_full_lm_task_holds_out_dev_examples_by_a_hash_of_their_prompt(tmp_path):
     task = task_from_yaml("jsonl_lm", **_lm_files(tmp_path, 400))
     splits = load_lm_splits(task, cache_dir=str(tmp_path / "hf"))
@@ -90,7 +101,8 @@ def test_a_jsonl_lm_task_takes_its_test_file_whole_and_records_it(tmp_path):
 
 
 def test_the_dev_hash_reads_each_rows_input():
-    assert hash_fields(task_from_yaml("sst2_lm")) == ["prompt"]
+    assert hash_fields(task_from_yaml("sst2_lm")) == ["sentence"]  # what the prompt is built from
+    assert hash_fields(task_from_yaml("jsonl_lm", train_file="t", validation_file="v")) == ["prompt"]
     assert hash_fields(task_from_yaml("jsonl_lm", format="text", train_file="t", validation_file="v")) == ["completion"]  # a text task's text
     assert hash_fields(task_from_yaml("jsonl_lm", format="chat", train_file="t", validation_file="v")) == ["messages"]
 
