@@ -125,6 +125,14 @@ def interval_text(i: Interval, signed: bool = False) -> str:
     return f"{f.format(i.estimate)} [{f.format(i.low)}, {f.format(i.high)}]"
 
 
+def _gap(chosen: ConfigSummary, c: HeldOut) -> str:
+    """How the optimism was computed: decision minus held-out for a metric to maximize (:func:`held_out` gives
+    exactly that difference then), held-out minus decision for one to minimize (a loss)."""
+    if c.optimism == chosen.mean - c.score.estimate:
+        return f"decision-split score {chosen.mean:.4f} minus held-out {c.score.estimate:.4f}"
+    return f"held-out {c.score.estimate:.4f} minus decision-split score {chosen.mean:.4f}: the metric is minimized"
+
+
 def selection_lines(chosen: ConfigSummary, runners_up: Sequence[ConfigSummary], held: dict[str, HeldOut],
                     confidence: float, source: str | None = None) -> list[str]:
     """What select prints under its choice: where the held-out split came from (``source``: :func:`source_line`),
@@ -136,8 +144,7 @@ def selection_lines(chosen: ConfigSummary, runners_up: Sequence[ConfigSummary], 
                 "study from before it existed)"]
     lines = [*([source] if source else []),
              f"held-out (report only, never read by a decision; {c.n} examples, {confidence:.0%} intervals):",
-             f"  chosen {chosen.label}: {interval_text(c.score)}; optimism {c.optimism:+.4f} "
-             f"(decision-split score {chosen.mean:.4f} minus held-out {c.score.estimate:.4f})"]
+             f"  chosen {chosen.label}: {interval_text(c.score)}; optimism {c.optimism:+.4f} ({_gap(chosen, c)})"]
     for s in runners_up:
         h = held.get(s.label)
         if h is None:
