@@ -1,5 +1,6 @@
 """The checks of a causal LM task's config (``task.type=causal_lm``), apart from ``sections.py`` to keep
-each module short: formats, metrics (loss, perplexity, the choices' accuracy, exact match), choices and labels.
+each module short: formats, metrics (loss, perplexity, the choices' accuracy, exact match), choices and labels,
+and the held-out split's keys (as a classifier's).
 
     check_causal_task(task)      # called by TaskConfig.__post_init__; raises a one-line ConfigError
 """
@@ -12,6 +13,7 @@ from rank_sweep.config.base import (
     TRUNCATIONS,
     boolean,
     check_generation,
+    check_holdout,
     one_of,
     positive,
 )
@@ -66,3 +68,4 @@ def check_causal_task(self) -> None:
     if self.source in ("csv", "jsonl") and not (self.train_file and self.validation_file):
         raise ConfigError(f"task.source={self.source} needs task.train_file and task.validation_file "
                           f"(got {self.train_file!r}, {self.validation_file!r})")
+    check_holdout(self.holdout, self.holdout_size, self.holdout_dev_fraction, self.test_file)

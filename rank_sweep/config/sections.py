@@ -133,7 +133,7 @@ class TaskConfig:
                "prompt_template", "choices", "truncation", "append_eos", "max_new_tokens", "answer_pattern")
     # LM keys added later, with the value causal trials had before (left out of the record at that value)
     LM_KEYS_ADDED = {"max_new_tokens": 16, "answer_pattern": None}
-    # the keys of the held-out split (classification and regression tasks; a causal LM task has none yet)
+    # the keys of the held-out split (every task type: rank_sweep.train.holdout)
     HOLDOUT_KEYS = ("holdout", "holdout_size", "holdout_dev_fraction", "test_file")
 
     def __post_init__(self) -> None:

@@ -270,7 +270,9 @@ def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget
     held = holdout.held_out([selection.chosen, *runners], records, holdout.holdout_reader(compare.comparer),
                             selection.chosen)
     chosen_text = "\n".join([format_selection(selection), "",
-                             *holdout.selection_lines(selection.chosen, runners, held, cfg.search.confidence)])
+                             *holdout.selection_lines(selection.chosen, runners, held, cfg.search.confidence,
+                                                      holdout.source_line(held, [selection.chosen], records,
+                                                                          compare.comparer))])
     report = [f"study {study.name}: {len(records)} trials read from {study.where}", "", chosen_text]
     print("\n".join(report), flush=True)
     out = os.path.join(select_cfg.output_dir or cfg.output_dir, "select", study.name)

@@ -2,7 +2,7 @@
 the choice's optimism. Report-only: nothing here feeds a decision.
 
     held = held_out(summaries, records, reader, chosen)     # label -> HeldOut
-    print("\n".join(selection_lines(selection, held)))
+    print("\n".join(selection_lines(chosen, runners_up, held, 0.95, source_line(held, [chosen], records, reader))))
 
 Why it is kept apart: the ladder, the learning test and select read :class:`~rank_sweep.results.records.TrialRecord`
 values (which carry no held-out field) and the decision split's ``predictions/val.npz``; the held-out outputs live in
@@ -88,22 +88,63 @@ def held_out(summaries: Sequence[ConfigSummary], records: Sequence[TrialRecord],
     return out
 
 
+# HoldoutInfo.source (rank_sweep.train.holdout) in words
+SOURCE_WORDS = {"train_unused": "from the training examples the subsample leaves unused",
+                "dev_hash": "taken out of the dev set by a hash of each example",
+                "test_file": "every row of task.test_file"}
+
+
+def source_line(held: dict[str, HeldOut], summaries: Sequence[ConfigSummary], records: Sequence[TrialRecord],
+                reader: PairedComparer) -> str | None:
+    """Where the held-out split came from, as the trials of the first of ``summaries`` with a held-out score logged
+    it (MLflow params ``holdout_*``), e.g. ``held-out: 2000 examples of sst2 from the training examples the
+    subsample leaves unused (.../SST-2/train.tsv, sha256 3b6c...; example ids sha256 78a9...)``. None when no
+    configuration has a held-out score (MLflow is not asked then)."""
+    s = next((s for s in summaries if s.label in held), None)
+    if s is None:
+        return None
+    n, numbers = held[s.label].n, set(s.numbers)
+    run = next((r.run_id for r in records if r.number in numbers and r.run_id), None)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        p = MlflowClient(reader.uri).get_run(run.partition("/")[0]).data.params
+    except Exception as e:  # a store that is gone, or a run without these params: say what is known
+        return f"held-out: {n} examples (where from: not readable from the tracking store, {type(e).__name__})"
+    if "holdout_source" not in p:
+        return f"held-out: {n} examples (where from: not recorded by its trials)"
+    sha = p.get("holdout_file_sha256")
+    file = p.get("holdout_file") if p.get("holdout_file") not in (None, "None") else "the Hugging Face Hub"
+    file += f", sha256 {sha[:12]}..." if sha and sha != "None" else ""
+    return (f"held-out: {n} examples of {p.get('task', '?')} {SOURCE_WORDS.get(p['holdout_source'], p['holdout_source'])}"
+            f" ({file}; example ids sha256 {p.get('holdout_ids_sha256', '?')[:12]}...)")
+
+
 def interval_text(i: Interval, signed: bool = False) -> str:
     f = "{:+.4f}" if signed else "{:.4f}"
     return f"{f.format(i.estimate)} [{f.format(i.low)}, {f.format(i.high)}]"
 
 
+def _gap(chosen: ConfigSummary, c: HeldOut) -> str:
+    """How the optimism was computed: decision minus held-out for a metric to maximize (:func:`held_out` gives
+    exactly that difference then), held-out minus decision for one to minimize (a loss)."""
+    if c.optimism == chosen.mean - c.score.estimate:
+        return f"decision-split score {chosen.mean:.4f} minus held-out {c.score.estimate:.4f}"
+    return f"held-out {c.score.estimate:.4f} minus decision-split score {chosen.mean:.4f}: the metric is minimized"
+
+
 def selection_lines(chosen: ConfigSummary, runners_up: Sequence[ConfigSummary], held: dict[str, HeldOut],
-                    confidence: float) -> list[str]:
-    """What select prints under its choice: the held-out score of the choice and of each runner-up, the paired
-    held-out difference to the choice, and the choice's optimism; one line saying why when there is none."""
+                    confidence: float, source: str | None = None) -> list[str]:
+    """What select prints under its choice: where the held-out split came from (``source``: :func:`source_line`),
+    the held-out score of the choice and of each runner-up, the paired held-out difference to the choice, and the
+    choice's optimism; one line saying why when there is none."""
     c = held.get(chosen.label)
     if c is None:
         return ["held-out (report only): none: the trials scored no held-out split (task.holdout=false, or a "
                 "study from before it existed)"]
-    lines = [f"held-out (report only, never read by a decision; {c.n} examples, {confidence:.0%} intervals):",
-             f"  chosen {chosen.label}: {interval_text(c.score)}; optimism {c.optimism:+.4f} "
-             f"(decision-split score {chosen.mean:.4f} minus held-out {c.score.estimate:.4f})"]
+    lines = [*([source] if source else []),
+             f"held-out (report only, never read by a decision; {c.n} examples, {confidence:.0%} intervals):",
+             f"  chosen {chosen.label}: {interval_text(c.score)}; optimism {c.optimism:+.4f} ({_gap(chosen, c)})"]
     for s in runners_up:
         h = held.get(s.label)
         if h is None:
@@ -137,5 +178,5 @@ def metrics(chosen: ConfigSummary, held: dict[str, HeldOut]) -> dict[str, float]
             "select/holdout_n": float(h.n)}
 
 
-__all__ = ["HOLDOUT_ARTIFACT", "CSV_COLUMNS", "HeldOut", "held_out", "holdout_reader", "selection_lines",
+__all__ = ["HOLDOUT_ARTIFACT", "CSV_COLUMNS", "HeldOut", "held_out", "holdout_reader", "source_line", "selection_lines",
            "csv_values", "cell", "metrics"]

@@ -139,8 +139,8 @@ def summarize(study: optuna.Study, spec: LadderSpec, cfg: RunConfig) -> tuple[st
              ""]
     lines.append(summary_table(summaries, held=held) if summaries else "(no completed trial)")
     if held:
-        n = next(iter(held.values())).n
-        lines.append(f"held-out: {n} examples no decision reads (the verdicts below use the decision split only)")
+        lines.append(f"{holdout.source_line(held, summaries, records, spec.compare)}; no decision reads them (the "
+                     f"verdicts below use the decision split only)")
     lines.append("")
     if spec.tuned:  # TPE draws points, it does not climb ladders: report its best configurations, no verdicts
         sign = 1.0 if cfg.task.direction == "maximize" else -1.0

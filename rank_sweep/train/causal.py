@@ -156,24 +156,40 @@ class CausalLM(SequenceClassifier):
         sub = {k: v.to(batch["input_ids"].device) for k, v in sub.items()}
         return completion_logprobs(self.model, sub)[2].sum(1).view(len(real), len(self.choice_ids))
 
-    def on_validation_epoch_end(self):
-        if not self._parts:
-            return
+    def _collect(self, choice: np.ndarray | None) -> tuple[dict, np.ndarray, np.ndarray, dict]:
+        """The pass gathered by :meth:`validation_step` (then emptied), scored against the gold ``choice`` of its
+        examples: (metrics, outputs and labels for the paired statistics, per-example details)."""
         nll, tokens, scores = (np.concatenate(p) if p[0] is not None else None for p in zip(*self._parts, strict=True))
         texts = [row for part in self._texts for row in part]
         self._parts, self._texts = [], []
-        choice = self.val_choice if scores is not None else None
+        choice = choice if scores is not None else None
         exact = np.asarray([same for *_, same in texts], dtype=np.float64) if texts else None
         metrics = causal_metrics(self.task, nll, tokens, scores, choice, exact)
-        self.last_outputs, self.last_labels = causal_outputs(self.task, nll, tokens, scores, choice, exact)
-        self.last_metrics = metrics
-        self.constant_predictions = self.is_constant(self.last_outputs)
+        outputs, labels = causal_outputs(self.task, nll, tokens, scores, choice, exact)
         details = {"nll": nll, "tokens": tokens}
         if scores is not None:
             details.update(choice_ll=scores, choice=choice)
         if texts:  # what was judged, readable: the generation, the answer read from it, the gold completion
             generated, answer, gold, _ = (np.asarray(col, dtype=str) for col in zip(*texts, strict=True))
             details.update(generated=generated, answer=answer, gold=gold, exact_match=exact)
+        return metrics, outputs, labels, details
+
+    def score(self, loader, choice: np.ndarray, precision: str) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Another split (the held-out one, :mod:`rank_sweep.train.holdout`) scored as the dev set is, after the
+        fit: (metrics, outputs, labels). The validation record (history, last outputs, details) stays as it was."""
+        from rank_sweep.train.holdout import evaluation
+
+        with evaluation(self.model, precision) as device:
+            for i, batch in enumerate(loader):
+                self.validation_step({k: v.to(device) for k, v in batch.items()}, i)
+        return self._collect(choice)[:3]
+
+    def on_validation_epoch_end(self):
+        if not self._parts:
+            return
+        metrics, self.last_outputs, self.last_labels, details = self._collect(self.val_choice)
+        self.last_metrics = metrics
+        self.constant_predictions = self.is_constant(self.last_outputs)
         self.details[self.current_epoch] = details
         if not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, **metrics})

@@ -175,24 +175,14 @@ def data_files(task: TaskConfig) -> dict[str, str] | None:
 
 def data_digest(task: TaskConfig) -> dict[str, str]:
     """What the data a trial trains and scores on is: the sha256 of each file, or the Hub dataset's name."""
-    import hashlib
-
     files = data_files(task)
     if files is None:
         return {"hub": f"{task.hub_path}/{task.hub_config}"}
     if task.holdout and holdout.test_path(task):
         files["test"] = holdout.test_path(task)
-    out = {}
-    for split, path in files.items():
-        h = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        except OSError:
-            continue  # load_splits reports a missing file in its own words
-        out[f"{split}_sha256"] = h.hexdigest()
-    return out
+    digests = {split: holdout.file_sha256(path) for split, path in files.items()}
+    # a file that cannot be read is left out: load_splits reports a missing file in its own words
+    return {f"{split}_sha256": d for split, d in digests.items() if d is not None}
 
 
 def _file_splits(task: TaskConfig, layout: dict, cache_dir: str | None) -> tuple[dict, dict]:
@@ -290,12 +280,6 @@ def _prepare(ds: datasets.Dataset, task: TaskConfig, aliases: dict, where: str) 
     return ds.map(convert, batched=True, features=features, desc="mapping labels")
 
 
-def _subsample(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
-    if n is None or n >= ds.num_rows:
-        return ds
-    return ds.shuffle(seed=0).select(range(n))
-
-
 def raw_splits(task: TaskConfig, cache_dir: str | None = None) -> tuple[dict, dict]:
     """The ``train`` and ``validation`` data as read (every column), and where each came from (for messages)."""
     layout = _layout(task)
@@ -311,7 +295,21 @@ def prepare_labels(ds: datasets.Dataset, task: TaskConfig, where: str) -> datase
 
 def subsample(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
     """A seeded random subset of ``n`` rows (the same for every trial), or ``ds`` when it has no more."""
-    return _subsample(ds, n)
+    return ds if n is None or n >= ds.num_rows else ds.shuffle(seed=0).select(range(n))
+
+
+def raw_test(task: TaskConfig, cache_dir: str | None = None) -> tuple[datasets.Dataset | None, dict]:
+    """The held-out file ``task.test_file`` as read (None without one, or with ``task.holdout=false``), and the
+    task's data files by split (its ``test`` too), for the held-out split's record."""
+    files = dict(data_files(task) or {})
+    if not (task.holdout and holdout.test_path(task)):
+        return None, files
+    files["test"], kind = holdout.test_path(task), f"test file of task {task.name}"
+    if task.source == "jsonl":
+        checks.check_jsonl(files["test"], kind, task)
+    with checks.quiet_reader():
+        return _read_file(files["test"], task.source, kind, _layout(task) if task.source == "glue" else {},
+                          cache_dir), files
 
 
 def load_splits(task: TaskConfig, cache_dir: str | None = None) -> datasets.DatasetDict:
@@ -322,20 +320,9 @@ def load_splits(task: TaskConfig, cache_dir: str | None = None) -> datasets.Data
         )
     raw, where = raw_splits(task, cache_dir)
     out = {k: prepare_labels(raw[k], task, where[k]) for k in ("train", "validation")}
-    test, files = None, dict(data_files(task) or {})
-    if task.holdout and holdout.test_path(task):  # the held-out split's own file
-        files["test"] = holdout.test_path(task)
-        raw_test = _read_file(files["test"], task.source, f"test file of task {task.name}",
-                              _layout(task) if task.source == "glue" else {}, cache_dir)
-        test = prepare_labels(raw_test, task, f"data file {files['test']!r}")
-    out["validation"], held, info = holdout.split_holdout(task, out["train"], out["validation"], test, files)
-    out["train"] = _subsample(out["train"], task.max_train_samples)
-    out["validation"] = _subsample(out["validation"], task.max_eval_samples)
-    if held is not None:
-        out["holdout"] = held
-    dd = datasets.DatasetDict(out)
-    dd.holdout_info = info  # provenance, carried to the tokenized splits (rank_sweep.train.batches)
-    return dd
+    test, files = raw_test(task, cache_dir)  # the held-out split's own file, if any
+    test = None if test is None else prepare_labels(test, task, f"data file {files['test']!r}")
+    return holdout.assemble(task, out["train"], out["validation"], test, files)
 
 
 def label_arrays(splits: datasets.DatasetDict) -> tuple[np.ndarray, np.ndarray]:

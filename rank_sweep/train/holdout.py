@@ -15,7 +15,9 @@ Where the held-out examples come from, the first rule that applies:
 
 The decision split (``validation``) is what the ladder, the learning test and select read; the held-out
 outputs go to ``predictions/holdout.npz`` and ``holdout_*`` metrics, which only reports read
-(:mod:`rank_sweep.results.holdout`). Classification and regression tasks only: a causal LM task has none yet.
+(:mod:`rank_sweep.results.holdout`). A causal LM task's rows (:mod:`rank_sweep.train.lm_data`) are split by the
+same rules, its dev hash reading each row's input (:func:`~rank_sweep.train.lm_data.hash_fields`), and scored as its
+dev set is (:meth:`rank_sweep.train.causal.CausalLM.score`: loss per answer token, the choices, exact match).
 """
 
 from __future__ import annotations
@@ -50,8 +52,21 @@ class HoldoutInfo:
         return hashlib.sha256("\n".join(f"{self.source}:{r}" for r in self.rows).encode()).hexdigest()
 
     def params(self) -> dict:
+        """MLflow params of every trial that scores it (``rank-sweep-select`` prints them back)."""
         return {"holdout_source": self.source, "holdout_file": self.file, "holdout_rule": self.rule,
-                "holdout_ids_sha256": self.ids_sha256}
+                "holdout_ids_sha256": self.ids_sha256, "holdout_file_sha256": file_sha256(self.file)}
+
+
+def file_sha256(path: str | None) -> str | None:
+    """The sha256 of a file's bytes; None for no file, or one that cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except (OSError, TypeError):
+        return None
+    return h.hexdigest()
 
 
 def permutation(n: int) -> np.ndarray:
@@ -68,16 +83,17 @@ def text_hash(values: list[str]) -> float:
 def dev_hash_rows(ds: datasets.Dataset, fields: list[str], fraction: float) -> np.ndarray:
     """Rows of ``ds`` whose text hashes below ``fraction``: identical examples fall on the same side."""
     columns = [ds[f] for f in fields]
-    return np.array([i for i, values in enumerate(zip(*columns, strict=True)) if text_hash(list(values)) < fraction],
-                    dtype=np.int64)
+    return np.array([i for i, values in enumerate(zip(*columns, strict=True))
+                     if text_hash(["" if v is None else str(v) for v in values]) < fraction], dtype=np.int64)
 
 
 def split_holdout(task: TaskConfig, train: datasets.Dataset, validation: datasets.Dataset,
-                  test: datasets.Dataset | None = None, files: dict | None = None):
+                  test: datasets.Dataset | None = None, files: dict | None = None, fields: list[str] | None = None):
     """``(validation, holdout, info)``: the decision split and the held-out split with its provenance
     (``validation, None, None`` with ``task.holdout=false``). ``train`` and ``validation`` come in full (labels
-    prepared, not subsampled); ``files``: split -> path, for the record."""
-    files = files or {}
+    prepared, not subsampled); ``files``: split -> path, for the record; ``fields``: the columns the dev hash
+    reads (default ``task.text_fields``)."""
+    files, fields = files or {}, list(fields or task.text_fields)
     n_train, n_sub = train.num_rows, task.max_train_samples
     if not task.holdout:
         return validation, None, None
@@ -90,14 +106,31 @@ def split_holdout(task: TaskConfig, train: datasets.Dataset, validation: dataset
                 f"rows, whose first {n_sub} are the training subsample")
         return validation, train.select(rows), HoldoutInfo("train_unused", files.get("train"), rule,
                                                            tuple(int(r) for r in rows))
-    rows = dev_hash_rows(validation, list(task.text_fields), task.holdout_dev_fraction)
+    rows = dev_hash_rows(validation, fields, task.holdout_dev_fraction)
     keep = np.setdiff1d(np.arange(validation.num_rows), rows)
     if len(rows) < MIN_HELD_OUT or not len(keep):  # a tiny dev set: a few held-out examples say nothing
         return validation, None, None
-    rule = (f"dev examples whose sha256 of {'+'.join(task.text_fields)} falls below {task.holdout_dev_fraction:g}: "
+    rule = (f"dev examples whose sha256 of {'+'.join(fields)} falls below {task.holdout_dev_fraction:g}: "
             f"{len(rows)} of {validation.num_rows}, taken out of the decision split")
     return (validation.select(keep), validation.select(rows),
             HoldoutInfo("dev_hash", files.get("validation"), rule, tuple(int(r) for r in rows)))
+
+
+def assemble(task: TaskConfig, train: datasets.Dataset, validation: datasets.Dataset,
+             test: datasets.Dataset | None = None, files: dict | None = None,
+             fields: list[str] | None = None) -> datasets.DatasetDict:
+    """The splits a trial reads, from the full ``train`` and ``validation`` rows: the held-out split taken out
+    first (:func:`split_holdout`), then the training and decision splits subsampled (``task.max_train_samples``,
+    ``max_eval_samples``); ``holdout_info`` says where the held-out split came from (None: there is none)."""
+    from rank_sweep.train.data import subsample
+
+    validation, held, info = split_holdout(task, train, validation, test, files, fields)
+    out = {"train": subsample(train, task.max_train_samples), "validation": subsample(validation, task.max_eval_samples)}
+    if held is not None:
+        out["holdout"] = held
+    dd = datasets.DatasetDict(out)
+    dd.holdout_info = info  # provenance, carried to the tokenized splits (rank_sweep.train.batches, lm_data)
+    return dd
 
 
 def test_path(task: TaskConfig) -> str | None:
@@ -112,37 +145,40 @@ def test_path(task: TaskConfig) -> str | None:
 # Scoring it: one extra evaluation pass after the fit
 # ---------------------------------------------------------------------------
 
-def _autocast(device, precision: str):
+@contextlib.contextmanager
+def evaluation(model, precision: str):
+    """Eval mode, no gradients, autocast at the trial's precision; yields the model's device. The model's
+    train/eval mode is restored after."""
     import torch
 
+    device = next(model.parameters()).device
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+            yield device
+    finally:
+        model.train(was_training)
 
 
 def holdout_outputs(model, loader, precision: str, is_regression: bool) -> tuple[np.ndarray, np.ndarray]:
     """The model's outputs (logits, or regression values) and labels on ``loader``, in its order, in eval mode
-    at the trial's precision; the model's train/eval mode is restored."""
-    import torch
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    at the trial's precision."""
     outs, labels = [], []
-    try:
-        with torch.no_grad(), _autocast(device, precision):
-            for batch in loader:
-                batch = {k: v.to(device) for k, v in batch.items() if k != "length"}
-                labels.append(batch.pop("labels").cpu().numpy())
-                logits = model(**batch).logits.float()
-                outs.append((logits.squeeze(-1) if is_regression else logits).cpu().numpy())
-    finally:
-        model.train(was_training)
+    with evaluation(model, precision) as device:
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items() if k != "length"}
+            labels.append(batch.pop("labels").cpu().numpy())
+            logits = model(**batch).logits.float()
+            outs.append((logits.squeeze(-1) if is_regression else logits).cpu().numpy())
     return np.concatenate(outs), np.concatenate(labels)
 
 
-def score_holdout(cfg, model, datamodule, client, run_id: str) -> dict[str, float]:
-    """Score the held-out split once, save ``predictions/holdout.npz`` (local and MLflow), log its provenance
-    as params; return its metrics (``holdout/<metric>``, ``holdout_score``, ``holdout_ci_low``/``high``,
+def score_holdout(cfg, module, datamodule, client, run_id: str) -> dict[str, float]:
+    """Score the held-out split once with the trained LightningModule ``module``, save ``predictions/holdout.npz``
+    (local and MLflow: what the paired statistics read, as ``predictions/val.npz``), log its provenance as params;
+    return its metrics (``holdout/<metric>``, ``holdout_score``, ``holdout_ci_low``/``high``,
     ``holdout_size``, ``holdout_seconds``: the pass's time), for the trial's final metrics. Nothing when the
     trial has no held-out split."""
     from rank_sweep import tracking
@@ -157,9 +193,13 @@ def score_holdout(cfg, model, datamodule, client, run_id: str) -> dict[str, floa
     if info is None or loader is None:
         return {}
     task, t0 = cfg.task, time.perf_counter()
-    outputs, labels = holdout_outputs(model, loader, resolve_precision(cfg), task.is_regression)
+    if task.is_causal:  # scored as its dev set is: outputs for the paired statistics, metrics of the answers
+        choice = np.asarray(datamodule.tokenized["holdout"]["choice"], dtype=np.int64)
+        metrics, outputs, labels = module.score(loader, choice, resolve_precision(cfg))
+    else:
+        outputs, labels = holdout_outputs(module.model, loader, resolve_precision(cfg), task.is_regression)
+        metrics = compute_metrics(task, outputs, labels)
     seconds = time.perf_counter() - t0  # what the extra pass costs
-    metrics = compute_metrics(task, outputs, labels)
     ci = score_interval(task.metric, outputs, labels, is_regression=task.is_regression, num_labels=task.num_labels,
                         confidence=cfg.search.confidence)
     path = save_predictions(predictions_path(cfg.output_dir, run_id, HOLDOUT_ARTIFACT), outputs, labels,

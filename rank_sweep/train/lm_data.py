@@ -1,6 +1,7 @@
 """Causal-LM data: rows -> (prompt, completion, choice) -> token ids with the prompt masked, served left-padded.
 
     rows = load_lm_splits(cfg.task)                     # DatasetDict: prompt, completion (chat: messages), choice
+                                                        # (+ a holdout split: rank_sweep.train.holdout)
     tokenized = tokenize_lm(rows, tokenizer, cfg.task)  # input_ids, labels (-100 on prompt tokens), length, choice
     dm = CausalDataModule(tokenized, tokenizer, cfg.task, batch_size=16, eval_batch_size=64)
 
@@ -29,10 +30,11 @@ import torch
 from rank_sweep.config import TaskConfig
 from rank_sweep.errors import ConfigError, DataError
 from rank_sweep.train import data as data_mod
+from rank_sweep.train import holdout
 from rank_sweep.train.batches import GlueDataModule
 
 IGNORE = -100  # the label of a token the loss does not count (PyTorch's cross-entropy ignore_index)
-SPLIT_NAMES = {"train": "training", "validation": "validation"}
+SPLIT_NAMES = {"train": "training", "validation": "validation", "holdout": "held-out"}
 
 
 def _need(ds: datasets.Dataset, column: str, key: str, where: str) -> None:
@@ -98,7 +100,9 @@ def _rows(ds: datasets.Dataset, task: TaskConfig, where: str) -> datasets.Datase
             answers = ["" if c is None else str(c) for c in b[task.completion_field]]
             return {"prompt": prompts, "completion": answers,
                     "choice": [_choice_of(task, a, where) if a.strip() else -1 for a in answers]}
-    out = ds.map(build, batched=True, remove_columns=ds.column_names, desc="building prompts")
+    keep = hash_fields(task) if task.prompt_template is not None else []  # for the held-out split; dropped after
+    out = ds.map(build, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                 desc="building prompts")
     empty = sum(1 for c in out["completion"] if not c.strip())
     if empty:
         what = {"chat": "last assistant turn", "text": f"text ({task.text_field!r})"}.get(
@@ -108,14 +112,29 @@ def _rows(ds: datasets.Dataset, task: TaskConfig, where: str) -> datasets.Datase
     return out
 
 
+def hash_fields(task: TaskConfig) -> list[str]:
+    """What the held-out split's dev hash reads of a row: its input, so that the same question falls on the same
+    side whatever its answer. With ``task.prompt_template``, the ``text_fields`` it is built from (a GLUE-as-text
+    task then holds out the dev examples its classifier task holds out); else the prompt, a text task's text, a
+    chat's turns."""
+    if task.prompt_template is not None:
+        return list(task.text_fields)
+    return {"chat": ["messages"], "text": ["completion"]}.get(task.format, ["prompt"])
+
+
 def load_lm_splits(task: TaskConfig, cache_dir: str | None = None) -> datasets.DatasetDict:
     """The task's ``train`` and ``validation`` rows as prompt, completion (chat: messages) and choice index
-    (-1 without ``task.choices``), subsampled as ``task.max_train_samples`` / ``max_eval_samples`` say."""
+    (-1 without ``task.choices``), subsampled as ``task.max_train_samples`` / ``max_eval_samples`` say; with
+    ``task.holdout``, a ``holdout`` split of the same rows, chosen as a classifier's is (``holdout_info``)."""
     raw, where = data_mod.raw_splits(task, cache_dir)
     out = {k: _rows(raw[k], task, where[k]) for k in ("train", "validation")}
-    out["train"] = data_mod.subsample(out["train"], task.max_train_samples)
-    out["validation"] = data_mod.subsample(out["validation"], task.max_eval_samples)
-    return datasets.DatasetDict(out)
+    test, files = data_mod.raw_test(task, cache_dir)  # task.test_file, if any
+    test = None if test is None else _rows(test, task, f"data file {files['test']!r}")
+    dd = holdout.assemble(task, out["train"], out["validation"], test, files, hash_fields(task))
+    inputs = [c for c in dd["train"].column_names if c not in ("prompt", "completion", "messages", "choice")]
+    rows = dd.remove_columns(inputs) if inputs else dd  # the text fields the dev hash read
+    rows.holdout_info = dd.holdout_info
+    return rows
 
 
 def choice_token_ids(tokenizer, task: TaskConfig) -> list[list[int]] | None:
@@ -206,7 +225,9 @@ def tokenize_lm(rows: datasets.DatasetDict, tokenizer, task: TaskConfig) -> data
             plen.append(len(p))
         out[k] = datasets.Dataset.from_dict({"input_ids": ids, "labels": labels, "length": [len(x) for x in ids],
                                              "choice": list(rows[k]["choice"]), "prompt_length": plen})
-    return datasets.DatasetDict(out)
+    out = datasets.DatasetDict(out)
+    out.holdout_info = getattr(rows, "holdout_info", None)  # where the holdout split came from (train.holdout)
+    return out
 
 
 class LeftPadCollator:

@@ -152,8 +152,8 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
         score, not_learning, score_ci = _record(cfg, fit, model, plan, baseline, learn_margin, client, run_id,
                                                 cache, train_labels)
         # every input of a decision (score, interval, learning flag, dev outputs) is recorded: only now is the
-        # held-out split scored, one pass, for reports (rank_sweep.train.holdout); a causal LM task has none
-        held = {} if cfg.task.is_causal else holdout.score_holdout(cfg, model, fit.datamodule, client, run_id)
+        # held-out split scored, one pass, for reports (rank_sweep.train.holdout), a causal LM task's too
+        held = holdout.score_holdout(cfg, fit.module, fit.datamodule, client, run_id)
         if held:
             tracking.log(client, run_id, metrics=held)
     except BaseException as e:
@@ -317,9 +317,6 @@ def resolved_config(cfg: RunConfig) -> dict:
     if not cfg.task.is_causal:  # keys a classifier never reads: its record stays as before they existed
         for key in cfg.task.LM_KEYS:
             task.pop(key, None)
-    else:  # a causal LM task has no held-out split (yet)
-        for key in cfg.task.HOLDOUT_KEYS:
-            task.pop(key, None)
     for key, before in cfg.task.LM_KEYS_ADDED.items():  # at their old value: a stored study's fingerprint matches
         if key in task and task[key] == before:
             task.pop(key)
@@ -333,7 +330,7 @@ def resolved_config(cfg: RunConfig) -> dict:
     elif cfg.task.source in ("csv", "jsonl"):
         files = data_files(cfg.task)
         task["data_dir"], task["train_file"], task["validation_file"] = None, files["train"], files["validation"]
-    if not cfg.task.is_causal and cfg.task.test_file:  # the held-out file, absolute as the others
+    if cfg.task.test_file:  # the held-out file, absolute as the others
         task["test_file"] = holdout.test_path(cfg.task)
     d["trainer"]["precision"] = resolve_precision(cfg)
     d["tracking"]["uri"] = tracking.redact(cfg.tracking.resolved_uri())

@@ -21,7 +21,7 @@ def test_real_smollm2_trial_on_sst2_as_text(tmp_path):
     t0 = time.perf_counter()
     res = run("rank-sweep-trial", [
         "task=sst2_lm", "model=smollm2_135m", "lora.r=4", "task.max_train_samples=32", "task.max_eval_samples=32",
-        "trainer.epochs=1", "trainer.lr=2e-3", "trainer.batch_size=16", "trainer.eval_batch_size=32",
+        "task.holdout_size=32", "trainer.epochs=1", "trainer.lr=2e-3", "trainer.batch_size=16", "trainer.eval_batch_size=32",
         "trainer.progress_bar=false",
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"output_dir={tmp_path}/outputs"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -35,6 +35,7 @@ def test_real_smollm2_trial_on_sst2_as_text(tmp_path):
     assert 0 <= m["val/accuracy"] <= 1 and 0.5 <= m["zero_shot/accuracy"] <= 1  # the instruct model knows sentiment
     assert m["val/loss"] < m["zero_shot/loss"]  # 2 steps teach the answer format at least
     assert r.data.tags["score_metric"] == "loss"
-    assert {"predictions/val.npz", "predictions/val_lm.npz"} <= {
+    assert m["holdout_size"] == 32 and m["holdout_score"] == m["holdout/loss"] and p["holdout_source"] == "train_unused"
+    assert {"predictions/val.npz", "predictions/val_lm.npz", "predictions/holdout.npz"} <= {
         a.path for a in client.list_artifacts(r.info.run_id, "predictions")}
     print(f"real SmolLM2 trial: {time.perf_counter() - t0:.0f}s")

@@ -13,7 +13,7 @@ from rank_sweep.config import Budget, TaskConfig
 from rank_sweep.results import holdout
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.predictions import ARTIFACT, load_predictions, predictions_path, save_predictions
-from rank_sweep.results.records import TrialRecord, aggregate
+from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate
 from rank_sweep.results.selection import select
 from rank_sweep.results.tables import summary_table
 from rank_sweep.study.plan import LadderSpec, plan
@@ -176,3 +176,13 @@ def test_the_benchmark_measures_the_ladders_regret_and_optimism_on_held_out_exam
     for rec in records:
         os.remove(predictions_path(str(tmp_path), rec.run_id, holdout.HOLDOUT_ARTIFACT))
     assert holdout_regret(chosen, best, records, _comparer(tmp_path)) == {}
+
+
+def test_the_optimism_of_a_minimized_metric_is_held_out_minus_decision_and_says_so():
+    from rank_sweep.results.paired import Interval
+
+    chosen = ConfigSummary(targets="Wq,Wv", r=2, n=1, mean=0.1858, std=0.0, lora_params=1, trainable_params=1,
+                           train_seconds=1.0, numbers=(0,))
+    better = holdout.HeldOut(Interval(0.1791, 0.1662, 0.1929), 2000, 1, (0.1791,), optimism=0.1791 - 0.1858)
+    line = holdout.selection_lines(chosen, [], {chosen.label: better}, 0.95)[1]
+    assert "optimism -0.0067 (held-out 0.1791 minus decision-split score 0.1858: the metric is minimized)" in line
