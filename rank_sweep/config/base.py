@@ -115,11 +115,18 @@ def lm_default(key: str) -> Any:
 
 def sqlite_path(uri: str | None) -> str | None:
     """The database file of a ``sqlite:///`` URI; None for any other store or an in-memory one.
-    The one parser of sqlite URIs: tracking's lock, the default storage and the readers use it."""
-    if not uri or not uri.startswith("sqlite:///"):
+    The one reader of sqlite URIs (SQLAlchemy's parser): tracking's lock, the default storage and the readers
+    use it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri) if uri else None
+    except ArgumentError:  # not a URL at all (a journal file's path, say)
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else path
+    if url is None or url.get_backend_name() != "sqlite":
+        return None
+    return None if url.database in (None, "", ":memory:") else url.database
 
 
 def is_int(value: Any) -> bool:
