@@ -109,7 +109,7 @@ def to_device(batch: dict, device: str) -> dict:
 
 
 def adamw(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """The optimizer of rank_sweep.model.SequenceClassifier: no decay on biases and LayerNorm."""
+    """The optimizer of rank_sweep.train.model.SequenceClassifier: no decay on biases and LayerNorm."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:

@@ -35,11 +35,19 @@ ALPHA_POLICIES = ("fixed", "scaled", "rslora")
 
 TASK_SOURCES = ("glue", "csv", "jsonl", "hub")
 
-METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "loss", "perplexity")  # loss: validation cross-entropy
-# (MSE: regression; per completion token: a causal LM task); perplexity: exp(loss), causal LM tasks only
+# The one table of the metrics a task scores by and their direction (the study's direction follows the primary
+# metric). loss: validation cross-entropy (MSE: regression; per completion token: a causal LM task); perplexity:
+# exp(loss), causal LM tasks only, and not a mean over examples, so it has no paired per-example statistic.
+# rank_sweep.results.paired imports only numpy and scipy (a test holds it to that), so it keeps its own list of
+# the metrics it compares example by example and of the directions: tests/unit/results/test_paired.py checks that
+# they are this table's.
+METRIC_DIRECTIONS = {"accuracy": "maximize", "f1": "maximize", "mcc": "maximize", "pearson": "maximize",
+                     "spearman": "maximize", "loss": "minimize", "perplexity": "minimize"}
+DIRECTIONS = ("maximize", "minimize")
+METRICS = tuple(METRIC_DIRECTIONS)
+MINIMIZED = tuple(m for m, d in METRIC_DIRECTIONS.items() if d == "minimize")  # better when lower
 # model.quantization: the base as loaded (bitsandbytes): nf4 and fp4 are 4-bit (QLoRA), int8 LLM.int8()
 QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
-MINIMIZED = ("loss", "perplexity")  # better when lower: the study's direction follows the primary metric
 
 # task.type: a task yaml without it is a classification (or regression) task, as every GLUE preset is
 TASK_TYPES = ("classification", "causal_lm")

@@ -34,7 +34,7 @@ from rank_sweep.errors import ConfigError
 
 @dataclass
 class SearchConfig:
-    """How the study walks the recipe (see ``rank_sweep.search``)."""
+    """How the study walks the recipe (see :mod:`rank_sweep.study.plan`)."""
 
     strategy: str = default("search", "strategy")
     study_name: str | None = default("search", "study_name")  # None: derived from model, task and strategy

@@ -337,3 +337,12 @@ def test_score_interval_covers_a_known_accuracy():
     rate = float(np.mean([iv.low <= p <= iv.high for iv in covered]))
     print(f"\nscore_interval coverage, accuracy p={p}, n={N}, {sims} simulations, n_boot={N_BOOT}: {rate:.3f}")
     assert 0.90 <= rate <= 0.99
+
+
+def test_its_metrics_and_directions_are_the_config_table():
+    """paired keeps its own lists (it imports nothing of rank_sweep): they are config's one table, less perplexity
+    (exp of a mean: no per-example difference)."""
+    from rank_sweep.config import DIRECTIONS, METRIC_DIRECTIONS
+
+    assert paired.METRICS == tuple(m for m in METRIC_DIRECTIONS if m != "perplexity")
+    assert paired.DIRECTIONS == DIRECTIONS == tuple(dict.fromkeys(METRIC_DIRECTIONS.values()))
