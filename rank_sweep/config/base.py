@@ -137,6 +137,15 @@ def sqlite_path(uri: str | None) -> str | None:
     return None if url.database in (None, "", ":memory:") else url.database
 
 
+def refuse_unknown(data: dict, names, where: str) -> None:
+    """The one refusal of a key no config section has, in a mapping built into a config (what Hydra accepted:
+    ``+``/``++`` additions, presets, dicts given to the API); a plain override of an unknown key on the command line
+    is refused before Hydra composes (rank_sweep.commands.overrides), with the closest valid key."""
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]} is not a known key: valid keys are {', '.join(sorted(names))}")
+
+
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

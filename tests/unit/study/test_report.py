@@ -67,7 +67,7 @@ def test_the_parent_run_stays_running_while_another_worker_trains(tmp_path, monk
 
 
 def test_select_says_when_the_store_cannot_be_read_about_the_adapter(tmp_path, monkeypatch):
-    from rank_sweep.results.command import save_chosen_adapter
+    from rank_sweep.commands.select import save_chosen_adapter
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
