@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from optuna.trial import TrialState
 
 from rank_sweep.config import RunConfig
@@ -44,7 +45,7 @@ class _Client:
 
 def test_a_parent_run_the_store_lost_is_replaced_but_a_store_error_stops_the_study():
     uri = "sqlite:///mlflow.db"
-    gone = MlflowException("Run 'abc' not found", error_code="RESOURCE_DOES_NOT_EXIST")
+    gone = MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST)  # as MLflow's stores raise it
     assert report._usable_run(_Client(gone), "abc", uri) is False
     with pytest.raises(TrackingError, match="failed while reading the study's parent run abc"):
         report._usable_run(_Client(ConnectionError("connection reset by peer")), "abc", uri)
