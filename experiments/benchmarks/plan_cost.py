@@ -5,11 +5,13 @@
 
 No training and no data: a ladder study with n finished trials is written to a temporary SQLite file
 (``optuna.trial.create_trial`` + ``study.add_trials``, each trial with the params, user attrs and system
-attrs a trained trial carries), then timed: what a worker does before each trial, the storage read of
-every record (:func:`rank_sweep.study.sampler.trial_records`, the read ``study.run`` and the sampler use)
-and the plan (:func:`rank_sweep.study.sampler.next_point`, which runs :func:`rank_sweep.study.plan.plan`).
+attrs a trained trial carries), then timed: what a worker does at each trial event to decide its next
+point, one storage read of every record and one plan (:class:`rank_sweep.study.state.StudyState`, shared
+by the console line, the stop rule and the claim), then the point (:func:`rank_sweep.study.sampler.next_point`).
 ``plan_seconds_<n>``: a worker in the middle of a study (Optuna's storage cache holds the finished
-trials it has read before); ``plan_cold_seconds_<n>``: a worker that has just opened the storage.
+trials it has read before), wall time; ``plan_cpu_seconds_<n>``: the same in this process's CPU time (what
+other jobs on a shared machine do not inflate); ``plan_cold_seconds_<n>``: a worker that has just opened
+the storage.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, ROOT)
 from rank_sweep.config import LoraConfig, RunConfig, TaskConfig, TrainerConfig  # noqa: E402
 from rank_sweep.study.plan import LadderSpec  # noqa: E402
 from rank_sweep.study.sampler import POINT_ATTR, next_point, trial_records  # noqa: E402
+from rank_sweep.study.state import StudyState  # noqa: E402
 from rank_sweep.study.storage import open_storage  # noqa: E402
 from rank_sweep.study.workers import WORKER_ATTR, this_worker  # noqa: E402
 
@@ -78,28 +81,31 @@ def fake_trials(spec: LadderSpec, lr: float = 3e-3) -> list:
 
 
 def decide(study: optuna.Study, spec: LadderSpec):
-    """What a worker does to decide its next point: read every record, then plan."""
-    return next_point(trial_records(study), spec)
+    """What a worker does to decide its next point: read every record once, plan once, take the point."""
+    state = StudyState(study, spec).refresh()
+    return next_point(state.records, spec, state.plan)
 
 
 def plan_seconds(n: int, folder: str) -> dict:
-    """``plan_seconds_<n>`` (median of :data:`REPEATS`, one storage handle: its cache warm) and
-    ``plan_cold_seconds_<n>`` (a new storage handle each time)."""
+    """``plan_seconds_<n>`` and ``plan_cpu_seconds_<n>`` (medians of :data:`REPEATS`, one storage handle: its
+    cache warm) and ``plan_cold_seconds_<n>`` (a new storage handle each time)."""
     spec = study_spec(n)
     url = f"sqlite:///{folder}/plan_{n}.db"
     study = optuna.create_study(study_name="plan", storage=open_storage(url), direction="maximize")
     study.add_trials(fake_trials(spec))
     assert len(trial_records(study)) == n
-    cold, warm = [], []
+    cold, warm, cpu = [], [], []
     for _ in range(REPEATS):
         study = optuna.load_study(study_name="plan", storage=open_storage(url))
         t = time.perf_counter()
         decide(study, spec)
         cold.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         decide(study, spec)
         warm.append(time.perf_counter() - t)
-    return {f"plan_seconds_{n}": statistics.median(warm), f"plan_cold_seconds_{n}": statistics.median(cold)}
+        cpu.append(time.process_time() - c)
+    return {f"plan_seconds_{n}": statistics.median(warm), f"plan_cpu_seconds_{n}": statistics.median(cpu),
+            f"plan_cold_seconds_{n}": statistics.median(cold)}
 
 
 def measure() -> dict:
@@ -110,9 +116,9 @@ def measure() -> dict:
         for n in SIZES:
             res = plan_seconds(n, folder)
             out.update(res)
-            print(f"plan with {n} finished trials (SQLite): {res[f'plan_seconds_{n}']:.4f} s in a running worker, "
-                  f"{res[f'plan_cold_seconds_{n}']:.4f} s in a worker that has just opened the storage "
-                  f"(median of {REPEATS})", flush=True)
+            print(f"plan with {n} finished trials (SQLite): {res[f'plan_seconds_{n}']:.4f} s in a running worker "
+                  f"({res[f'plan_cpu_seconds_{n}']:.4f} s CPU), {res[f'plan_cold_seconds_{n}']:.4f} s in a worker that "
+                  f"has just opened the storage (medians of {REPEATS})", flush=True)
     out["plan_growth_100_to_1000"] = out["plan_seconds_1000"] / out["plan_seconds_100"]
     assert math.isfinite(out["plan_growth_100_to_1000"])
     return out
