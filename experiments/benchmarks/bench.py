@@ -588,7 +588,7 @@ def ladder_vs_grid_section(b: Bench) -> None:
     steps = {(t.params["targets"], t.params["r"]): t.user_attrs.get("train_steps", 0) for t in study.trials if t.params}
     lcfg = copy.deepcopy(gcfg)
     lcfg.search.strategy, lcfg.search.ladder = "ladder", None  # the ladder climbs powers of two
-    lcfg.search.lr_probe = []  # the grid trained one lr: the replay can only ask for its points
+    lcfg.search.lr_probe = lcfg.search.lr_bracket = []  # the grid trained one lr: the replay can only ask for its points
     compare = comparer(lcfg)  # the paired rule, from the grid trials' predictions (outputs under tmp)
     spec = build_spec(lcfg, compare=compare)
     visited = replay_ladder(grid, spec)
