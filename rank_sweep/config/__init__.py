@@ -23,10 +23,12 @@ construction. The dataclasses are the schema: names, types, validation.
 from rank_sweep.config.base import (
     ALPHA_POLICIES,
     CONF_DIR,
+    DIRECTIONS,
     FULL,
     HEAD,
     INITS,
     METHODS,
+    METRIC_DIRECTIONS,
     METRICS,
     MINIMIZED,
     PRECISIONS,
@@ -48,7 +50,8 @@ from rank_sweep.config.run import TRIAL_SECTIONS, RunConfig, SearchConfig, build
 from rank_sweep.config.sections import LoraConfig, ModelConfig, TaskConfig, TrackingConfig, TrainerConfig
 
 __all__ = [
-    "ALPHA_POLICIES", "CONF_DIR", "FULL", "HEAD", "INITS", "METHODS", "METRICS", "MINIMIZED", "PEFT_CONFIGS", "PRECISIONS", "PRUNERS", "SOURCES", "STRATEGIES",
+    "ALPHA_POLICIES", "CONF_DIR", "DIRECTIONS", "FULL", "HEAD", "INITS", "METHODS", "METRIC_DIRECTIONS", "METRICS",
+    "MINIMIZED", "PEFT_CONFIGS", "PRECISIONS", "PRUNERS", "SOURCES", "STRATEGIES",
     "TASK_SOURCES", "Point", "TRIAL_SECTIONS", "Budget", "LoraConfig", "MethodConfig", "ModelConfig", "RunConfig", "SearchConfig", "SelectConfig", "TaskConfig",
     "TrackingConfig", "TrainerConfig", "build", "build_budget", "build_config", "check_rank", "check_settings", "default", "method_size",
     "one_of", "option_defaults", "settings_of", "sqlite_path", "targets_key", "trial_config", "run_point",

@@ -35,11 +35,19 @@ ALPHA_POLICIES = ("fixed", "scaled", "rslora")
 
 TASK_SOURCES = ("glue", "csv", "jsonl", "hub")
 
-METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "loss", "perplexity")  # loss: validation cross-entropy
-# (MSE: regression; per completion token: a causal LM task); perplexity: exp(loss), causal LM tasks only
+# The one table of the metrics a task scores by and their direction (the study's direction follows the primary
+# metric). loss: validation cross-entropy (MSE: regression; per completion token: a causal LM task); perplexity:
+# exp(loss), causal LM tasks only, and not a mean over examples, so it has no paired per-example statistic.
+# rank_sweep.results.paired imports only numpy and scipy (a test holds it to that), so it keeps its own list of
+# the metrics it compares example by example and of the directions: tests/unit/results/test_paired.py checks that
+# they are this table's.
+METRIC_DIRECTIONS = {"accuracy": "maximize", "f1": "maximize", "mcc": "maximize", "pearson": "maximize",
+                     "spearman": "maximize", "loss": "minimize", "perplexity": "minimize"}
+DIRECTIONS = ("maximize", "minimize")
+METRICS = tuple(METRIC_DIRECTIONS)
+MINIMIZED = tuple(m for m, d in METRIC_DIRECTIONS.items() if d == "minimize")  # better when lower
 # model.quantization: the base as loaded (bitsandbytes): nf4 and fp4 are 4-bit (QLoRA), int8 LLM.int8()
 QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
-MINIMIZED = ("loss", "perplexity")  # better when lower: the study's direction follows the primary metric
 
 # task.type: a task yaml without it is a classification (or regression) task, as every GLUE preset is
 TASK_TYPES = ("classification", "causal_lm")
@@ -115,11 +123,27 @@ def lm_default(key: str) -> Any:
 
 def sqlite_path(uri: str | None) -> str | None:
     """The database file of a ``sqlite:///`` URI; None for any other store or an in-memory one.
-    The one parser of sqlite URIs: tracking's lock, the default storage and the readers use it."""
-    if not uri or not uri.startswith("sqlite:///"):
+    The one reader of sqlite URIs (SQLAlchemy's parser): tracking's lock, the default storage and the readers
+    use it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri) if uri else None
+    except ArgumentError:  # not a URL at all (a journal file's path, say)
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else path
+    if url is None or url.get_backend_name() != "sqlite":
+        return None
+    return None if url.database in (None, "", ":memory:") else url.database
+
+
+def refuse_unknown(data: dict, names, where: str) -> None:
+    """The one refusal of a key no config section has, in a mapping built into a config (what Hydra accepted:
+    ``+``/``++`` additions, presets, dicts given to the API); a plain override of an unknown key on the command line
+    is refused before Hydra composes (rank_sweep.commands.overrides), with the closest valid key."""
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]} is not a known key: valid keys are {', '.join(sorted(names))}")
 
 
 def is_int(value: Any) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rank_sweep.config.base import FULL, METHODS, SOURCES, default, one_of, positive
+from rank_sweep.config.base import FULL, METHODS, SOURCES, default, one_of, positive, refuse_unknown
 from rank_sweep.errors import ConfigError
 
 
@@ -79,9 +79,7 @@ def build_budget(data: dict | None, where: str) -> Budget:
     """A :class:`Budget` from a config mapping at ``where`` (``search.budget`` or ``budget``): unknown keys and
     limits that command cannot act on are refused by name."""
     data = {k: v for k, v in dict(data or {}).items()}
-    unknown = sorted(set(data) - set(Budget.limits()))
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]} is not a known key: valid keys are {', '.join(sorted(Budget.limits()))}")
+    refuse_unknown(data, Budget.limits(), where)
     *unused, hint = _NOT_USED.get(where, ("",))
     for key in unused:
         if data.get(key) is not None:

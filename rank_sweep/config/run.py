@@ -22,6 +22,7 @@ from rank_sweep.config.base import (
     one_of,
     option_defaults,
     positive,
+    refuse_unknown,
     sqlite_path,
     targets_key,
 )
@@ -34,7 +35,7 @@ from rank_sweep.errors import ConfigError
 
 @dataclass
 class SearchConfig:
-    """How the study walks the recipe (see ``rank_sweep.search``)."""
+    """How the study walks the recipe (see :mod:`rank_sweep.study.plan`)."""
 
     strategy: str = default("search", "strategy")
     study_name: str | None = default("search", "study_name")  # None: derived from model, task and strategy
@@ -285,10 +286,7 @@ def run_point(cfg: RunConfig) -> Point:
 def build(cls: type, data: dict | None, where: str) -> Any:
     """Build dataclass ``cls`` from a dict, rejecting unknown keys by name."""
     data = dict(data or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]} is not a known key: valid keys are {', '.join(sorted(names))}")
+    refuse_unknown(data, {f.name for f in dataclasses.fields(cls)}, where)
     try:
         return cls(**data)
     except TypeError as e:  # pragma: no cover - unknown keys are caught above

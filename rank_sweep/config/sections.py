@@ -14,8 +14,8 @@ from typing import Any
 from rank_sweep.config.base import (
     ALPHA_POLICIES,
     INITS,
+    METRIC_DIRECTIONS,
     METRICS,
-    MINIMIZED,
     POOLINGS,
     PRECISIONS,
     TASK_SOURCES,
@@ -187,7 +187,7 @@ class TaskConfig:
     def direction(self) -> str:
         """``maximize``, or ``minimize`` for a metric that is better when lower (``loss``): the study's
         direction, and the direction of every comparison the ladder, select and the plots make."""
-        return "minimize" if self.metric in MINIMIZED else "maximize"
+        return METRIC_DIRECTIONS.get(self.metric, "maximize")  # exact_match, a choice metric: higher is better
 
     def resolved_data_dir(self) -> str | None:
         if self.data_dir:

@@ -95,7 +95,7 @@ def records_from_study(study: optuna.Study, trials: list | None = None) -> list[
 # ---------------------------------------------------------------------------
 
 # MLflow run status -> the Optuna state name a record carries. A trial pruned by
-# Optuna ends its run KILLED (rank_sweep.trial.run_trial); a killed worker's run
+# Optuna ends its run KILLED (rank_sweep.train.trial.run_trial); a killed worker's run
 # stays RUNNING until the study runs again and closes it FAILED.
 RUN_STATES = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "PRUNED", "RUNNING": "RUNNING",
               "SCHEDULED": "WAITING"}
@@ -208,7 +208,7 @@ def load_mlflow_study(tracking_uri: str, study_name: str | None = None, experime
     parent run started last. If several parent runs carry the name (the Optuna storage
     was deleted and the study run again), the latest one is read. ``history``: also read
     each trial's validation score per epoch (``val/<metric>``, one query per trial), for
-    :func:`rank_sweep.plots.plot_learning_curves`.
+    :func:`rank_sweep.analysis.plots.plot_learning_curves`.
     """
     from mlflow.tracking import MlflowClient
 

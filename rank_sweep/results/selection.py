@@ -21,13 +21,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rank_sweep.config import Budget
+from rank_sweep.config import DIRECTIONS, Budget
 from rank_sweep.config.budget import count_text
 from rank_sweep.errors import RankSweepError
 from rank_sweep.results.paired import not_worse
 from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate
 
-DIRECTIONS = ("maximize", "minimize")
 __all__ = ["Budget", "Selection", "select", "pareto_front", "count_text", "score_text"]
 
 

@@ -18,7 +18,7 @@ from rank_sweep import tracking
 from rank_sweep.config import Budget, RunConfig, SelectConfig
 from rank_sweep.errors import RankSweepError, first_line
 from rank_sweep.results import html
-from rank_sweep.results.command import StudyRecords, summary_comparer
+from rank_sweep.results.finished import StudyRecords, summary_comparer
 from rank_sweep.results.selection import select
 from rank_sweep.results.tables import format_selection
 from rank_sweep.study.storage import FINGERPRINT_ATTR

@@ -48,7 +48,7 @@ def _usable_run(client, run_id: str | None, uri: str) -> bool:
     try:
         return client.get_run(run_id).info.lifecycle_stage == "active"
     except Exception as e:
-        if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e).lower():
+        if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":  # MLflow's code, from any store
             return False
         raise tracking.store_failed(uri, f"reading the study's parent run {run_id}", e) from e
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
 
 from rank_sweep import interrupts, tracking
 from rank_sweep.config import RunConfig, method_size, targets_key
@@ -30,7 +29,7 @@ from rank_sweep.study.sampler import LadderSampler
 from rank_sweep.study.spec import LadderSpec, over_budget
 from rank_sweep.study.state import StudyState, stop_reason
 from rank_sweep.study.storage import load_or_create_study, open_storage
-from rank_sweep.study.workers import fail_stale_trials
+from rank_sweep.study.workers import fail_stale_trials, has_heartbeat
 from rank_sweep.train import lora, methods
 from rank_sweep.train.loading import WorkerCache, check_output_dir
 
@@ -147,16 +146,18 @@ def housekeeping(study, client, experiment_id, parent_run_id, cfg) -> list:
 
 
 def optimize(study, objective: Objective, stopper: StopWhenDone, spec: LadderSpec, cfg: RunConfig,
-             tidy, sleep=time.sleep, state: StudyState | None = None) -> str:
+             tidy, sleep=time.sleep, state: StudyState | None = None,
+             heartbeat: bool = True) -> str:
     """Run trials one at a time until a stop reason; return it.
 
     Before each trial the trials of killed workers are failed (``tidy``). When the plan has nothing to run
     but trials are RUNNING (another worker's, or a killed one whose heartbeat is not yet stale), wait and
     look again, rather than asking Optuna for trials that have no point to run. A worker that would wait
-    for a running rung's decision starts the rung above it instead (``search.speculate``)."""
+    for a running rung's decision starts the rung above it instead (``search.speculate``). ``heartbeat``: whether
+    the storage has one (:func:`~rank_sweep.study.workers.has_heartbeat`)."""
     grace = cfg.search.heartbeat_seconds
     poll = min(5.0, max(1.0, grace / 3))
-    if is_heartbeat_enabled(study._storage):
+    if heartbeat:
         lost = f"a killed one whose heartbeat goes stale in <= {grace}s"
     else:
         lost = "a killed one: this storage has no heartbeat, so only a dead worker of this machine is noticed"
@@ -219,7 +220,8 @@ def run_study(cfg: RunConfig, cache: WorkerCache | None = None) -> optuna.Study:
     stop, status = None, "FINISHED"
     try:
         stop = optimize(study, objective, stopper, spec, cfg,
-                        tidy=lambda: housekeeping(study, client, experiment_id, run_id, cfg))
+                        tidy=lambda: housekeeping(study, client, experiment_id, run_id, cfg),
+                        heartbeat=has_heartbeat(storage))
     except TrackingError as e:
         wrap_up(study, client, run_id, spec, cfg, stop, "FAILED", t0)
         kept = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))

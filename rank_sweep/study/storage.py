@@ -16,9 +16,10 @@ import time
 import optuna
 
 from rank_sweep.config import RunConfig
-from rank_sweep.errors import RankSweepError, TrackingError, first_line, redact
+from rank_sweep.errors import RankSweepError, TrackingError, first_line, is_creation_race, redact
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.sampler import LadderSampler
+from rank_sweep.study.workers import HeartbeatStorage
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -35,20 +36,28 @@ DRIVERS = {"mysql": "pip install pymysql and write the URL as mysql+pymysql://us
            "postgresql": "pip install 'rank_sweep[postgres]' (psycopg 3; SQLAlchemy 2.1 maps postgresql:// to it)"}
 
 
+def journal_file(url: str) -> str | None:
+    """The file of a journal storage, or None for a database URL: the one place a storage is told by its name
+    (a path ending in ``.journal`` or ``.log``, or ``journal:<path>``); once open, the storage's class says it."""
+    if url.endswith((".journal", ".log")) or url.startswith("journal:"):
+        return url.removeprefix("journal:")
+    return None
+
+
 def open_storage(url: str, heartbeat_seconds: int = 30):
     """RDB storage with a heartbeat (a killed worker's trial is failed after ``heartbeat_seconds`` and retried),
     or a journal file (no heartbeat: only a killed worker of this machine is detected)."""
     try:
-        if url.endswith((".journal", ".log")) or url.startswith("journal:"):
+        if journal_file(url) is not None:
             from optuna.storages.journal import JournalFileBackend
 
-            return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+            return optuna.storages.JournalStorage(JournalFileBackend(journal_file(url)))
         for attempt in range(6):
             try:
-                return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, heartbeat_seconds // 3),
-                                                  grace_period=heartbeat_seconds)
+                return HeartbeatStorage(url, heartbeat_interval=max(1, heartbeat_seconds // 3),
+                                        grace_period=heartbeat_seconds)
             except Exception as e:  # workers starting together on a new database race to create its tables
-                if attempt == 5 or not any(k in str(e) for k in ("already exists", "duplicate key", "UniqueViolation")):
+                if attempt == 5 or not is_creation_race(e):
                     raise
                 time.sleep(0.2 + random.random())
     except ImportError as e:  # SQLAlchemy found the dialect but not its driver package

@@ -31,7 +31,7 @@ from rank_sweep.errors import ConfigError
 from rank_sweep.train import answers
 from rank_sweep.train.lm_data import IGNORE, CausalDataModule
 from rank_sweep.train.metrics import Reference, causal_metrics, causal_outputs
-from rank_sweep.train.model import NonFiniteLossError, SequenceClassifier
+from rank_sweep.train.model import FineTuning
 
 # MLflow artifact: per-example nll, tokens, choice_ll, choice of the scored epoch; with exact_match also the
 # generated text, the answer read from it, the gold completion and the 0/1 match (strings: np.load reads them
@@ -74,8 +74,10 @@ def completion_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor,
     return logp, targets, picked
 
 
-class CausalLM(SequenceClassifier):
-    """A causal LM (with or without a PEFT adapter) trained on completions; ``val/<metric>`` per epoch."""
+class CausalLM(FineTuning):
+    """A causal LM (with or without a PEFT adapter) trained on completions; ``val/<metric>`` per epoch. A sibling
+    of :class:`~rank_sweep.train.model.SequenceClassifier`: the optimizer and the per-epoch record are
+    :class:`~rank_sweep.train.model.FineTuning`'s."""
 
     def __init__(self, model: torch.nn.Module, task, trainer_cfg):
         super().__init__(model, task, trainer_cfg)
@@ -96,10 +98,7 @@ class CausalLM(SequenceClassifier):
         logits = _logits(self.model, batch, width + 1)[:, :-1]
         targets = labels[:, labels.shape[1] - width:]
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
-        return loss
+        return self.checked_loss(loss, labels.shape[0])
 
     def validation_step(self, batch, batch_idx):
         logp, targets, picked = completion_logprobs(self.model, batch)
@@ -191,10 +190,7 @@ class CausalLM(SequenceClassifier):
         self.last_metrics = metrics
         self.constant_predictions = self.is_constant(self.last_outputs)
         self.details[self.current_epoch] = details
-        if not self.trainer.sanity_checking:
-            self.history.append({"epoch": self.current_epoch, **metrics})
-        for name, value in metrics.items():
-            self.log(f"val/{name}", value, prog_bar=name == self.task.metric)
+        self.record_epoch(metrics, outputs, labels)
 
     def is_constant(self, outputs) -> bool:
         """A choice metric scores constant answers as constant; a loss has no such degenerate output."""

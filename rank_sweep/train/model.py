@@ -1,5 +1,7 @@
-"""The LightningModule: an HF sequence classifier (with or without a PEFT adapter),
-AdamW with linear warm-up/decay, validation metrics named ``val/<metric>``.
+"""The LightningModules: what every trial's module shares (:class:`FineTuning`: AdamW with linear
+warm-up/decay, the loss check, one history entry and ``val/<metric>`` per epoch) and the HF sequence
+classifier (:class:`SequenceClassifier`, with or without a PEFT adapter); the causal LM is its sibling,
+:class:`rank_sweep.train.causal.CausalLM`.
 
 Validation outputs (logits, or regression values) are gathered over the epoch and
 scored once with :mod:`rank_sweep.train.metrics` (scikit-learn / scipy), so every
@@ -35,16 +37,18 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
-class SequenceClassifier(pl.LightningModule):
+class FineTuning(pl.LightningModule):
+    """The part of a trial's module that does not depend on the head: the wrapped model, the optimizer and
+    schedule, the loss check, and the per-epoch record (``last_metrics``, ``history``, ``val/<metric>``).
+    Subclasses compute the loss and the validation outputs."""
+
     def __init__(self, model: torch.nn.Module, task: TaskConfig, trainer_cfg: TrainerConfig):
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
         self.task = task
         self.cfg = trainer_cfg
-        self._preds: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
         self.last_metrics: dict[str, float] = {}
-        self.last_outputs: np.ndarray | None = None  # logits (N x C) or regression outputs (N,), dev-set order
+        self.last_outputs: np.ndarray | None = None  # the dev-set outputs the trial's predictions come from
         self.last_labels: np.ndarray | None = None
         self.history: list[dict[str, float]] = []  # one entry per validation epoch
         self.constant_predictions = False
@@ -57,33 +61,20 @@ class SequenceClassifier(pl.LightningModule):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def is_constant(self, outputs) -> bool:
-        """Whether ``outputs`` (this module's dev-set outputs) are one class or one value for every example."""
-        return constant_outputs(outputs, self.task.is_regression)
+        """Whether ``outputs`` (this module's dev-set outputs) give every example the same answer."""
+        raise NotImplementedError
 
-    def training_step(self, batch, batch_idx):
-        batch = {k: v for k, v in batch.items() if k != "length"}
-        loss = self.model(**batch).loss
+    def checked_loss(self, loss: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``loss``, logged as ``train/loss``; :class:`NonFiniteLossError` if it is NaN or infinite."""
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["labels"].shape[0])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        batch = {k: v for k, v in batch.items() if k != "length"}
-        labels = batch.pop("labels")
-        logits = self.model(**batch).logits.float()
-        outputs = logits.squeeze(-1) if self.task.is_regression else logits
-        self._preds.append(outputs.detach().cpu().numpy())
-        self._labels.append(labels.detach().cpu().numpy())
-
-    def on_validation_epoch_end(self):
-        if not self._preds:
-            return
-        outputs, labels = np.concatenate(self._preds), np.concatenate(self._labels)
-        self._preds, self._labels = [], []
-        metrics = compute_metrics(self.task, outputs, labels)
-        self.constant_predictions = constant_outputs(outputs, self.task.is_regression)
+    def record_epoch(self, metrics: dict[str, float], outputs, labels) -> None:
+        """One validation epoch's metrics and outputs: kept on the module, in its history and logged."""
         self.last_metrics, self.last_outputs, self.last_labels = metrics, outputs, labels
+        self.constant_predictions = self.is_constant(outputs)
         if not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, **metrics})
         for name, value in metrics.items():
@@ -103,3 +94,35 @@ class SequenceClassifier(pl.LightningModule):
             total = max(1, self.cfg.max_steps)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.cfg.warmup_ratio * total), int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class SequenceClassifier(FineTuning):
+    """An HF sequence classifier (or regressor): logits (N x C) or values (N,) per dev example, in dev-set order."""
+
+    def __init__(self, model: torch.nn.Module, task: TaskConfig, trainer_cfg: TrainerConfig):
+        super().__init__(model, task, trainer_cfg)
+        self._preds: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+
+    def is_constant(self, outputs) -> bool:
+        """Whether ``outputs`` (this module's dev-set outputs) are one class or one value for every example."""
+        return constant_outputs(outputs, self.task.is_regression)
+
+    def training_step(self, batch, batch_idx):
+        batch = {k: v for k, v in batch.items() if k != "length"}
+        return self.checked_loss(self.model(**batch).loss, batch["labels"].shape[0])
+
+    def validation_step(self, batch, batch_idx):
+        batch = {k: v for k, v in batch.items() if k != "length"}
+        labels = batch.pop("labels")
+        logits = self.model(**batch).logits.float()
+        outputs = logits.squeeze(-1) if self.task.is_regression else logits
+        self._preds.append(outputs.detach().cpu().numpy())
+        self._labels.append(labels.detach().cpu().numpy())
+
+    def on_validation_epoch_end(self):
+        if not self._preds:
+            return
+        outputs, labels = np.concatenate(self._preds), np.concatenate(self._labels)
+        self._preds, self._labels = [], []
+        self.record_epoch(compute_metrics(self.task, outputs, labels), outputs, labels)

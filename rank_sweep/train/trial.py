@@ -35,7 +35,7 @@ from rank_sweep.train.export import export_adapter
 from rank_sweep.train.loading import DEFAULT_CACHE, WorkerCache, check_output_dir, fresh_model, resolve_precision
 from rank_sweep.train.memory import PeakMemory, adapter_mb, state_memory
 from rank_sweep.train.metrics import baseline_outputs, baseline_score
-from rank_sweep.train.model import SequenceClassifier, constant_outputs
+from rank_sweep.train.model import FineTuning, SequenceClassifier, constant_outputs
 
 
 @dataclass
@@ -177,7 +177,7 @@ def run_trial(cfg: RunConfig, *, cache: WorkerCache | None = None, client=None, 
 class _Fit:
     """What one Lightning fit left: the module (its history), the data, the scored epoch, the times."""
 
-    module: SequenceClassifier
+    module: FineTuning  # a SequenceClassifier, or a causal.CausalLM
     datamodule: GlueDataModule
     metrics: dict[str, float]  # of the scored epoch
     train_seconds: float

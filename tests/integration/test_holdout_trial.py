@@ -45,7 +45,7 @@ def test_a_study_reports_its_held_out_split_in_the_summary_and_select_from_eithe
     import csv
     import io
 
-    from rank_sweep.results.command import choose
+    from rank_sweep.commands.select import choose
     from rank_sweep.study.run import run_study
     from tests.conftest import make_toy_data
     from tests.integration.test_study_answers import _artifact, _cfg

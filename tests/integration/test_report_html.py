@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from rank_sweep.results.command import choose
+from rank_sweep.commands.select import choose
 from rank_sweep.study.run import run_study
 from tests.integration.test_study_answers import _cfg
 from tests.unit.results.test_html import PNG_MAGIC, read_page

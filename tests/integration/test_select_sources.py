@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from rank_sweep.cli import CONF_DIR
+from rank_sweep.commands.select import adapter_dir, choose, read_study
 from rank_sweep.config import build_config
-from rank_sweep.results.command import adapter_dir, choose, read_study
 from tests.conftest import toy_overrides
 
 NAME = "tiny_bert-toy-ladder"

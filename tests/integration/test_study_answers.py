@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from rank_sweep.cli import CONF_DIR
+from rank_sweep.commands.select import choose
 from rank_sweep.config import build_config
-from rank_sweep.results.command import choose
 from rank_sweep.study.run import run_study
 from tests.conftest import toy_overrides
 

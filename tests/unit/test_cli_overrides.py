@@ -1,5 +1,5 @@
-"""The command line is checked before Hydra parses it (rank_sweep.cli.check_overrides): valid Hydra syntax
-passes unchanged, other tools' names (cli.ALIASES) are read as ours with a note, and a mistyped key is one
+"""The command line is checked before Hydra runs (rank_sweep.commands.overrides.check_overrides): valid Hydra syntax
+passes unchanged, other tools' names (overrides.ALIASES) are read as ours with a note, and a mistyped key is one
 ``rank-sweep: error:`` line (exit 2) naming the closest valid key, instead of Hydra's 7-line "not in struct"."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rank_sweep import cli
-from rank_sweep.cli import ALIASES, CONF_DIR, check_overrides, known_keys
+from rank_sweep.commands.overrides import ALIASES, check_overrides, flat_keys, known_keys
+from rank_sweep.config import CONF_DIR
 from rank_sweep.errors import ConfigError
 
 BIN = os.path.dirname(sys.executable)
@@ -91,7 +92,7 @@ def test_alias_is_rewritten_with_a_note(alias, key):
 
 
 def test_aliases_map_unknown_keys_to_known_ones():
-    flat = set(cli._flat(known_keys((CONF_DIR,), "config")))
+    flat = set(flat_keys(known_keys((CONF_DIR,), "config")))
     assert set(ALIASES.values()) <= flat
     assert not set(ALIASES) & flat
 

@@ -316,3 +316,14 @@ def test_the_model_param_names_the_model_trained(name, path, label):
     from rank_sweep.config import ModelConfig
 
     assert ModelConfig(name=name, name_or_path=path).label == label
+
+
+@pytest.mark.parametrize("uri, path", [
+    ("sqlite:///mlflow.db", "mlflow.db"), ("sqlite:////tmp/x/optuna.db?mode=ro", "/tmp/x/optuna.db"),
+    ("sqlite+pysqlite:///a.db", "a.db"), ("sqlite://", None), ("sqlite:///:memory:", None),
+    ("postgresql://u:pw@host/db", None), ("/tmp/study.journal", None), ("journal:/tmp/s.log", None),
+    ("http://127.0.0.1:5000", None), (None, None), ("", None)])
+def test_sqlite_path_reads_the_file_of_a_sqlite_url_with_sqlalchemy(uri, path):
+    from rank_sweep.config import sqlite_path
+
+    assert sqlite_path(uri) == path

@@ -21,7 +21,7 @@ def _imported_after(module: str) -> set[str]:
     return set(out.stdout.split())
 
 
-@pytest.mark.parametrize("module", ["rank_sweep.results.command", "rank_sweep.results.tables",
+@pytest.mark.parametrize("module", ["rank_sweep.commands.select", "rank_sweep.results.tables",
                                     "rank_sweep.analysis.plots", "rank_sweep.tracking"])
 def test_the_select_command_and_results_never_import_the_training_stack(module):
     loaded = _imported_after(module)
@@ -48,13 +48,20 @@ def test_no_module_imports_against_the_flow():
         if not name.startswith(("rank_sweep.results", "rank_sweep.analysis", "rank_sweep.config",
                                 "rank_sweep.tracking", "rank_sweep.errors")):
             continue
-        allowed_study = name == "rank_sweep.results.command"  # it opens the study storage (study.storage only)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rank_sweep."):
                 target = node.module
-                if target.startswith("rank_sweep.train") or (target.startswith("rank_sweep.study")
-                                                             and not (allowed_study and target == "rank_sweep.study.storage")):
+                if target.startswith(("rank_sweep.train", "rank_sweep.study")):
                     bad.append(f"{name} imports {target}")
+    assert not bad, bad
+
+
+def test_the_commands_sit_on_top():
+    """rank_sweep.commands (the select command, the command-line check) may import anything; only cli imports it."""
+    bad = [f"{name} imports {node.module}" for name, tree in _modules().items()
+           if not name.startswith(("rank_sweep.commands", "rank_sweep.cli"))
+           for node in ast.walk(tree)
+           if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("rank_sweep.commands", "rank_sweep.cli"))]
     assert not bad, bad
 
 

@@ -112,7 +112,7 @@ def test_a_refused_resume_names_the_key_the_user_sets():
 
 def test_select_refuses_the_study_budget_naming_its_own():
     """Case ``select-study-budget``: ``rank-sweep-select search.budget.max_lora_params=1`` used to be ignored."""
-    from rank_sweep.cli import check_overrides
+    from rank_sweep.commands.overrides import check_overrides
 
     with pytest.raises(ConfigError) as err:
         check_overrides(["search.budget.max_lora_params=1"], "select")

@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from rank_sweep.cli import CONF_DIR
+from rank_sweep.commands.select import choose, read_study
 from rank_sweep.config import SOURCES, build_config
 from rank_sweep.errors import ConfigError, RankSweepError
-from rank_sweep.results.command import choose, read_study
 from tests.unit.results.test_readers_mlflow import log_study, trial
 
 TRIALS = [

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rank_sweep.commands.select import choose
 from rank_sweep.results import html
-from rank_sweep.results.command import choose
 from tests.unit.results.test_command import make_cfg, store  # noqa: F401  (the fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import subprocess
 import sys
 import time
@@ -315,7 +316,9 @@ def test_a_gain_of_three_standard_errors_is_found(table, metric):
     assert rates[0] <= rates[1] <= rates[2], (metric, rates)
 
 
-def test_print_the_calibration_table(table):
+def test_print_the_calibration_table(table, capsys):
+    """The table printed (run with -s to read it) holds one row per metric, each cell the gain rate the other tests
+    check, at the true difference and SE it was simulated at, and the bounds they hold the rates to."""
     print(f"\n\nGain rate of is_gain(paired_difference(...), min_delta=0), confidence {CONFIDENCE}: "
           f"n = {N} dev examples, {N_SIMS} simulations per cell, n_boot = {N_BOOT}; "
           "SE = standard error of the paired difference at that design point\n")
@@ -325,6 +328,20 @@ def test_print_the_calibration_table(table):
         row = [f"{rate:.3f} (diff {truth:+.4f}, SE {se:.4f})" for truth, se, rate in cells]
         print(f"| {metric} | " + " | ".join(row) + " |")
     print(f"\nfalse-gain bound: 0.05 + 3 * sqrt(0.05 * 0.95 / {N_SIMS}) = {0.05 + MARGIN:.3f}; power bound: 0.8")
+    out = capsys.readouterr().out
+    with capsys.disabled():  # still shown with -s
+        print(out)
+    lines = out.splitlines()
+    start = lines.index("| metric | true diff 0 | 1 SE | 3 SE |")
+    rows = [line.strip("|").split("|") for line in lines[start + 2:start + 2 + len(table)]]
+    assert [cells[0].strip() for cells in rows] == [d.metric for d in DESIGNS] == list(table)
+    for cells, (metric, expected) in zip(rows, table.items(), strict=True):
+        shown = [re.fullmatch(r"(\d\.\d{3}) \(diff ([+-]\d\.\d{4}), SE (\d\.\d{4})\)", c.strip()) for c in cells[1:]]
+        assert all(shown) and len(shown) == len(MULTIPLES), (metric, cells)
+        for m, (truth, se, rate) in zip(shown, expected, strict=True):
+            assert (float(m[1]), float(m[2]), float(m[3])) == pytest.approx((rate, truth, se), abs=6e-4)
+        assert float(shown[0][2]) == 0.0 and float(shown[0][1]) <= 0.05 + MARGIN and float(shown[2][1]) >= 0.8
+    assert f"= {0.05 + MARGIN:.3f}; power bound: 0.8" in out
 
 
 def test_score_interval_covers_a_known_accuracy():
@@ -337,3 +354,12 @@ def test_score_interval_covers_a_known_accuracy():
     rate = float(np.mean([iv.low <= p <= iv.high for iv in covered]))
     print(f"\nscore_interval coverage, accuracy p={p}, n={N}, {sims} simulations, n_boot={N_BOOT}: {rate:.3f}")
     assert 0.90 <= rate <= 0.99
+
+
+def test_its_metrics_and_directions_are_the_config_table():
+    """paired keeps its own lists (it imports nothing of rank_sweep): they are config's one table, less perplexity
+    (exp of a mean: no per-example difference)."""
+    from rank_sweep.config import DIRECTIONS, METRIC_DIRECTIONS
+
+    assert paired.METRICS == tuple(m for m in METRIC_DIRECTIONS if m != "perplexity")
+    assert paired.DIRECTIONS == DIRECTIONS == tuple(dict.fromkeys(METRIC_DIRECTIONS.values()))

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from optuna.trial import TrialState
 
 from rank_sweep.config import RunConfig
@@ -44,7 +45,7 @@ class _Client:
 
 def test_a_parent_run_the_store_lost_is_replaced_but_a_store_error_stops_the_study():
     uri = "sqlite:///mlflow.db"
-    gone = MlflowException("Run 'abc' not found", error_code="RESOURCE_DOES_NOT_EXIST")
+    gone = MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST)  # as MLflow's stores raise it
     assert report._usable_run(_Client(gone), "abc", uri) is False
     with pytest.raises(TrackingError, match="failed while reading the study's parent run abc"):
         report._usable_run(_Client(ConnectionError("connection reset by peer")), "abc", uri)
@@ -67,7 +68,7 @@ def test_the_parent_run_stays_running_while_another_worker_trains(tmp_path, monk
 
 
 def test_select_says_when_the_store_cannot_be_read_about_the_adapter(tmp_path, monkeypatch):
-    from rank_sweep.results.command import save_chosen_adapter
+    from rank_sweep.commands.select import save_chosen_adapter
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -10,9 +10,11 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
+from sqlalchemy.exc import IntegrityError
 
 from rank_sweep.results.records import TrialRecord
 from rank_sweep.study import sampler as study_sampler
+from rank_sweep.study import storage as study_storage
 from rank_sweep.study.objective import PointlessCheck
 from rank_sweep.study.plan import LadderSpec, Point, plan, pointless
 from rank_sweep.study.sampler import POINT_ATTR, claim_point, next_point
@@ -212,18 +214,41 @@ def test_workers_racing_to_create_a_new_databases_tables_retry(monkeypatch, tmp_
     """Seen in CI: three workers opening a fresh PostgreSQL study database at once; all but one hit
     `duplicate key value violates unique constraint` while creating Optuna's tables. They retry."""
     calls = []
-    real = optuna.storages.RDBStorage
+    real = study_storage.HeartbeatStorage
 
     def racing(url, **kw):
         calls.append(url)
-        if len(calls) < 3:
-            raise RuntimeError('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint '
-                               '"pg_type_typname_nsp_index"')
+        if len(calls) < 3:  # what SQLAlchemy raises from psycopg's UniqueViolation
+            raise IntegrityError("CREATE TABLE studies", {}, Exception(
+                'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'))
         return real(url, **kw)
 
-    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(study_storage, "HeartbeatStorage", racing)
     monkeypatch.setattr(study_sampler.time, "sleep", lambda s: None)
     assert open_storage(f"sqlite:///{tmp_path}/s.db") is not None and len(calls) == 3
-    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda url, **kw: (_ for _ in ()).throw(RuntimeError("no")))
+    monkeypatch.setattr(study_storage, "HeartbeatStorage", lambda url, **kw: (_ for _ in ()).throw(RuntimeError("no")))
     with pytest.raises(Exception, match="cannot open study storage"):  # other errors: at once, one line
         open_storage(f"sqlite:///{tmp_path}/t.db")
+
+
+def test_stale_trials_are_failed_by_optunas_public_call_with_their_reason(tmp_path):
+    """A trial whose heartbeat stopped is failed by ``optuna.storages.fail_stale_trials`` and keeps why in
+    ``fail_reason``; a dead process of this machine is failed at once; a journal file has no heartbeat."""
+    import time
+
+    from rank_sweep.study.workers import WORKER_ATTR, fail_stale_trials, has_heartbeat, this_worker
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_seconds=1)
+    assert has_heartbeat(storage) and not has_heartbeat(open_storage(f"{tmp_path}/s.journal"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    lost = study.ask()
+    study._storage.record_heartbeat(lost._trial_id)
+    dead = study.ask()
+    study._storage.set_trial_system_attr(dead._trial_id, WORKER_ATTR, {**this_worker(), "start": "0"})
+    assert [t.user_attrs["fail_reason"] for t in fail_stale_trials(study, 1)] == [
+        f"worker lost: process {this_worker()['pid']} on {this_worker()['host']} is gone (killed); the point is retried"]
+    time.sleep(2.2)
+    failed = fail_stale_trials(study, 1)
+    assert [(t.number, t.state) for t in failed] == [(0, TrialState.FAIL)]
+    assert failed[0].user_attrs["fail_reason"].startswith("worker lost: no heartbeat for more than 1s")
+    assert fail_stale_trials(study, 1) == []

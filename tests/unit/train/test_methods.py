@@ -22,7 +22,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from rank_sweep.cli import check_overrides
+from rank_sweep.commands.overrides import check_overrides
 from rank_sweep.config import METHODS, MethodConfig, RunConfig, TrainerConfig, method_size
 from rank_sweep.errors import ConfigError
 from rank_sweep.train.lora import count_parameters, num_params

@@ -28,7 +28,6 @@ import optuna
 from rank_sweep import tracking
 from rank_sweep.analysis import plots
 from rank_sweep.config import (
-    MINIMIZED,
     SOURCES,
     TRIAL_SECTIONS,
     RunConfig,
@@ -41,30 +40,19 @@ from rank_sweep.config import (
 )
 from rank_sweep.errors import RankSweepError, first_line
 from rank_sweep.results import holdout
-from rank_sweep.results.compare import PairedComparer
-from rank_sweep.results.readers import load_mlflow_study, records_from_study
+from rank_sweep.results.finished import StudyRecords, from_mlflow, summary_comparer
+from rank_sweep.results.readers import records_from_study
 from rank_sweep.results.records import TrialRecord, config_key
 from rank_sweep.results.select_page import select_page
 from rank_sweep.results.selection import Selection, select
 from rank_sweep.results.tables import format_selection
 from rank_sweep.study.storage import open_storage
 
-__all__ = ["SOURCES", "choose", "read_study", "summary_comparer", "adapter_dir", "Choice", "StudyRecords"]
+__all__ = ["SOURCES", "choose", "read_study", "adapter_dir", "Choice"]
 
 
 class StudyNotFound(RankSweepError):
     """The study storage has no such study (or no storage file at all): ``auto`` then tries MLflow."""
-
-
-@dataclass
-class StudyRecords:
-    """A finished study as the select command needs it, whichever store it was read from."""
-
-    name: str
-    records: list[TrialRecord]
-    direction: str
-    parent_run_id: str | None  # the study's MLflow parent run, for the select artifacts
-    where: str  # printed: the store it was read from
 
 
 @dataclass
@@ -105,15 +93,6 @@ def from_storage(cfg: RunConfig, name: str) -> StudyRecords:
     return StudyRecords(study.study_name, records_from_study(study), study.direction.name.lower(),
                         study.user_attrs.get("mlflow_parent_run_id"),
                         f"study storage {tracking.redact(cfg.storage_url())}")
-
-
-def from_mlflow(cfg: RunConfig, name: str) -> StudyRecords:
-    uri = cfg.tracking.resolved_uri()
-    study = load_mlflow_study(uri, name, cfg.tracking.experiment, history=True)
-    # the direction the study ran with (its parent run's param), else the one its metric implies
-    direction = study.params.get("direction") or ("minimize" if study.metric in MINIMIZED else "maximize")
-    return StudyRecords(study.name, study.records, direction, study.run_id,
-                        f"MLflow {tracking.redact(uri)} (parent run {study.run_id})")
 
 
 def read_study(cfg: RunConfig, source: str, name: str | None = None) -> StudyRecords:
@@ -228,30 +207,6 @@ def save_chosen_adapter(cfg: RunConfig, rec: TrialRecord, out: str, retrain: str
     else:
         why = f"trial {rec.number} has no MLflow run, so no adapter"
     return None, f"adapter: {why}; to get it: {retrain} save_adapter=true"
-
-
-def study_comparer(cfg: RunConfig, study: StudyRecords) -> PairedComparer:
-    """The paired comparer of a finished study's trials, on the metric they were scored with (their stored config,
-    else this command's task), reading this command's output folder and tracking store."""
-    task = next((r.config["task"] for r in study.records if r.config and "task" in r.config), None)
-    metric = task["metric"] if task else cfg.task.metric
-    regression = task["labels"] is None if task else cfg.task.is_regression
-    labels = 1 if regression else (len(task["labels"]) if task else cfg.task.num_labels)
-    return PairedComparer(metric, regression, labels, study.direction, cfg.output_dir, cfg.tracking.resolved_uri(),
-                          cfg.search.confidence)
-
-
-def summary_comparer(cfg: RunConfig, study: StudyRecords):
-    """compare(summary a, summary b) -> paired Interval of b - a from the trials' per-example predictions
-    (:func:`study_comparer`)."""
-    by_number = {r.number: r for r in study.records}
-    comparer = study_comparer(cfg, study)
-
-    def compare(a, b):
-        return comparer([by_number[n] for n in a.numbers], [by_number[n] for n in b.numbers])
-
-    compare.comparer = comparer  # its metric and stores: the held-out report reads with the same settings
-    return compare
 
 
 def choose(cfg: RunConfig, select_cfg: SelectConfig | dict | None = None, budget_cfg=None) -> Choice:
