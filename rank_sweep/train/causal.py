@@ -186,9 +186,7 @@ class CausalLM(FineTuning):
     def on_validation_epoch_end(self):
         if not self._parts:
             return
-        metrics, self.last_outputs, self.last_labels, details = self._collect(self.val_choice)
-        self.last_metrics = metrics
-        self.constant_predictions = self.is_constant(self.last_outputs)
+        metrics, outputs, labels, details = self._collect(self.val_choice)
         self.details[self.current_epoch] = details
         self.record_epoch(metrics, outputs, labels)
 

@@ -100,7 +100,7 @@ def test_scrambled_held_out_outputs_change_no_decision_of_a_causal_lm_study(tmp_
     """The scramble test of tests/unit/results/test_holdout.py on a real causal-LM study (the tiny Llama): with
     every trial's held-out outputs shuffled across examples and their answers swapped, the ladder's plan and
     select's choice stay the same and the held-out report changes; select says where the split came from."""
-    from rank_sweep.results.command import choose
+    from rank_sweep.commands.select import choose
     from rank_sweep.results.predictions import save_predictions
     from rank_sweep.results.readers import records_from_study
     from rank_sweep.study.plan import plan

@@ -16,6 +16,8 @@ from rank_sweep.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "task", "lora", "trainer", "search", "tracking", "experiment")
+# method=full and method=head set the lora section too (full fine-tuning, the head alone): `# @package _global_`
+GLOBAL_OPTIONS = {("method", "full"), ("method", "head")}
 FILE_TASK_OVERRIDES = ["task.train_file=train.csv", "task.validation_file=dev.csv"]
 
 OPTIONS = sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml"))
@@ -66,7 +68,7 @@ def test_every_option_composes_and_builds(group, option):
     cfg = build_config(buildable)
     assert isinstance(cfg, RunConfig)
     values = file_values(group, option)
-    if group == "experiment":  # presets are `# @package _global_`
+    if group == "experiment" or (group, option) in GLOBAL_OPTIONS:  # these are `# @package _global_`
         assert "# @package _global_" in (CONF / group / f"{option}.yaml").read_text()
         assert_subset(values, tree, "<root>")
     else:
