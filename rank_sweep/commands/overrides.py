@@ -33,6 +33,8 @@ ALIASES = {
     "lora.lora_dropout": "lora.dropout",  # PEFT LoraConfig
     "lora.target_modules": "lora.targets",  # PEFT LoraConfig (module names are valid targets)
 }
+# The older spellings of a method group option: ``lora.full_finetune=true`` is read as ``method=full`` (with a note)
+METHOD_FLAGS = {"lora.full_finetune": "method=full", "lora.head_only": "method=head"}
 # Sections whose keys are not listed in YAML: ``method.settings`` holds fields of the method's PEFT config, checked
 # by name against that config (rank_sweep.config.method). A plain override below one is passed to Hydra as ``++``
 # (add or override), so ``method.settings.beta1=0.9`` works though adalora.yaml does not list beta1.
@@ -204,6 +206,11 @@ def check_overrides(args: list[str], config_name: str) -> tuple[list[str], list[
             continue
         if not prefix and key.startswith(tuple(f"{section}." for section in OPEN_SECTIONS)):
             out[i] = "++" + args[i]
+            continue
+        if (not prefix and key in METHOD_FLAGS and rest.lower() in ("=true", "=yes", "=1")
+                and not any(k == "method" for _, k, _ in parsed.values())):  # with method=<name>: refused later
+            out[i] = METHOD_FLAGS[key]
+            notes.append(f"{key}{rest} read as {METHOD_FLAGS[key]}")
             continue
         alias = ALIASES.get(key) if prefix != "~" else None
         if alias and unknown(tree, key) and not unknown(tree, alias):  # never shadow a key that exists

@@ -40,3 +40,15 @@ def test_the_method_group_trains_full_and_head_as_the_older_keys_do(new, old):
         a, b = (build_config(compose("config", overrides=[o])) for o in (new, old))
     assert run_point(a) == run_point(b) and run_point(a).method == new.split("=")[1]
     assert run_point(trial_config(a, run_point(a))) == run_point(a)
+
+
+def test_the_older_spelling_is_read_as_the_method_option_with_a_note():
+    from rank_sweep.commands.overrides import check_overrides
+
+    assert check_overrides(["lora.full_finetune=true"], "config") == (
+        ["method=full"], ["lora.full_finetune=true read as method=full"])
+    assert check_overrides(["lora.head_only=true"], "config")[0] == ["method=head"]
+    assert check_overrides(["lora.head_only=false"], "config") == (["lora.head_only=false"], [])
+    # beside another method it stays as written, so the trial refuses the pair in one line
+    assert check_overrides(["method=ia3", "lora.full_finetune=true"], "config")[0] == [
+        "method=ia3", "lora.full_finetune=true"]
