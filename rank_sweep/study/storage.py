@@ -81,6 +81,7 @@ def open_storage(url: str, heartbeat_seconds: int = 30):
 NOT_RESULT_KEYS = ("tracking", "output_dir", "save_adapter", "worker", "trainer.progress_bar", "trainer.num_threads",
                    "search", "lora.r", "lora.targets", "lora.full_finetune", "lora.head_only", "seed")
 FINGERPRINT_ATTR = "config_fingerprint"
+WRITER_ATTR = "written_by"  # the version and git sha of rank_sweep that created the study (for a refusal's line)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -141,9 +142,12 @@ def _refuse(study, storage_url: str, stored: dict, now: dict) -> None:
         shown = "; ".join(f"{SHOWN_AS.get(k, k)}={stored.get(k, '(unset)')!r}, now {now.get(k, '(unset)')!r}"
                           for k in diff[:6])
         more = f"; and {len(diff) - 6} more" if len(diff) > 6 else ""
+        writer = getattr(study, "user_attrs", {}).get(WRITER_ATTR)
+        by = (f"rank_sweep {writer.get('version', '?')} at git {str(writer.get('git.sha', '?'))[:10]}" if writer
+              else "a rank_sweep from before 2026-12-05 (it kept no version)")
         raise RankSweepError(
-            f"study {study.study_name!r} in {redact(storage_url)} was run with other settings ({shown}{more}): "
-            f"set search.study_name to start a new study, or rerun with the stored values"
+            f"study {study.study_name!r} in {redact(storage_url)} was written by {by} with other settings "
+            f"({shown}{more}): set search.study_name to start a new study, or rerun with the stored values"
         )
 
 
@@ -164,4 +168,8 @@ def load_or_create_study(cfg: RunConfig, spec: ladder.LadderSpec, storage_url: s
     if legacy is not None:
         _refuse(study, storage_url, legacy, json.loads(json.dumps(_legacy_fingerprint(cfg, spec))))
     study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+    from rank_sweep import __version__, tracking
+
+    study.set_user_attr(WRITER_ATTR, {"version": __version__,
+                                      **{k: v for k, v in tracking.provenance().items() if k.startswith("git.")}})
     return study

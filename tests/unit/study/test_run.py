@@ -492,3 +492,16 @@ def test_a_study_from_before_the_full_fingerprint_is_checked_on_what_it_kept(tmp
     cfg.trainer.lr = 1e-3
     with pytest.raises(RankSweepError, match=r"trainer\.lr=0\.0005, now 0\.001"):
         load_or_create_study(cfg, build_spec(cfg), url)
+
+
+def test_a_refused_resume_says_which_version_wrote_the_study(tmp_path):
+    cfg = make_cfg()
+    url = f"sqlite:///{tmp_path}/o.db"
+    study = load_or_create_study(cfg, build_spec(cfg), url, fingerprint={"search.ranks": [1, 2, 4, 8]})
+    assert study.user_attrs["written_by"]["version"]
+    with pytest.raises(RankSweepError, match=r"was written by rank_sweep \S+ at git .* with other settings "
+                                             r"\(search.ladder=\[1, 2, 4, 8\], now \[1, 2\]\)"):
+        load_or_create_study(cfg, build_spec(cfg), url, fingerprint={"search.ranks": [1, 2]})
+    study.set_user_attr("written_by", None)  # a study from before the version was kept
+    with pytest.raises(RankSweepError, match="written by a rank_sweep from before 2026-12-05"):
+        load_or_create_study(cfg, build_spec(cfg), url, fingerprint={"search.ranks": [1, 2]})
