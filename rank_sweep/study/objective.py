@@ -19,6 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from rank_sweep import interrupts
 from rank_sweep.config import FULL, HEAD, TRIAL_SECTIONS, RunConfig, trial_config
 from rank_sweep.errors import TrackingError
+from rank_sweep.study import allocation
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.sampler import POINT_ATTR, trial_records
 from rank_sweep.study.workers import claim_for_this_worker
@@ -52,6 +53,9 @@ PROBE_LR = FloatDistribution(1e-12, 1e3, log=True)
 def distributions(cfg: RunConfig, spec: ladder.LadderSpec) -> dict[str, CategoricalDistribution]:
     sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
     ranks = list(spec.ranks)
+    extra = sorted(allocation.candidates(spec))  # the allocation step's (targets, r), known before training
+    sets += [t for t in dict.fromkeys(t for t, _ in extra) if t not in sets]
+    ranks += sorted({r for _, r in extra} - set(ranks))
     if spec.include_full:
         sets, ranks = sets + [FULL], [0, *ranks]
     for method, size in spec.references:

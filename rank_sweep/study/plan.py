@@ -13,7 +13,9 @@ clears ``min_delta`` (``spec.compare``; without predictions: its mean beats the 
 so do the last rank and the budget. A rung where no seed learned is no plateau signal; when it is the first,
 ``spec.lr_probe`` retries it at larger learning rates and the ladder climbs at the first that learns. A
 ladder that never beats the head-only reference reports no plateau rank. A low plateau rank
-(``<= extend_max_rank``) triggers the extension step: more matrices at that rank.
+(``<= extend_max_rank``) triggers the extension step: more matrices at that rank. When every ladder has
+stopped, the allocation step (:mod:`rank_sweep.study.allocation`) spends one LoRA parameter budget on
+other target sets (``p.allocation``).
 
 With several workers, ``p.speculative`` lists the next ``spec.speculate`` rungs above a running rung: an
 idle worker runs them ahead of the decision, which stays that of one worker; :func:`pointless` prunes them
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from rank_sweep.results.paired import is_gain
 from rank_sweep.results.records import FULL, HEAD, TrialRecord, statistic
+from rank_sweep.study import allocation
 from rank_sweep.study.history import History, Point, point_of, screened_records
 from rank_sweep.study.spec import LadderSpec, over_budget, over_memory, rung_seeds
 
@@ -69,6 +72,7 @@ class Plan:
     ladders: list[LadderState]
     extensions: list[str]
     speculative: list[Point] = field(default_factory=list)  # only for idle workers: see the module doc
+    allocation: list[allocation.Row] = field(default_factory=list)  # the allocation step's rows, once ladders stop
 
 
 def _better(a: float, b: float, direction: str) -> float:
@@ -305,6 +309,7 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
                         p = Point(ext, lad.plateau_rank, s, lad.lr)
                         if hist.status(p) == "pending" and p not in pending:
                             pending.append(p)
+    rows = allocation.rows(spec, ladders, hist, pending)  # one budget over other target sets: after the ladders
     if spec.include_full:
         lr = spec.reference_lr.get((FULL, 0))
         pending.extend(p for p in (Point(FULL, 0, s, lr) for s in spec.seeds) if hist.status(p) == "pending")
@@ -313,7 +318,7 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
         pending.extend(p for p in (Point(method, size, s, lr) for s in spec.seeds) if hist.status(p) == "pending")
     running = any(s == "RUNNING" for recs in hist.by_point.values() for s in (r.state for r in recs))
     done = not pending and not running and all(lad.finished for lad in ladders)
-    return Plan(pending, done, ladders, extensions, speculative)
+    return Plan(pending, done, ladders, extensions, speculative, rows)
 
 
 def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str | None:
@@ -326,6 +331,8 @@ def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str
         return None
     hist = History([r for r in records if r.targets], spec.max_retries)
     state = (walk_nested if spec.nested else walk_ladder)(point.targets, spec, hist, [])
+    if state.finished and point in allocation.points(plan(records, spec).allocation, spec.seeds):
+        return None  # an allocation row of this set, not a rung of its ladder
     if point.lr != state.lr and point.r != spec.ranks[0] and any(g.mean is not None for g in state.rungs):
         return f"speculative rung no longer needed: {point.targets} climbs at lr {state.lr or spec.base_lr:g}"
     if not state.finished:

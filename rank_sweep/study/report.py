@@ -25,7 +25,7 @@ from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import records_from_study
 from rank_sweep.results.records import aggregate
 from rank_sweep.results.tables import summary_table
-from rank_sweep.study import page
+from rank_sweep.study import allocation, page
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.history import screened_records
 from rank_sweep.study.sampler import trial_records
@@ -170,9 +170,11 @@ def summarize(study: optuna.Study, spec: ladder.LadderSpec, cfg: RunConfig) -> t
                                                 "rungs": [asdict(g) for g in lad.screen.rungs]}
     for ext in p.extensions:
         lines.append(f"extension: {ext}")
+    table, rows = allocation.report(p.allocation, records, spec)  # one budget over other target sets
+    lines += [""] + table if table else []
     verdicts = {(lad.targets, g.r, g.lr): g for lad in p.ladders for g in lad.rungs}
-    return "\n".join(lines), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
-                              "records": records, "verdicts": verdicts, "held": held}
+    return "\n".join(lines).rstrip("\n"), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
+                                           "records": records, "verdicts": verdicts, "held": held, "allocation": rows}
 
 
 def _factors(client, output_dir: str, run_id: str, folder: str) -> str | None:
@@ -243,7 +245,8 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
                 with open(os.path.join(tmp, "summary.md"), "w") as f:
                     f.write(text + "\n")
         with open(os.path.join(tmp, "decisions.json"), "w") as f:
-            json.dump({"ladders": info["ladders"], "extensions": info["extensions"], "stop": stop}, f, indent=2)
+            json.dump({"ladders": info["ladders"], "extensions": info["extensions"], "stop": stop,
+                       **({"allocation": info["allocation"]} if info.get("allocation") else {})}, f, indent=2)
         if info["summaries"]:
             try:  # the page is a view of the above: a failure is named, the summary is still logged
                 text += f"\n\nreport: {page.study_page(study, info, text, cfg, run_id, tmp)} (and the parent run's report.html)"

@@ -23,6 +23,7 @@ from rank_sweep import interrupts, tracking
 from rank_sweep.config import FULL, HEAD, RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError, TrackingError, TrialsFailed
 from rank_sweep.results.compare import PairedComparer
+from rank_sweep.study import allocation
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.objective import Objective
 from rank_sweep.study.report import parent_run, trial_line, wrap_up
@@ -30,6 +31,7 @@ from rank_sweep.study.sampler import next_point, trial_records
 from rank_sweep.study.storage import load_or_create_study, open_storage
 from rank_sweep.study.workers import fail_stale_trials
 from rank_sweep.train import lora, methods
+from rank_sweep.train.groups import GROUPS
 from rank_sweep.train.loading import WorkerCache, check_output_dir
 
 
@@ -41,6 +43,12 @@ class CostModel:
         heads = lora.head_names(base) if heads is None else heads  # with a trained pooler: head + pooler
         self.head = sum(p.numel() for n in heads for p in base.get_submodule(n).parameters())
         self._plans: dict[str, lora.TargetPlan] = {}
+        self.causal = lora.is_causal_lm(base)
+
+    def key(self, targets: list[str]) -> str:
+        """The logged form of a target set with its groups resolved to this model's roles (``[mlp]`` on BERT:
+        ``Wup,Wdown``), so that one set of matrices has one name."""
+        return ",".join(self.plan(targets_key(targets)).targets)
 
     def plan(self, targets: str) -> lora.TargetPlan:
         if targets not in self._plans:
@@ -57,6 +65,7 @@ class CostModel:
 
 
 def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
+    s = cfg.search
     tok, base, total = cache.tokenizer_and_model(cfg)
     cache.splits(cfg, tok)
     cost = CostModel(base, cfg, total, cache.trained_heads(cfg))
@@ -64,6 +73,18 @@ def validate(cfg: RunConfig, cache: WorkerCache) -> ladder.LadderSpec:
     sets = spec.target_sets + spec.extend_sets
     for targets in sets:
         lora.check_rank_fits(cost.plan(targets), spec.ranks[0])
+    alloc = s.allocation_sets if s.allocation_sets is not None else allocation.DEFAULT_SETS[cost.causal]
+    for note in dict.fromkeys(n for t in (*s.target_sets, *s.extend_target_sets, *alloc)
+                              for n in cost.plan(targets_key(t)).notes):
+        print(f"target group {note}", flush=True)
+    if len(set(spec.target_sets)) != len(spec.target_sets):
+        raise ConfigError(f"search.target_sets={s.target_sets!r} is not valid: two of them are the same matrices on "
+                          f"this model ({', '.join(spec.target_sets)}); give each set once")
+    for targets, r in sorted(allocation.candidates(spec)):
+        try:
+            lora.check_rank_fits(cost.plan(targets), r)
+        except ConfigError as e:
+            raise ConfigError(f"search.allocation_budgets: {targets} at r={r}: {e}") from None
     top = max(spec.ranks)
     for targets in sets:
         try:
@@ -97,11 +118,17 @@ def comparer(cfg: RunConfig) -> PairedComparer:
 
 def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
     s = cfg.search
+    key = getattr(cost, "key", targets_key)  # with the model at hand: groups resolved to its roles
+    alloc = s.allocation_sets
+    if alloc is None:  # by the model: an encoder's, a causal LM's (conf/search/ladder.yaml)
+        alloc = allocation.DEFAULT_SETS[bool(getattr(cost, "causal", False))]
+    if s.strategy not in ("ladder", "nested"):
+        alloc = []
     return ladder.LadderSpec(
-        target_sets=[targets_key(t) for t in s.target_sets], ranks=s.ranks,
+        target_sets=[key(t) for t in s.target_sets], ranks=s.ranks,
         seeds=[cfg.seed + i for i in range(s.seeds)], patience=s.patience, min_delta=s.min_delta,
         noise_k=s.noise_k, direction=cfg.task.direction, extend=s.extend,
-        extend_sets=[targets_key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
+        extend_sets=[key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
         include_full=s.full_reference(), head_reference=s.head_reference,
         references=[(m.name, method_size(m)) for m in s.references()], reference_lr=s.reference_lrs(),
         max_retries=s.max_retries, cost=cost,
@@ -110,6 +137,9 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> ladder.LadderSpec:
         grid=s.strategy == "grid", tuned=s.strategy == "tpe", nested=s.strategy == "nested", speculate=s.speculate,
         noise_seeds=[cfg.seed + s.seeds + i for i in range(s.noise_seeds)], compare=compare, confidence=s.confidence,
         lr_probe=[] if s.strategy != "ladder" else [float(m) for m in s.lr_probe], base_lr=cfg.trainer.lr,
+        allocation_sets=list(dict.fromkeys(key(t) for t in alloc)), allocation_budgets=list(s.allocation_budgets),
+        labels={key(t): targets_key(t) for t in (*s.target_sets, *s.extend_target_sets, *alloc)
+                if any(x in GROUPS for x in t)},
     )
 
 

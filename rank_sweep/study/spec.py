@@ -46,6 +46,11 @@ class LadderSpec:
     # the first that learns (search.lr_probe); empty: no probe
     lr_probe: list[float] = field(default_factory=list)
     base_lr: float | None = None
+    # the allocation step (rank_sweep.study.allocation): its target sets, its budgets (LoRA param counts, or
+    # "plateau": the best ladder's plateau configuration's), and how the summary names a set given as a group
+    allocation_sets: list[str] = field(default_factory=list)
+    allocation_budgets: list[int | str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # e.g. "Wup,Wdown" -> "mlp"
 
 
 def rung_seeds(spec: LadderSpec, r: int) -> list[int]:

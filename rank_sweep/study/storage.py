@@ -17,6 +17,7 @@ import optuna
 
 from rank_sweep.config import RunConfig
 from rank_sweep.errors import RankSweepError, TrackingError, first_line, redact
+from rank_sweep.study import allocation
 from rank_sweep.study import plan as ladder
 from rank_sweep.study.sampler import LadderSampler
 
@@ -103,6 +104,9 @@ def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
                 "search.head_reference": spec.head_reference})
     if spec.references:  # only when set: the fingerprints of studies from before stay as they were
         out["search.reference_methods"] = [[m.name, m.settings] for m in cfg.search.references()]
+    if allocation.active(spec):  # the same: only with an allocation step (its sets and ranks are the study's)
+        out["search.allocation_sets"] = spec.allocation_sets
+        out["search.allocation_budgets"] = spec.allocation_budgets
     if spec.reference_lr:  # the same: only when a reference row has its own lr
         out["search.reference_lr"] = sorted([m, size, lr] for (m, size), lr in spec.reference_lr.items())
     out.update({f"data.{k}": v for k, v in data_digest(cfg.task).items()})
@@ -119,7 +123,7 @@ def _legacy_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
 
 # keys a stored fingerprint lacks because the version that wrote it had no such setting: the value that version
 # behaved as, so its study resumes when the user asks for that behaviour (and only then)
-BEFORE_THE_KEY = {"model.pooling": "cls_frozen"}
+BEFORE_THE_KEY = {"model.pooling": "cls_frozen", "search.allocation_sets": []}
 # fingerprint keys that are not config keys, shown as the key a user sets (the ranks: search.ladder, or the doubling
 # from search.start_rank to search.max_rank, which search.ladder can also give)
 SHOWN_AS = {"search.ranks": "search.ladder"}
