@@ -71,6 +71,9 @@ def toy_overrides(model_dir: str, data_dir: str, tmp) -> list[str]:
         # the toy studies' assertions rest on how the tiny model learns with the classifier alone (the head every
         # trial had before model.pooling); tests/unit/train/test_head.py and the head-only trial test cover the others
         "model.pooling=cls_frozen",
+        # the toy studies' trial counts are those of the ladders (and extension): the allocation step is tested on
+        # its own (tests/integration/test_study_answers.py)
+        "search.allocation_sets=[]",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output_dir={tmp}/outputs",
     ]
 
