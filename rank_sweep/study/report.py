@@ -101,10 +101,13 @@ def trial_line(spec: ladder.LadderSpec, metric: str):
         if state == "COMPLETE" and spec.tuned:  # TPE: no ladder, so no rung verdict; show what it drew
             decision = "[" + ", ".join(f"{k}={v:.3g}" for k, v in p.items() if k not in ("targets", "r", "seed")) + "]"
         elif state == "COMPLETE":
-            lads = {lad.targets: lad for lad in ladder.plan(trial_records(study), spec).ladders}
-            lad = lads.get(p["targets"])
+            now = ladder.plan(trial_records(study), spec)
+            lad = {lad.targets: lad for lad in now.ladders}.get(p["targets"])
             rung = next((g for g in lad.rungs if g.r == p["r"] and g.lr == p.get("lr")), None) if lad else None
-            decision = f"[{rung.decision}: {rung.detail}]" if rung else ""
+            row = next((x for x in now.allocation if (x.targets, x.r, x.lr) == (p["targets"], p["r"], p.get("lr"))),
+                       None)
+            decision = (f"[{rung.decision}: {rung.detail}]" if rung else "" if row is None else
+                        f"[allocation at {row.budget:,} LoRA params: {row.lora_params:,} ({row.mismatch:+.1%})]")
             if p.get("screen"):
                 decision = f"[nested screen: ranks {', '.join(trial.user_attrs.get('nested', {}))} scored by truncation]"
             if trial.user_attrs.get("not_learning"):
