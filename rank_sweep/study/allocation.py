@@ -12,14 +12,15 @@ already costs more than the budget trains at r=1, and its row says by how much).
 ladders' seeds and at the learning rate the best ladder climbed at (the configured one, or its probe's). These
 are ordinary LoRA trials: a row whose (targets, r, lr) a ladder or the extension already trained costs nothing.
 The plan derives the rows from the history (:func:`rows`); :func:`report` prints them as a table with each
-row's paired difference to the best row at its budget.
+row's paired difference to the best row at its budget (a one-seed row reuses the study's pooled seed std, as a
+ladder's one-seed rungs do).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rank_sweep.results.records import TrialRecord, one_per_seed, statistic
+from rank_sweep.results.records import TrialRecord, aggregate, method_of, one_per_seed, statistic
 from rank_sweep.study.history import History, Point, point_of
 from rank_sweep.study.spec import LadderSpec, over_budget
 
@@ -132,6 +133,7 @@ def report(table: list[Row], records: list[TrialRecord], spec: LadderSpec) -> tu
     lines: list[str] = []
     out: list[dict] = []
     sign = 1.0 if spec.direction == "maximize" else -1.0
+    noise = seed_std(records)
     for budget in dict.fromkeys(row.budget for row in table):
         group = [row for row in table if row.budget == budget]
         done = {row: recs for row in group if (recs := _records(records, row))}
@@ -154,7 +156,7 @@ def report(table: list[Row], records: list[TrialRecord], spec: LadderSpec) -> tu
                 lines.append("| " + " | ".join(cells + [row.skipped or "not trained yet", "", "", "", ""]) + " |")
                 out.append(entry)
                 continue
-            diff = None if row is best or spec.compare is None else spec.compare(done[best], done[row], None)
+            diff = None if row is best or spec.compare is None else spec.compare(done[best], done[row], noise)
             cells += [f"{st.mean:.4f}", _ci(st.ci_low, st.ci_high), str(st.n)]
             cells += (["best", ""] if row is best else [f"{st.mean - stats[best].mean:+.4f}", "no paired interval"]
                       if diff is None else [f"{diff.estimate:+.4f}", f"[{diff.low:+.4f}, {diff.high:+.4f}]"])
@@ -167,6 +169,15 @@ def report(table: list[Row], records: list[TrialRecord], spec: LadderSpec) -> tu
             lines.append(_reading(spec, best, [e for e in out if e["budget"] == budget]))
         lines.append("")
     return lines, out
+
+
+def seed_std(records: list[TrialRecord]) -> float | None:
+    """The seed noise a one-seed row reuses (as a ladder's one-seed rungs do): the pooled std over every LoRA
+    configuration of the study with two or more seeds, sqrt(sum((n-1) s^2) / sum(n-1)); None without one."""
+    lora = [r for r in records if r.usable and method_of(r.targets) == "lora" and not r.nested]
+    many = [s for s in aggregate(lora) if s.n >= 2]
+    dof = sum(s.n - 1 for s in many)
+    return (sum((s.n - 1) * s.std ** 2 for s in many) / dof) ** 0.5 if dof else None
 
 
 def _ci(low, high) -> str:

@@ -131,3 +131,11 @@ def test_select_chooses_among_the_allocation_rows():
     history = ladders(wq=(0.6, 0.6), qv=(0.7, 0.7)) + [rec(4, ALL4, 1, score=0.71), rec(5, MLP, 1, score=0.90)]
     chosen = select(aggregate(history), tolerance=0.005).chosen
     assert (chosen.targets, chosen.r) == (MLP, 1)
+
+
+def test_one_seed_rows_reuse_the_pooled_seed_std():
+    history = [rec(0, QV, 1, seed=0, score=0.80), rec(1, QV, 1, seed=1, score=0.82), rec(2, QV, 1, seed=2, score=0.84),
+               rec(3, MLP, 1, seed=0, score=0.9), rec(4, "Wq", 1, seed=0, score=0.7), rec(5, "Wq", 1, seed=1, score=0.7)]
+    # Wq,Wv: std 0.02 over 2 dof; Wq: std 0 over 1 dof -> sqrt(2 * 0.0004 / 3)
+    assert allocation.seed_std(history) == pytest.approx((2 * 0.0004 / 3) ** 0.5)
+    assert allocation.seed_std(history[3:4]) is None
