@@ -93,7 +93,7 @@ CASES = [
      "the budget is below the cheapest trial: Wq r=1 needs 128 LoRA params"),
     ("heartbeat-too-short", ["search.heartbeat_seconds=1"], None, "search.heartbeat_seconds=1 is not valid"),
     ("unknown-search-key", ["+search.max_rnak=8"], None,
-     "search.max_rnak is not a known key: valid keys are budget"),
+     "search.max_rnak is not a known key: valid keys are allocation_budgets, allocation_sets, budget"),
     ("negative-lr", ["trainer.lr=-1"], None, "trainer.lr=-1 is not valid: it must be > 0"),
     # issue #13: inputs that used to get through or fail with a traceback
     ("init-changes-the-base", ["lora.init=pissa"], None,
