@@ -14,15 +14,18 @@ _REFERENCE = ("Full reference: README.md (Commands, the ladder and its stopping 
 HELP = {
     "rank-sweep": """\
 rank-sweep: run (or resume) a LoRA rank sweep as an Optuna study. For each target set it trains rank 1, 2, 4, ...
-while the dev score gains more than seed noise, stops at the plateau, then tries more matrices at a low rank; every
-trial is a Lightning run logged to MLflow. Rerun the same command to resume: finished trials are not rerun.
+while the dev score gains more than seed noise, stops at the plateau, then tries more matrices at a low rank, then
+spends the plateau's parameter budget on other target sets (the allocation table); every trial is a Lightning run
+logged to MLflow. Rerun the same command to resume: finished trials are not rerun.
 
 usage: rank-sweep [key=value ...] [group=option ...]
 
   experiment=quickstart                    the whole recipe on SST-2 with MiniLM-L6 (about 11 min on 2 cores)
   task=mrpc                                the task (GLUE presets, or task=csv / task=jsonl with your files)
   model=roberta_base                       the model (or model.name_or_path=<hub id or folder>)
-  search.target_sets=[[Wq],[Wq,Wv]]        one ladder per target set (roles Wq Wk Wv Wo Wup Wdown Wgate)
+  search.target_sets=[[Wq],[Wq,Wv]]        one ladder per target set (roles Wq Wk Wv Wo Wup Wdown Wgate;
+                                           groups attention qv mlp all_linear)
+  search.allocation_budgets=[plateau,36864]  the allocation step's LoRA budgets (search.allocation_sets=[]: off)
   search.ladder=[1,4,16]                   the ranks (default: search.start_rank doubling to search.max_rank)
   search.seeds=3                           seeds per rung
   search=grid                              every rank x every target set (also: tpe, nested)

@@ -75,6 +75,9 @@ def toy_overrides(model_dir: str, data_dir: str, tmp) -> list[str]:
         # tests/unit/study/test_lr_bracket.py covers the bracket, through the real sampler and objective too
         "search.lr_bracket=[]",
         "search.head_reference=false",  # as before it was on by default: the tests that want it turn it on
+        # the toy studies' trial counts are those of the ladders (and extension): the allocation step is tested on
+        # its own (tests/integration/test_study_answers.py)
+        "search.allocation_sets=[]",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output_dir={tmp}/outputs",
     ]
 

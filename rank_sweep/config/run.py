@@ -57,6 +57,9 @@ class SearchConfig:
     extend: bool = default("search", "extend")
     extend_target_sets: list[list[str]] = default("search", "extend_target_sets")
     extend_max_rank: int = default("search", "extend_max_rank")  # "a low rank": plateau ranks up to this trigger the extension step
+    # the allocation step's target sets (None: by the model, see conf/search/ladder.yaml; []: no step) and budgets
+    allocation_sets: list[list[str]] | None = default("search", "allocation_sets")
+    allocation_budgets: list = default("search", "allocation_budgets")  # LoRA param counts, or "plateau"
     include_full_finetune: bool = default("search", "include_full_finetune")
     # one head-only trial the adapters must beat; None (the default): on for classifiers, off for causal LMs
     head_reference: bool | None = default("search", "head_reference")
@@ -98,7 +101,7 @@ class SearchConfig:
             )
         if not self.target_sets or any(not ts for ts in self.target_sets):
             raise ConfigError(f"search.target_sets={self.target_sets!r} is not valid: each target set needs >= 1 role")
-        for name in ("target_sets", "extend_target_sets"):
+        for name in ("target_sets", "extend_target_sets", "allocation_sets"):
             if any(isinstance(ts, str) for ts in getattr(self, name) or []):
                 raise ConfigError(
                     f"search.{name}={getattr(self, name)!r} is not valid: give a list of target sets, "
@@ -147,6 +150,11 @@ class SearchConfig:
                 f"beats every heartbeat_seconds/3 s, at least every second)"
             )
         check_rank(self.extend_max_rank, "search.extend_max_rank")
+        budgets = self.allocation_budgets
+        if (not isinstance(budgets, (list, tuple)) or len(set(map(str, budgets))) != len(budgets)
+                or any(b != "plateau" and (isinstance(b, bool) or not is_int(b) or b < 1) for b in budgets)):
+            raise ConfigError(f"search.allocation_budgets={budgets!r} is not valid: give distinct LoRA parameter "
+                              f"counts (integers >= 1) or plateau, e.g. [plateau, 36864]")
         self.references()
         lr = self.tpe_lr_range
         if (not isinstance(lr, (list, tuple)) or len(lr) != 2 or not all(isinstance(x, (int, float)) for x in lr)

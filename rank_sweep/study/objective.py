@@ -20,6 +20,7 @@ from rank_sweep import interrupts
 from rank_sweep.config import TRIAL_SECTIONS, RunConfig, trial_config
 from rank_sweep.config.point import Point, decode, from_claim
 from rank_sweep.errors import TrackingError
+from rank_sweep.study import allocation
 from rank_sweep.study.plan import LadderSpec, pointless
 from rank_sweep.study.sampler import POINT_ATTR, trial_records
 from rank_sweep.study.workers import claim_for_this_worker
@@ -55,6 +56,9 @@ def distributions(cfg: RunConfig, spec: LadderSpec) -> dict[str, CategoricalDist
     """The stored rows (Point.row), ranks and seeds the study's trials may take (Optuna's categorical choices)."""
     sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
     ranks = list(spec.ranks)
+    extra = sorted(allocation.candidates(spec))  # the allocation step's (targets, r), known before training
+    sets += [t for t in dict.fromkeys(t for t, _ in extra) if t not in sets]
+    ranks += sorted({r for _, r in extra} - set(ranks))
     if spec.include_full:
         sets, ranks = sets + [Point.full(0).row], [0, *ranks]
     for method, size in spec.references:

@@ -13,7 +13,9 @@ clears ``min_delta`` (``spec.compare``; without predictions: its mean beats the 
 so do the last rank and the budget. A rung where no seed learned is no plateau signal; when it is the first,
 ``spec.lr_probe`` retries it at larger learning rates and the ladder climbs at the first that learns. A
 ladder that never beats the head-only reference reports no plateau rank. A low plateau rank
-(``<= extend_max_rank``) triggers the extension step: more matrices at that rank.
+(``<= extend_max_rank``) triggers the extension step: more matrices at that rank. When every ladder has
+stopped, the allocation step (:mod:`rank_sweep.study.allocation`) spends one LoRA parameter budget on
+other target sets (``p.allocation``).
 
 With several workers, ``p.speculative`` lists the next ``spec.speculate`` rungs above a running rung: an
 idle worker runs them ahead of the decision, which stays that of one worker; :func:`pointless` prunes them
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from rank_sweep.config.point import Point
 from rank_sweep.results.paired import is_gain, not_worse
 from rank_sweep.results.records import TrialRecord, statistic
+from rank_sweep.study import allocation
 from rank_sweep.study.history import History, screened_records
 from rank_sweep.study.rungs import Calibration, calibrate, check_across_lr, probe, reference_row, rung
 from rank_sweep.study.spec import LadderSpec, over_budget, over_memory, rung_seeds
@@ -75,6 +78,7 @@ class Plan:
     extensions: list[str]
     speculative: list[Point] = field(default_factory=list)  # only for idle workers: see the module doc
     references: dict[str, str] = field(default_factory=dict)  # reference row -> what its lr bracket found
+    allocation: list[allocation.Row] = field(default_factory=list)  # the allocation step's rows, once ladders stop
 
 
 def _better(a: float, b: float, direction: str) -> float:
@@ -276,6 +280,7 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
                         p = Point(ext, lad.plateau_rank, s, lad.lr)
                         if hist.status(p) == "pending" and p not in pending:
                             pending.append(p)
+    rows = allocation.rows(spec, ladders, hist, pending)  # one budget over other target sets: after the ladders
     references = {}  # reference rows after the ladders: one trial per seed, at the row's own calibrated lr
     for method, size in [("full", 0)] * spec.include_full + spec.references:
         lr = spec.reference_lr.get((method, size))  # its own lr where given (search.reference_methods), else None
@@ -284,7 +289,7 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
         pending.extend(p for p in points if hist.status(p) == "pending" and p not in pending)
     running = any(s == "RUNNING" for recs in hist.by_point.values() for s in (r.state for r in recs))
     done = not pending and not running and all(lad.finished for lad in ladders)
-    return Plan(pending, done, ladders, extensions, speculative, {k: v for k, v in references.items() if v})
+    return Plan(pending, done, ladders, extensions, speculative, {k: v for k, v in references.items() if v}, rows)
 
 
 def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str | None:
@@ -297,6 +302,8 @@ def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str
         return None
     hist = History([r for r in records if r.targets], spec.max_retries)
     state = (walk_nested if spec.nested else walk_ladder)(point.targets, spec, hist, [])
+    if state.finished and point in allocation.points(plan(records, spec).allocation, spec.seeds):
+        return None  # an allocation row of this set, not a rung of its ladder
     if point.lr != state.lr and point.r != spec.ranks[0] and any(g.mean is not None for g in state.rungs):
         return f"speculative rung no longer needed: {point.targets} climbs at lr {state.lr or spec.base_lr:g}"
     if not state.finished:

@@ -25,7 +25,7 @@ from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import decode_trial, records_from_study
 from rank_sweep.results.records import aggregate
 from rank_sweep.results.tables import summary_table
-from rank_sweep.study import page
+from rank_sweep.study import allocation, page
 from rank_sweep.study.history import screened_records
 from rank_sweep.study.plan import plan
 from rank_sweep.study.rungs import calibration_lines
@@ -108,7 +108,10 @@ def trial_line(spec: LadderSpec, metric: str, study_state=None):
             planned = study_state.plan if study_state is not None else plan(trial_records(study), spec)
             lad = next((lad for lad in planned.ladders if lad.targets == point.row), None)
             rung = next((g for g in lad.rungs if g.r == point.r and g.lr == point.lr), None) if lad else None
-            decision = f"[{rung.decision}: {rung.detail}]" if rung else ""
+            row = next((x for x in planned.allocation if (x.targets, x.r, x.lr) == (point.row, point.r, point.lr)),
+                       None)
+            decision = (f"[{rung.decision}: {rung.detail}]" if rung else "" if row is None else
+                        f"[allocation at {row.budget:,} LoRA params: {row.lora_params:,} ({row.mismatch:+.1%})]")
             if point.kind == "screen":
                 decision = f"[nested screen: ranks {', '.join(trial.user_attrs.get('nested', {}))} scored by truncation]"
             if trial.user_attrs.get("not_learning"):
@@ -183,9 +186,11 @@ def summarize(study: optuna.Study, spec: LadderSpec, cfg: RunConfig) -> tuple[st
         lines.append(f"extension: {ext}")
     for row, found in p.references.items():
         lines.append(f"reference {row}: lr bracket {found}")
+    table, rows = allocation.report(p.allocation, records, spec)  # one budget over other target sets
+    lines += [""] + table if table else []
     verdicts = {(lad.targets, g.r, g.lr): g for lad in p.ladders for g in lad.rungs}
-    return "\n".join(lines), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
-                              "records": records, "verdicts": verdicts, "held": held}
+    return "\n".join(lines).rstrip("\n"), {"ladders": decisions, "extensions": p.extensions, "summaries": summaries,
+                                           "records": records, "verdicts": verdicts, "held": held, "allocation": rows}
 
 
 def _factors(client, output_dir: str, run_id: str, folder: str) -> str | None:
@@ -256,7 +261,8 @@ def finish(study, client, run_id, spec, cfg, stop: str | None) -> str:
                 with open(os.path.join(tmp, "summary.md"), "w") as f:
                     f.write(text + "\n")
         with open(os.path.join(tmp, "decisions.json"), "w") as f:
-            json.dump({"ladders": info["ladders"], "extensions": info["extensions"], "stop": stop}, f, indent=2)
+            json.dump({"ladders": info["ladders"], "extensions": info["extensions"], "stop": stop,
+                       **({"allocation": info["allocation"]} if info.get("allocation") else {})}, f, indent=2)
         if info["summaries"]:
             try:  # the page is a view of the above: a failure is named, the summary is still logged
                 text += f"\n\nreport: {page.study_page(study, info, text, cfg, run_id, tmp)} (and the parent run's report.html)"

@@ -23,6 +23,7 @@ from rank_sweep.config import RunConfig, method_size, targets_key
 from rank_sweep.errors import ConfigError, TrackingError, TrialsFailed
 from rank_sweep.results.compare import PairedComparer
 from rank_sweep.results.readers import decode_trial
+from rank_sweep.study import allocation
 from rank_sweep.study.objective import Objective
 from rank_sweep.study.report import parent_run, trial_line, wrap_up
 from rank_sweep.study.sampler import LadderSampler
@@ -31,6 +32,7 @@ from rank_sweep.study.state import StudyState, stop_reason
 from rank_sweep.study.storage import load_or_create_study, open_storage
 from rank_sweep.study.workers import fail_stale_trials, has_heartbeat
 from rank_sweep.train import lora, methods
+from rank_sweep.train.groups import GROUPS
 from rank_sweep.train.loading import WorkerCache, check_output_dir
 
 
@@ -42,6 +44,12 @@ class CostModel:
         heads = lora.head_names(base) if heads is None else heads  # with a trained pooler: head + pooler
         self.head = sum(p.numel() for n in heads for p in base.get_submodule(n).parameters())
         self._plans: dict[str, lora.TargetPlan] = {}
+        self.causal = lora.is_causal_lm(base)
+
+    def key(self, targets: list[str]) -> str:
+        """The logged form of a target set with its groups resolved to this model's roles (``[mlp]`` on BERT:
+        ``Wup,Wdown``), so that one set of matrices has one name."""
+        return ",".join(self.plan(targets_key(targets)).targets)
 
     def plan(self, targets: str) -> lora.TargetPlan:
         if targets not in self._plans:
@@ -54,6 +62,7 @@ class CostModel:
 
 
 def validate(cfg: RunConfig, cache: WorkerCache) -> LadderSpec:
+    s = cfg.search
     tok, base, total = cache.tokenizer_and_model(cfg)
     cache.splits(cfg, tok)
     cost = CostModel(base, cfg, total, cache.trained_heads(cfg))
@@ -61,6 +70,18 @@ def validate(cfg: RunConfig, cache: WorkerCache) -> LadderSpec:
     sets = spec.target_sets + spec.extend_sets
     for targets in sets:
         lora.check_rank_fits(cost.plan(targets), spec.ranks[0])
+    alloc = s.allocation_sets if s.allocation_sets is not None else allocation.DEFAULT_SETS[cost.causal]
+    for note in dict.fromkeys(n for t in (*s.target_sets, *s.extend_target_sets, *alloc)
+                              for n in cost.plan(targets_key(t)).notes):
+        print(f"target group {note}", flush=True)
+    if len(set(spec.target_sets)) != len(spec.target_sets):
+        raise ConfigError(f"search.target_sets={s.target_sets!r} is not valid: two of them are the same matrices on "
+                          f"this model ({', '.join(spec.target_sets)}); give each set once")
+    for targets, r in sorted(allocation.candidates(spec)):
+        try:
+            lora.check_rank_fits(cost.plan(targets), r)
+        except ConfigError as e:
+            raise ConfigError(f"search.allocation_budgets: {targets} at r={r}: {e}") from None
     top = max(spec.ranks)
     for targets in sets:
         try:
@@ -94,11 +115,17 @@ def comparer(cfg: RunConfig) -> PairedComparer:
 
 def build_spec(cfg: RunConfig, cost=None, compare=None) -> LadderSpec:
     s = cfg.search
+    key = getattr(cost, "key", targets_key)  # with the model at hand: groups resolved to its roles
+    alloc = s.allocation_sets
+    if alloc is None:  # by the model: an encoder's, a causal LM's (conf/search/ladder.yaml)
+        alloc = allocation.DEFAULT_SETS[bool(getattr(cost, "causal", False))]
+    if s.strategy not in ("ladder", "nested"):
+        alloc = []
     return LadderSpec(
-        target_sets=[targets_key(t) for t in s.target_sets], ranks=s.ranks,
+        target_sets=[key(t) for t in s.target_sets], ranks=s.ranks,
         seeds=[cfg.seed + i for i in range(s.seeds)], patience=s.patience, min_delta=s.min_delta,
         noise_k=s.noise_k, direction=cfg.task.direction, extend=s.extend,
-        extend_sets=[targets_key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
+        extend_sets=[key(t) for t in s.extend_target_sets], extend_max_rank=s.extend_max_rank,
         include_full=s.full_reference(),
         head_reference=not cfg.task.is_causal if s.head_reference is None else s.head_reference,
         references=[(m.name, method_size(m)) for m in s.references()], reference_lr=s.reference_lrs(),
@@ -110,6 +137,9 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> LadderSpec:
         lr_probe=[] if s.strategy != "ladder" else [float(m) for m in s.lr_probe], base_lr=cfg.trainer.lr,
         lr_bracket=[] if s.strategy != "ladder" or len(s.lr_bracket) < 2 else [float(m) for m in s.lr_bracket],
         lr_check=s.lr_check,
+        allocation_sets=list(dict.fromkeys(key(t) for t in alloc)), allocation_budgets=list(s.allocation_budgets),
+        labels={key(t): targets_key(t) for t in (*s.target_sets, *s.extend_target_sets, *alloc)
+                if any(x in GROUPS for x in t)},
     )
 
 

@@ -48,6 +48,11 @@ class LadderSpec:
     # best by the paired statistic is the ladder's lr (study.rungs.calibrate); empty: the configured lr throughout
     lr_bracket: list[float] = field(default_factory=list)
     lr_check: bool = False  # with a bracket: the plateau rechecked at the bracket's neighbouring lrs (search.lr_check)
+    # the allocation step (rank_sweep.study.allocation): its target sets, its budgets (LoRA param counts, or
+    # "plateau": the best ladder's plateau configuration's), and how the summary names a set given as a group
+    allocation_sets: list[str] = field(default_factory=list)
+    allocation_budgets: list[int | str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # e.g. "Wup,Wdown" -> "mlp"
 
 
 def rung_seeds(spec: LadderSpec, r: int) -> list[int]:

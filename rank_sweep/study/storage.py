@@ -17,8 +17,9 @@ import optuna
 
 from rank_sweep.config import RunConfig
 from rank_sweep.errors import RankSweepError, TrackingError, first_line, is_creation_race, redact
-from rank_sweep.study import plan as ladder
+from rank_sweep.study import allocation
 from rank_sweep.study.sampler import LadderSampler
+from rank_sweep.study.spec import LadderSpec
 from rank_sweep.study.workers import HeartbeatStorage
 
 
@@ -94,7 +95,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
+def study_fingerprint(cfg: RunConfig, spec: LadderSpec) -> dict:
     """Every value a trial's result depends on: the resolved trial config (precision resolved, data folder
     absolute) minus :data:`NOT_RESULT_KEYS`, the plan's shape and learning margin, and the data files'
     sha256. Two studies with the same fingerprint train the same trial the same way."""
@@ -113,13 +114,16 @@ def study_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
                 "search.head_reference": spec.head_reference})
     if spec.references:  # only when set: the fingerprints of studies from before stay as they were
         out["search.reference_methods"] = [[m.name, m.settings] for m in cfg.search.references()]
+    if allocation.active(spec):  # the same: only with an allocation step (its sets and ranks are the study's)
+        out["search.allocation_sets"] = spec.allocation_sets
+        out["search.allocation_budgets"] = spec.allocation_budgets
     if spec.reference_lr:  # the same: only when a reference row has its own lr
         out["search.reference_lr"] = sorted([m, size, lr] for (m, size), lr in spec.reference_lr.items())
     out.update({f"data.{k}": v for k, v in data_digest(cfg.task).items()})
     return json.loads(json.dumps(out))
 
 
-def _legacy_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
+def _legacy_fingerprint(cfg: RunConfig, spec: LadderSpec) -> dict:
     """What studies made before the full fingerprint stored (attr ``fingerprint``)."""
     return {"targets": spec.target_sets, "extend": spec.extend_sets, "ranks": spec.ranks, "seeds": spec.seeds,
             "task": cfg.task.name, "model": cfg.model.name_or_path, "strategy": cfg.search.strategy,
@@ -129,7 +133,7 @@ def _legacy_fingerprint(cfg: RunConfig, spec: ladder.LadderSpec) -> dict:
 
 # keys a stored fingerprint lacks because the version that wrote it had no such setting: the value that version
 # behaved as, so its study resumes when the user asks for that behaviour (and only then)
-BEFORE_THE_KEY = {"model.pooling": "cls_frozen"}
+BEFORE_THE_KEY = {"model.pooling": "cls_frozen", "search.allocation_sets": []}
 # fingerprint keys that are not config keys, shown as the key a user sets (the ranks: search.ladder, or the doubling
 # from search.start_rank to search.max_rank, which search.ladder can also give)
 SHOWN_AS = {"search.ranks": "search.ladder"}
@@ -151,7 +155,7 @@ def _refuse(study, storage_url: str, stored: dict, now: dict) -> None:
         )
 
 
-def load_or_create_study(cfg: RunConfig, spec: ladder.LadderSpec, storage_url: str, storage=None,
+def load_or_create_study(cfg: RunConfig, spec: LadderSpec, storage_url: str, storage=None,
                          fingerprint: dict | None = None) -> optuna.Study:
     """The study named ``cfg.study_name()``, created if new; a stored study whose fingerprint differs from this
     config's is refused in one line that names every changed key."""

@@ -3,7 +3,8 @@
 Users name matrices by role (Wq, Wk, Wv, Wo, Wup, Wdown, Wgate); each model
 family names them differently, so a role maps to one regular expression per
 family, matched against full module names. Anything that is not a role is an
-explicit module name, matched as a dotted suffix. Every pattern must match at
+explicit module name, matched as a dotted suffix; a group name (attention, qv, mlp,
+all_linear: :mod:`rank_sweep.train.groups`) stands for its roles. Every pattern must match at
 least one linear module, and the rank must fit every matched matrix, or a
 one-line ConfigError says what the model does have.
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from rank_sweep.config import LoraConfig
 from rank_sweep.errors import ConfigError
+from rank_sweep.train import groups
 
 ROLES = ("Wq", "Wk", "Wv", "Wo", "Wup", "Wdown", "Wgate", "Wqkv")
 
@@ -172,6 +174,8 @@ class TargetPlan:
     pattern: str  # one regex for PEFT's target_modules (full match)
     modules: dict[str, tuple[int, int]]  # name -> (d_in, d_out)
     role_of: dict[str, str]  # module name -> role or explicit name
+    targets: tuple[str, ...] = ()  # the target set with its groups (mlp, attention, ...) resolved to roles
+    notes: tuple[str, ...] = ()  # one line per group that lost a role this family lacks
 
     def lora_params(self, r: int) -> int:
         """The closed form: sum of r * (d_in + d_out) over adapted matrices."""
@@ -184,10 +188,15 @@ def plan_targets(model: nn.Module, targets: list[str], family: str | None = None
     head = head_names(model)
     linear = {n: s for n, s in linear.items() if not any(n == h or n.startswith(h + ".") for h in head)}
     fam = None
+    notes: list[str] = []
+    if any(groups.is_group(t) for t in targets):  # attention, mlp, all_linear, qv: the roles this family has
+        fam = family_of(model, family)
+        targets, notes = groups.expand(list(targets), FAMILY_ROLES[fam], fam)
     patterns: dict[str, str] = {}
     for target in targets:
         if not isinstance(target, str) or not target:
-            raise ConfigError(f"lora.targets contains {target!r}: give roles ({', '.join(ROLES)}) or module names")
+            raise ConfigError(f"lora.targets contains {target!r}: give roles ({', '.join(ROLES)}), groups "
+                              f"({', '.join(groups.GROUPS)}) or module names")
         if target in ROLES:
             fam = fam or family_of(model, family)
             roles = FAMILY_ROLES[fam]
@@ -209,7 +218,8 @@ def plan_targets(model: nn.Module, targets: list[str], family: str | None = None
         for n in matched:
             role_of[n] = target
     modules = {n: linear[n] for n in role_of}
-    return TargetPlan(pattern="|".join(f"(?:{p})" for p in patterns.values()), modules=modules, role_of=role_of)
+    return TargetPlan(pattern="|".join(f"(?:{p})" for p in patterns.values()), modules=modules, role_of=role_of,
+                      targets=tuple(patterns), notes=tuple(notes))
 
 
 def check_rank_fits(plan: TargetPlan, r: int) -> None:

@@ -43,7 +43,8 @@ def test_preset_retrains_the_chosen_trial_without_the_studys_overrides_or_glue_d
         "task.max_eval_samples=60", "trainer.epochs=3", "trainer.lr=2e-2", "trainer.batch_size=16",
         "trainer.progress_bar=false", "lora.alpha_k=4.0", "lora.dropout=0.0", "seed=3",
         "search.ladder=[1,2]", "search.target_sets=[[Wq,Wv]]", "search.extend=false", "search.study_name=repro",
-        "search.lr_probe=[]", "search.lr_bracket=[]", "search.head_reference=false", "model.pooling=cls_frozen",
+        "search.lr_probe=[]", "search.lr_bracket=[]", "search.head_reference=false", "search.allocation_sets=[]",
+        "model.pooling=cls_frozen",  # the toy learns with the classifier alone (conftest)
     ]
     _run("rank-sweep", overrides, work, {**env, "GLUE_DIR": str(glue)})
     chosen = _run("rank-sweep-select", ["select.study_name=repro"], work, env)  # no override, no GLUE_DIR

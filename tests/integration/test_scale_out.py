@@ -16,11 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from rank_sweep.config import RunConfig, SearchConfig
 from rank_sweep.results.readers import records_from_study
-from rank_sweep.study import plan as ladder
 from rank_sweep.study import run as study_run
 from rank_sweep.study import sampler as study_sampler
 from rank_sweep.study import storage as study_storage
 from rank_sweep.study import workers as study_workers
+from rank_sweep.study.plan import plan
 from tests.conftest import toy_overrides
 from tests.e2e.test_cli import BIN
 
@@ -50,7 +50,7 @@ def decisions(study) -> tuple:
     """What the ladder decided: per ladder its rungs (rank, decision), reason and plateau rank; the extensions."""
     cfg = RunConfig()
     cfg.search = SearchConfig(ladder=[1, 2, 4, 8], target_sets=[["Wq"], ["Wq", "Wv"]], extend_max_rank=2, lr_probe=[])
-    p = ladder.plan(study_sampler.trial_records(study), study_run.build_spec(cfg))
+    p = plan(study_sampler.trial_records(study), study_run.build_spec(cfg))
     return ([(lad.targets, [(g.r, g.decision) for g in lad.rungs], lad.reason.split(" (")[0], lad.plateau_rank)
              for lad in p.ladders], p.extensions, p.done)
 

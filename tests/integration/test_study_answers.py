@@ -173,3 +173,33 @@ def test_a_nested_study_screens_every_rank_in_one_training_then_confirms(tiny_mo
     choice = choose(cfg, {"output_dir": str(tmp_path / "select"), "tolerance": 0.005}, {})
     assert not choice.selection.chosen.screened
     assert "screen" not in study.trials[choice.trial.number].params
+
+
+def test_the_allocation_step_end_to_end(tiny_model_dir, toy_data_dir, tmp_path, monkeypatch, capsys):
+    """After the ladder, each allocation set at the rank whose LoRA count is closest to each budget: at the
+    ladder's seeds and lr, in the summary's table and decisions.json, as ordinary rows select weighs; a rerun
+    of the finished study trains nothing more."""
+    monkeypatch.chdir(tmp_path)
+    # tiny BERT: 2 layers, hidden 32, intermediate 64: Wq,Wv 256 per rank, attention 512, mlp (Wup,Wdown) 384
+    cfg = _cfg(tiny_model_dir, toy_data_dir, tmp_path, "search.min_delta=0.5",
+               "search.allocation_sets=[[Wq,Wv],[attention],[mlp]]", "search.allocation_budgets=[plateau,768]")
+    study = run_study(cfg)
+    out = capsys.readouterr().out
+    done = sorted((t.params["targets"], t.params["r"]) for t in study.trials if t.state.name == "COMPLETE")
+    # the ladder r=1, 2 (plateau r=1: budget 256); at 256: attention r=1, mlp r=1; at 768: Wq,Wv r=3, mlp r=2
+    # (attention: 512 and 1,024 are both 256 away, so the lower rank, already trained)
+    assert done == [("Wq,Wk,Wv,Wo", 1), ("Wq,Wv", 1), ("Wq,Wv", 2), ("Wq,Wv", 3), ("Wup,Wdown", 1), ("Wup,Wdown", 2)]
+    assert "target group mlp on bert: no Wgate in its role map, so mlp is Wup,Wdown" in out
+    assert "allocation at 256 LoRA params (the plateau of Wq,Wv r=1;" in out
+    assert "| mlp (Wup,Wdown) | 1 | 384 | +50.0% | 0.02 |" in out
+    assert "| attention (Wq,Wk,Wv,Wo) | 1 | 512 | +0.0% | 0.02 |" not in out  # 512 vs 768 is -33.3%
+    assert "| attention (Wq,Wk,Wv,Wo) | 1 | 512 | -33.3% | 0.02 |" in out
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    rows = json.loads(_artifact(cfg, parent, "decisions.json", tmp_path / "b"))["allocation"]
+    assert {(r["budget"], r["targets"], r["r"]) for r in rows} >= {(256, "Wup,Wdown", 1), (768, "Wup,Wdown", 2)}
+    assert all(r["lr"] == pytest.approx(2e-2) and r["n"] == 1 and r["ci_low"] <= r["mean"] for r in rows)
+    choice = choose(cfg, {"output_dir": str(tmp_path / "select"), "tolerance": 0.005}, {})
+    weighed = {(s.targets, s.r) for s in [choice.selection.chosen] + [s for s, _ in choice.selection.runners_up]}
+    assert {("Wup,Wdown", 1), ("Wup,Wdown", 2), ("Wq,Wv", 3)} <= weighed
+    again = run_study(cfg)
+    assert len(again.trials) == len(study.trials)

@@ -81,6 +81,11 @@ CASES = [
      "lora.targets: unknown role 'Wz'"),
     ("module-matches-nothing", ["search.target_sets=[[nonexistent]]"], None,
      "lora.targets: 'nonexistent' matches no linear module of this model"),
+    ("group-twice", ["search.target_sets=[[attention],[Wq,Wk,Wv,Wo]]"], None,
+     "two of them are the same matrices on this model (Wq,Wk,Wv,Wo, Wq,Wk,Wv,Wo)"),
+    ("allocation-budget-not-a-count", ["search.allocation_sets=[[mlp]]", "search.allocation_budgets=[0]"], None,
+     "search.allocation_budgets=[0] is not valid: give distinct LoRA parameter counts"),
+    ("allocation-set-unknown-role", ["search.allocation_sets=[[Wq,Wz]]"], None, "lora.targets: unknown role 'Wz'"),
     # stopping rule, budget, retries
     ("negative-min-delta", ["search.min_delta=-1"], None, "search.min_delta=-1 is not valid: it must be >= 0"),
     ("zero-seeds", ["search.seeds=0"], None, "search.seeds=0 is not valid: it must be > 0"),
@@ -88,7 +93,7 @@ CASES = [
      "the budget is below the cheapest trial: Wq r=1 needs 128 LoRA params"),
     ("heartbeat-too-short", ["search.heartbeat_seconds=1"], None, "search.heartbeat_seconds=1 is not valid"),
     ("unknown-search-key", ["+search.max_rnak=8"], None,
-     "search.max_rnak is not a known key: valid keys are budget"),
+     "search.max_rnak is not a known key: valid keys are allocation_budgets, allocation_sets, budget"),
     ("negative-lr", ["trainer.lr=-1"], None, "trainer.lr=-1 is not valid: it must be > 0"),
     # issue #13: inputs that used to get through or fail with a traceback
     ("init-changes-the-base", ["lora.init=pissa"], None,

@@ -45,7 +45,7 @@ UNKNOWN = [
     (["trainer.epoch=1"], "config", "trainer.epoch is not a known key: did you mean trainer.epochs? "
                                     "(valid keys of trainer: accelerator, accumulate_grad_batches, batch_size, "),
     (["search.max_rnak=8"], "config", "search.max_rnak is not a known key: did you mean search.max_rank? "
-                                      "(valid keys of search: budget, confidence, extend, "),
+                                      "(valid keys of search: allocation_budgets, allocation_sets, budget, confidence, "),
     (["search.budget.max_trial=2"], "config", "search.budget.max_trial is not a known key: did you mean "
                                               "search.budget.max_trials? (valid keys of search.budget: "),
     (["trainr.epochs=1"], "config", "trainr.epochs is not a known key: did you mean trainer.epochs? "

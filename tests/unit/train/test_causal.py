@@ -150,6 +150,9 @@ def test_lora_counts_on_grouped_query_attention_match_the_closed_form(tiny):
     closed = layers * 4 * ((h + h) + 2 * (h + kv) + (h + h) + 3 * (h + ff))  # q, k and v, o, up/gate/down
     counts = lora.count_parameters(wrapped, lora.num_params(model))
     assert counts.lora_params == plan.lora_params(4) == closed and counts.head_params == 0
+    grouped = lora.plan_targets(model, ["all_linear"])  # the group: the same seven roles, the same count
+    assert grouped.targets == tuple(targets) and grouped.lora_params(4) == closed
+    assert lora.plan_targets(model, ["mlp"]).lora_params(4) == layers * 4 * 3 * (h + ff)
     assert type(wrapped).__name__ == "PeftModelForCausalLM"
 
 

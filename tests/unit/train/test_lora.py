@@ -32,7 +32,9 @@ from transformers import (
 
 from rank_sweep.config import LoraConfig
 from rank_sweep.errors import ConfigError
+from rank_sweep.train.groups import expand
 from rank_sweep.train.lora import (
+    FAMILY_OF,
     FAMILY_ROLES,
     ROLES,
     ParamCounts,
@@ -158,6 +160,7 @@ def build(family: str) -> nn.Module:
 
 def expected_names(family: str, targets: list[str]) -> set[str]:
     _, prefix, roles, _ = FAMILIES[family]
+    targets = expand(targets, FAMILY_ROLES[FAMILY_OF[family]], family)[0]  # groups (mlp, ...) as the role map has them
     return {prefix.format(i=i) + roles[t] for t in targets for i in range(LAYERS)}
 
 
@@ -362,11 +365,12 @@ def test_rank_larger_than_the_smallest_matrix_names_the_limit(family, targets, l
 
 
 TARGET_SETS = {
-    "bert": [["Wq"], ["Wq", "Wv"], ["Wq", "Wk", "Wv", "Wo", "Wup", "Wdown"]],
+    "bert": [["Wq"], ["Wq", "Wv"], ["Wq", "Wk", "Wv", "Wo", "Wup", "Wdown"], ["mlp"], ["all_linear"], ["qv"]],
     "roberta": [["Wq", "Wv"], ["Wup", "Wdown"]],
     "deberta-v2": [["Wq", "Wv"], ["Wq", "Wk", "Wv", "Wo"]],
-    "llama": [["Wq", "Wv"], ["Wk", "Wv"], ["Wq", "Wk", "Wv", "Wo", "Wup", "Wdown", "Wgate"]],
-    "gpt2": [["Wqkv"], ["Wqkv", "Wo", "Wup", "Wdown"]],
+    "llama": [["Wq", "Wv"], ["Wk", "Wv"], ["Wq", "Wk", "Wv", "Wo", "Wup", "Wdown", "Wgate"], ["mlp"], ["all_linear"],
+              ["attention"], ["Wq", "mlp"]],
+    "gpt2": [["Wqkv"], ["Wqkv", "Wo", "Wup", "Wdown"], ["attention"], ["all_linear"]],
     "distilbert": [["Wq", "Wv"], ["Wo", "Wup", "Wdown"]],
     "deberta": [["Wqkv"], ["Wqkv", "Wo", "Wup", "Wdown"]],
     "phi3": [["Wqkv"], ["Wqkv", "Wo", "Wdown"]],
@@ -399,6 +403,25 @@ def test_counts_match_the_closed_form(family, r, targets):
     assert 0 < counts.trainable_pct < 100
     metrics = counts.as_metrics()
     assert metrics["lora_params"] == expected_lora and metrics["trainable_pct"] == counts.trainable_pct
+
+
+@pytest.mark.parametrize(("family", "group", "roles", "note"), [
+    ("bert", "mlp", ("Wup", "Wdown"), "mlp on bert: no Wgate in its role map, so mlp is Wup,Wdown"),
+    ("llama", "mlp", ("Wup", "Wdown", "Wgate"), None),
+    ("llama", "all_linear", ("Wq", "Wk", "Wv", "Wo", "Wup", "Wdown", "Wgate"), None),
+    ("gpt2", "attention", ("Wqkv", "Wo"), None),  # q, k and v fused: the group adapts c_attn whole
+    ("phi3", "mlp", ("Wdown",), "mlp on phi3: no Wup, Wgate in its role map, so mlp is Wdown"),
+])
+def test_groups_resolve_to_the_roles_the_family_has(family, group, roles, note):
+    plan = plan_targets(build(family), [group])
+    assert plan.targets == roles and plan.notes == (() if note is None else (note,))
+
+
+def test_a_group_the_family_has_no_role_of_is_refused():
+    with pytest.raises(ConfigError, match="Wup cannot be adapted on mixtral"):
+        plan_targets(build("mixtral"), ["mlp"])
+    with pytest.raises(ConfigError, match="Wq cannot be adapted alone on gpt2"):
+        plan_targets(build("gpt2"), ["qv"])
 
 
 def test_llama_gqa_key_value_counts_use_their_own_d_out():
