@@ -86,6 +86,9 @@ CASES = [
     ("allocation-budget-not-a-count", ["search.allocation_sets=[[mlp]]", "search.allocation_budgets=[0]"], None,
      "search.allocation_budgets=[0] is not valid: give distinct LoRA parameter counts"),
     ("allocation-set-unknown-role", ["search.allocation_sets=[[Wq,Wz]]"], None, "lora.targets: unknown role 'Wz'"),
+    ("lr-bracket-without-one", ["search.lr_bracket=[0.3,3]"], None,
+     "search.lr_bracket=[0.3, 3] is not valid: give distinct positive multiples of trainer.lr that include 1"),
+    ("head-reference-not-boolean", ["search.head_reference=maybe"], None, "search.head_reference='maybe' is not valid"),
     # stopping rule, budget, retries
     ("negative-min-delta", ["search.min_delta=-1"], None, "search.min_delta=-1 is not valid: it must be >= 0"),
     ("zero-seeds", ["search.seeds=0"], None, "search.seeds=0 is not valid: it must be > 0"),
