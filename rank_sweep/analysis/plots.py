@@ -56,8 +56,13 @@ def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metri
         raise RankSweepError("no LoRA configuration with a score to plot against rank")
     fig, ax = _figure()
     intervals = all(s.ci_low is not None and s.ci_high is not None for s in lora)
-    for targets in dict.fromkeys(s.targets for s in lora):
-        pts = sorted((s for s in lora if s.targets == targets), key=lambda s: s.r)
+    several_lrs = len({s.lr for s in lora}) > 1  # one line per target set and learning rate: never mixed
+    for targets, lr in dict.fromkeys((s.targets, s.lr) for s in lora):
+        pts = sorted((s for s in lora if (s.targets, s.lr) == (targets, lr)), key=lambda s: s.r)
+        if several_lrs and len(pts) == 1:  # a lone point at another lr (a bracket's, a check's): a grey mark only
+            ax.scatter([pts[0].r], [pts[0].mean], marker=".", color="lightgrey", zorder=1)
+            continue
+        targets = f"{targets} lr={lr:g}" if several_lrs and lr is not None else targets
         yerr = ([[s.mean - s.ci_low for s in pts], [s.ci_high - s.mean for s in pts]] if intervals
                 else [s.std for s in pts])
         line = ax.errorbar([s.r for s in pts], [s.mean for s in pts], yerr=yerr, marker="o", capsize=3, label=targets)
@@ -84,7 +89,8 @@ def plot_rank_curves(summaries: Sequence[ConfigSummary], path: str | Path, metri
         f"validation {metric_name} by rank" + (" (x: did not learn)" if any(s.not_learning for s in lora) else "")
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(title="targets")
+    ax.legend(title="targets" + (" (grey dots: single ranks at other lrs)" if several_lrs else ""), fontsize=7,
+              title_fontsize=7)
     return _save(fig, path)
 
 
