@@ -30,7 +30,7 @@ def test_sweep_tiny_model_parent_child_summary_and_resume(tiny_model_dir, toy_da
     first = run("rank-sweep", args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     out = first.stdout
-    assert "| targets | r | mean |" in out, out
+    assert "| targets | r | lr | mean |" in out, out  # every row with its learning rate (issue 24)
     # the tiny model may not learn at r=1 (then r=1 is no plateau signal): read the plateau rank it found
     m = re.search(r"ladder Wq,Wv: plateau rank r=(\d+); stopped: plateau", out)
     assert m, out

@@ -117,9 +117,10 @@ def test_notebook_runs_on_a_study_and_draws_its_figures(store, tmp_path, monkeyp
     assert head.startswith("study 'nb_study': parent run ") and "10 trials" in head, head
     assert "1 FAIL" in head and "1 PRUNED" in head and "metric accuracy" in head and "decision: Wq: r=2" in head
     table = _text(_outputs(nb, "summary"))
-    assert "| targets | r | mean | interval | std | n | LoRA params | trainable params | note |" in table, table
-    assert "| Wq | 1 | 0.66 |" in table and "1 of 2 seeds not learning" in table
-    assert "| Wq,Wv | 2 | 0.88 | ? | 0 | 1 | 18,432 |" in table
+    # every row with its learning rate (issue 24): the lr column, since the runs logged it
+    assert "| targets | r | lr | mean | interval | std | n | LoRA params | trainable params | note |" in table, table
+    assert "| Wq | 1 | 0.001 | 0.66 |" in table and "1 of 2 seeds not learning" in table
+    assert "| Wq,Wv | 2 | 0.001 | 0.88 | ? | 0 | 1 | 18,432 |" in table
     pareto = _text(_outputs(nb, "pareto"))
     assert "chosen: Wq,Wv r=1" in pareto and "Pareto front (score vs trainable params" in pareto, pareto
     for cell in ("rank-curves", "pareto", "learning-curves"):
@@ -138,7 +139,7 @@ def test_notebook_code_on_a_study_that_never_learns(store, tmp_path, monkeypatch
         if cell.cell_type == "code":
             exec(compile(cell.source, f"<cell {cell.get('id')}>", "exec"), namespace)
     out = capsys.readouterr().out
-    assert "study 'stuck'" in out and "| Wq | 2 | 0.51 | ? | 0 | 1 |" in out and "| not learning |" in out, out
+    assert "study 'stuck'" in out and "| Wq | 2 | 0.001 | 0.51 | ? | 0 | 1 |" in out and "| not learning |" in out, out
     assert "no choice: no configuration within the budget is learning" in out, out
     assert "Pareto front, cheapest first:\n(empty)" in out, out
     assert {p.name for p in namespace["FIGURES"].iterdir()} == {"rank_curves.png", "pareto.png",
