@@ -246,7 +246,8 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     beats = score > baseline + margin if cfg.task.direction == "maximize" else score < baseline - margin
     if fit.module.last_outputs is not None and train_labels is not None:
         ci, vs_baseline, beats = learning_test(cfg.task, fit.module.last_outputs, fit.module.last_labels,
-                                               train_labels, cfg.search.confidence, margin)
+                                               train_labels, cfg.search.confidence, margin,
+                                               fit.module.constant_predictions)
         final.update({"score_ci_low": ci.low, "score_ci_high": ci.high, "baseline_diff": vs_baseline.estimate,
                       "baseline_diff_ci_low": vs_baseline.low, "baseline_diff_ci_high": vs_baseline.high})
     not_learning = fit.module.constant_predictions or not beats
@@ -275,7 +276,8 @@ def _record(cfg: RunConfig, fit: _Fit, model, plan, baseline: float, learn_margi
     return score, not_learning, ci
 
 
-def learning_test(task, outputs, labels, train_labels, confidence: float, margin: float):
+def learning_test(task, outputs, labels, train_labels, confidence: float, margin: float,
+                  constant: bool | None = None):
     """The one learning test of a trial and of each rank of a nested screen: (the score's interval over dev
     examples, the paired interval of score - the trivial predictor's, learning). Learning = outputs that are not
     constant and beat the trivial predictor by more than ``margin`` on the same dev examples, with confidence:
@@ -283,7 +285,9 @@ def learning_test(task, outputs, labels, train_labels, confidence: float, margin
     kw = {"is_regression": task.is_regression, "num_labels": task.num_labels, "confidence": confidence}
     ci = score_interval(task.metric, outputs, labels, **kw)
     vs = paired_difference(task.metric, baseline_outputs(task, train_labels, len(labels)), outputs, labels, **kw)
-    return ci, vs, not constant_outputs(outputs, task.is_regression) and is_gain(vs, margin, task.direction)
+    if constant is None:  # (a module knows its own outputs' form: a causal LM's are losses, never "constant")
+        constant = constant_outputs(outputs, task.is_regression)
+    return ci, vs, not constant and is_gain(vs, margin, task.direction)
 
 
 def factors_path(output_dir: str, run_id: str) -> str:

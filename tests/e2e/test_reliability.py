@@ -191,9 +191,9 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(toy
     cfg.task.max_train_samples, cfg.trainer.epochs = None, 5  # enough for r=4 to learn the toy task
     real_config = study_objective.trial_config
 
-    def trial_config(cfg, targets, r, seed, **overrides):
-        run = real_config(cfg, targets, r, seed, **overrides)
-        if r == 1:
+    def trial_config(cfg, point, **overrides):
+        run = real_config(cfg, point, **overrides)
+        if point.r == 1:
             run.trainer.lr = 1e30
         return run
 
