@@ -59,6 +59,8 @@ def lm_overrides(model_dir: str, data_dir: str, tmp, choices: bool = True) -> li
         *(["task.choices=[' negative',' positive']", "task.metrics=[loss,perplexity,accuracy]"] if choices else []),
         "trainer.epochs=3", "trainer.lr=1e-2", "trainer.batch_size=16", "trainer.progress_bar=false",
         "trainer.precision=32-true", "lora.r=4", "lora.targets=[Wq,Wv]",
+        # a study's walk as the toy studies pin it (tests/conftest.py): no lr bracket, no allocation step
+        "search.lr_bracket=[]", "search.allocation_sets=[]",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output_dir={tmp}/outputs",
     ]
 

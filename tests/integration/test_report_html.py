@@ -35,7 +35,7 @@ def test_the_study_and_select_each_write_a_self_contained_report(tiny_model_dir,
     assert "Subspace similarity of the A factors, ladder Wq_Wv" in text
     # the summary table, with the memory columns since trials measure memory (the toy's 64 dev examples are too
     # few for a held-out split, so no held-out column)
-    assert ["targets", "r", "mean", "interval", "std", "n", "LoRA params", "trainable params", "peak memory MB",
+    assert ["targets", "r", "lr", "mean", "interval", "std", "n", "LoRA params", "trainable params", "peak memory MB",
             "adapter MB", "note"] in page.tables[2]
     prov = dict(tuple(row) for row in page.tables[-1][1:])
     assert prov["parent run"] == parent and "version.optuna" in prov and "git.sha" in prov
