@@ -49,7 +49,8 @@ def start(args, cwd) -> subprocess.Popen:
 def decisions(study) -> tuple:
     """What the ladder decided: per ladder its rungs (rank, decision), reason and plateau rank; the extensions."""
     cfg = RunConfig()
-    cfg.search = SearchConfig(ladder=[1, 2, 4, 8], target_sets=[["Wq"], ["Wq", "Wv"]], extend_max_rank=2, lr_probe=[])
+    cfg.search = SearchConfig(ladder=[1, 2, 4, 8], target_sets=[["Wq"], ["Wq", "Wv"]], extend_max_rank=2, lr_probe=[],
+                              lr_bracket=[], head_reference=False, allocation_sets=[])  # as the workers (toy_overrides)
     p = plan(study_sampler.trial_records(study), study_run.build_spec(cfg))
     return ([(lad.targets, [(g.r, g.decision) for g in lad.rungs], lad.reason.split(" (")[0], lad.plateau_rank)
              for lad in p.ladders], p.extensions, p.done)
