@@ -16,17 +16,23 @@ from rank_sweep.train.loading import WorkerCache
 from rank_sweep.train.trial import run_trial
 
 
+def _with_and_without_the_split(cfg, size: int):
+    """The same trial with the held-out split on and off: it decides alike; (the trial with it, without it, its MLflow metrics
+    and params)."""
+    on = run_trial(cfg, cache=WorkerCache())
+    cfg.task.holdout = False
+    off = run_trial(cfg, cache=WorkerCache())
+    assert (on.score, on.not_learning, on.score_ci, on.history) == (off.score, off.not_learning, off.score_ci,
+                                                                     off.history)
+    assert off.holdout == {} and on.holdout["holdout_size"] == size
+    run = MlflowClient(cfg.tracking.resolved_uri()).get_run(on.run_id)
+    return on, off, run.data.metrics, run.data.params
+
+
 def test_a_trial_records_its_held_out_split_and_decides_as_without_it(toy_cfg):
     toy_cfg.task.max_train_samples, toy_cfg.task.holdout_size = 64, 150  # 192 unused toy training rows
     toy_cfg.trainer.epochs = 2
-    on = run_trial(toy_cfg, cache=WorkerCache())
-    toy_cfg.task.holdout = False
-    off = run_trial(toy_cfg, cache=WorkerCache())
-    assert (on.score, on.not_learning, on.score_ci, on.history) == (off.score, off.not_learning, off.score_ci,
-                                                                     off.history)
-    assert off.holdout == {} and on.holdout["holdout_size"] == 150
-    run = MlflowClient(toy_cfg.tracking.resolved_uri()).get_run(on.run_id)
-    m, p = run.data.metrics, run.data.params
+    on, off, m, p = _with_and_without_the_split(toy_cfg, 150)
     assert m["holdout_score"] == pytest.approx(on.holdout["holdout_score"]) == pytest.approx(m["holdout/accuracy"])
     assert m["holdout_ci_low"] <= m["holdout_score"] <= m["holdout_ci_high"]
     rows = holdout.permutation(256)[64:214]
@@ -76,14 +82,7 @@ def test_a_causal_trial_records_its_held_out_split_and_decides_as_without_it(tmp
 
     llama, toy = make_tiny_llama(tmp_path / "llama"), make_lm_toy(tmp_path / "toy")  # 192 training rows
     cfg = compose_lm(lm_overrides(llama, toy, tmp_path) + ["task.max_train_samples=64", "task.holdout_size=100"])
-    on = run_trial(cfg, cache=WorkerCache())
-    cfg.task.holdout = False
-    off = run_trial(cfg, cache=WorkerCache())
-    assert (on.score, on.not_learning, on.score_ci, on.history) == (off.score, off.not_learning, off.score_ci,
-                                                                     off.history)
-    assert off.holdout == {} and on.holdout["holdout_size"] == 100
-    run = MlflowClient(cfg.tracking.resolved_uri()).get_run(on.run_id)
-    m, p = run.data.metrics, run.data.params
+    on, off, m, p = _with_and_without_the_split(cfg, 100)
     assert m["holdout_score"] == pytest.approx(m["holdout/loss"]) and 0 <= m["holdout/accuracy"] <= 1
     assert m["holdout/perplexity"] == pytest.approx(np.exp(m["holdout/loss"]), rel=1e-5)
     assert m["holdout_ci_low"] <= m["holdout_score"] <= m["holdout_ci_high"]
