@@ -52,7 +52,8 @@ class SearchConfig:
     noise_k: float = default("search", "noise_k")
     learn_margin: float = default("search", "learn_margin")  # score must beat the trivial baseline by this to count as learning
     lr_bracket: list[float] = default("search", "lr_bracket")  # multiples of trainer.lr the first rung trains (with 1)
-    lr_check: bool = default("search", "lr_check")  # the plateau rechecked at the bracket's neighbouring lrs
+    lr_check: bool | str = default("search", "lr_check")  # the plateau rechecked at the bracket's neighbouring lr(s)
+    lr_shared: bool = default("search", "lr_shared")  # later ladders climb at the first ladder's calibrated lr
     lr_probe: list[float] = default("search", "lr_probe")  # multiples of trainer.lr tried when a first rung does not learn
     extend: bool = default("search", "extend")
     extend_target_sets: list[list[str]] = default("search", "extend_target_sets")
@@ -116,7 +117,10 @@ class SearchConfig:
                                       f"{list(ts)!r} are the same set of matrices (two ladders of one adapter); give "
                                       f"each set once")
                 seen[key] = list(ts)
-        for name in ("extend", "include_full_finetune", "lr_check"):
+        if self.lr_check not in (True, False, "lower", "both"):
+            raise ConfigError(f"search.lr_check={self.lr_check!r} is not valid: give lower (the neighbouring lr below "
+                              f"the ladder's), both, or false (true reads as lower)")
+        for name in ("extend", "include_full_finetune", "lr_shared"):
             boolean(f"search.{name}", getattr(self, name))
         if self.head_reference is not None:
             boolean("search.head_reference", self.head_reference)

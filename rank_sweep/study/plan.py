@@ -67,7 +67,8 @@ class LadderState:
     probes: list[str] = field(default_factory=list)  # what each learning-rate probe found
     calibration: Calibration | None = None  # what the lr bracket on the first rung found (search.lr_bracket)
     lr_verdict: str | None = None  # the plateau checked across the bracket's neighbouring lrs (search.lr_check)
-    lr_dependent: bool = False  # ... a rank above the plateau gains over it at a neighbouring lr
+    lr_dependent: bool = False  # ... a rank above the plateau beats it at a neighbouring lr (or a shared lr did not transfer)
+    lr_from: str | None = None  # search.lr_shared: the ladder whose bracket chose the lr this one climbs at
 
 
 @dataclass
@@ -95,7 +96,10 @@ def _pooled_std(rungs: list[tuple[int, float]]) -> float:
 
 
 def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Point],
-                speculative: list[Point] | None = None, head: list[TrialRecord] | None = None) -> LadderState:
+                speculative: list[Point] | None = None, head: list[TrialRecord] | None = None,
+                lead: LadderState | None = None) -> LadderState:
+    """One ladder's walk. ``lead``: with ``search.lr_shared``, the first ladder's state, whose bracket's lr this
+    ladder climbs at (it waits while that bracket runs; it runs its own when that bracket kept no lr)."""
     state = LadderState(targets)
     best: float | None = None
     best_r: int | None = None
@@ -108,7 +112,13 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
         if why:
             state.finished, state.reason = True, f"budget: next rung {why}"
             break
-        if r == spec.ranks[0] and spec.lr_bracket and spec.base_lr:  # the ladder's learning rate first
+        shared = _shared_lr(lead) if r == spec.ranks[0] and spec.lr_bracket and spec.base_lr else None
+        if shared == "wait":
+            break  # the first ladder's bracket is still running
+        if shared:  # the first ladder's calibrated lr, every seed of the rung (the seed noise is measured there)
+            state.lr, state.lr_from = lead.lr, lead.targets
+            outcome = rung(spec, hist, targets, r, state.lr, pending, speculative)
+        elif r == spec.ranks[0] and spec.lr_bracket and spec.base_lr:  # the ladder's learning rate first
             outcome = calibrate(spec, hist, targets, r, state, pending)
             if outcome is not None and state.calibration.seed_spread and state.lr is not None:
                 spread.append(state.calibration.seed_spread)  # the seed noise measured at the configured lr
@@ -169,13 +179,29 @@ def walk_ladder(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
     _plateau(state, spec, best, best_r, by_rank, spread)
     if state.finished and state.plateau_rank is not None and head:
         _against_the_head(state, spec, head, by_rank, spread)
-    if state.finished and state.plateau_rank is not None and state.calibration is not None and spec.lr_check:
-        check_across_lr(spec, hist, targets, state, by_rank, _pooled_std(spread) or None, pending)
+    if state.finished and state.plateau_rank is not None and spec.lr_check:
+        if state.calibration is not None and state.calibration.kept is not None:
+            check_across_lr(spec, hist, targets, state, by_rank, _pooled_std(spread) or None, pending,
+                            state.calibration, state.calibration.kept)
+        elif state.lr_from is not None and state.lr == lead.lr:  # (not when a probe moved it)
+            check_across_lr(spec, hist, targets, state, by_rank, _pooled_std(spread) or None, pending,
+                            lead.calibration, lead.calibration.kept, shared=lead.targets)
     return state
 
 
+def _shared_lr(lead: LadderState | None) -> str | None:
+    """With ``search.lr_shared``: "wait" while the first ladder's bracket runs, "use" once it kept an lr, None when
+    this ladder runs its own bracket (it is the first, or the first's bracket kept none or never ran)."""
+    if lead is None or lead.calibration is None:
+        return None
+    if lead.calibration.kept is not None:
+        return "use"
+    return None if lead.calibration.why else "wait"
+
+
 def walk_nested(targets: str, spec: LadderSpec, hist: History, pending: list[Point],
-                speculative: list[Point] | None = None, head: list[TrialRecord] | None = None) -> LadderState:
+                speculative: list[Point] | None = None, head: list[TrialRecord] | None = None,
+                lead: LadderState | None = None) -> LadderState:
     """search=nested: one screen at the top rank, the ladder's rule on its truncated ranks, then ordinary trials
     from the screened plateau rank up: its rung and the one above confirm it, or the ladder climbs on from there
     (the ordinary rule decides). A screen that finds no plateau rank hands over to the ordinary ladder."""
@@ -186,16 +212,16 @@ def walk_nested(targets: str, spec: LadderSpec, hist: History, pending: list[Poi
             pending.append(point)
         state = LadderState(targets)
         if hist.status(point) == "failed":  # the screen cannot run: the ordinary ladder instead
-            return walk_ladder(targets, spec, hist, pending, speculative, head)
+            return walk_ladder(targets, spec, hist, pending, speculative, head, lead)
         return state
-    quick = replace(spec, seeds=spec.seeds[:1], noise_seeds=[], lr_probe=[], lr_bracket=[], lr_check=False,
+    quick = replace(spec, seeds=spec.seeds[:1], noise_seeds=[], lr_probe=[], lr_bracket=[], lr_check="",
                     nested=False)
     as_trials = [replace(x, tuned=()) for x in screened_records(screen)]  # judged as trials at those ranks would be
     screened = walk_ladder(targets, quick, History(as_trials, spec.max_retries), [], None, head)
     start = screened.plateau_rank
     state = walk_ladder(targets, spec if start is None else replace(spec, ranks=[r for r in spec.ranks if r >= start],
                                                                       noise_seeds=[]),
-                        hist, pending, speculative, head)
+                        hist, pending, speculative, head, lead)
     state.screen = screened
     return state
 
@@ -257,7 +283,9 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
         done = hist.completed(point)
         head = [done] if done is not None else None
     walk = walk_nested if spec.nested else walk_ladder
-    ladders = [walk(ts, spec, hist, pending, speculative, head) for ts in spec.target_sets]
+    ladders: list[LadderState] = []
+    for ts in spec.target_sets:  # with lr_shared, the ladders after the first climb at the first's calibrated lr
+        ladders.append(walk(ts, spec, hist, pending, speculative, head, _lead(spec, ladders)))
     extensions: list[str] = []
     if spec.grid:  # every rank of every target set, and of the extension sets only when extend is on
         sets = spec.target_sets + [s for s in spec.extend_sets if spec.extend and s not in spec.target_sets]
@@ -292,6 +320,11 @@ def plan(records: list[TrialRecord], spec: LadderSpec) -> Plan:
     return Plan(pending, done, ladders, extensions, speculative, {k: v for k, v in references.items() if v}, rows)
 
 
+def _lead(spec: LadderSpec, walked: list[LadderState]) -> LadderState | None:
+    """The ladder whose calibrated lr the next ladder climbs at (``search.lr_shared``), or None."""
+    return walked[0] if spec.lr_shared and spec.lr_bracket and walked else None
+
+
 def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str | None:
     """Why running ``point`` no longer helps the study (its ladder stopped below its rung), or None.
 
@@ -301,7 +334,9 @@ def pointless(records: list[TrialRecord], spec: LadderSpec, point: Point) -> str
     if spec.grid or point.method != "lora" or point.targets not in spec.target_sets or point.screened:
         return None
     hist = History([r for r in records if r.targets], spec.max_retries)
-    state = (walk_nested if spec.nested else walk_ladder)(point.targets, spec, hist, [])
+    walk = walk_nested if spec.nested else walk_ladder
+    first = [walk(spec.target_sets[0], spec, hist, [])] if point.targets != spec.target_sets[0] else []
+    state = walk(point.targets, spec, hist, [], lead=_lead(spec, first))
     if state.finished and point in allocation.points(plan(records, spec).allocation, spec.seeds):
         return None  # an allocation row of this set, not a rung of its ladder
     if point.lr != state.lr and point.r != spec.ranks[0] and any(g.mean is not None for g in state.rungs):

@@ -74,7 +74,7 @@ def parent_run(study: optuna.Study, client, experiment_id: str, cfg: RunConfig, 
               "alpha_policy": cfg.lora.alpha_policy, "epochs": cfg.trainer.epochs, "pooling": pooling,
               "lr": cfg.trainer.lr, "confidence": s.confidence, "noise_seeds": spec.noise_seeds,
               "head_reference": spec.head_reference, "lr_probe": spec.lr_probe,
-              "lr_bracket": spec.lr_bracket, "lr_check": spec.lr_check,
+              "lr_bracket": spec.lr_bracket, "lr_check": spec.lr_check or False, "lr_shared": spec.lr_shared,
               "reference_methods": [m for m, _ in spec.references] + (["full"] if spec.include_full else []),
               **({"reference_lr": {f"{m}" + (f" {r}" if r else ""): lr for (m, r), lr in spec.reference_lr.items()}}
                  if spec.reference_lr else {}),
@@ -160,6 +160,9 @@ def summarize(study: optuna.Study, spec: LadderSpec, cfg: RunConfig) -> tuple[st
         lines.append(f"ladder {lad.targets}: {plateau}; stopped: {lad.reason}")
         if lad.calibration is not None and lad.calibration.tried:
             lines += ["    " + x for x in calibration_lines(lad.calibration, spec.ranks[0])]
+        if lad.lr_from is not None:
+            lines.append(f"    lr: climbs at lr {spec.base_lr if lad.lr is None else lad.lr:g}, the lr {lad.lr_from}'s "
+                         f"bracket chose (search.lr_shared: no bracket of its own)")
         if lad.lr_verdict:
             lines.append(f"    across lr: {lad.lr_verdict}")
         if lad.probes:
@@ -173,8 +176,10 @@ def summarize(study: optuna.Study, spec: LadderSpec, cfg: RunConfig) -> tuple[st
             lines.append(f"    r={g.r:<3} {g.decision:<12} {g.detail}")
         decisions[lad.targets] = {"plateau_rank": lad.plateau_rank, "reason": lad.reason,
                                   "lr": spec.base_lr if lad.lr is None else lad.lr, "lr_probes": lad.probes,
-                                  **({"lr_bracket": asdict(lad.calibration), "lr_verdict": lad.lr_verdict,
-                                      "lr_dependent": lad.lr_dependent} if lad.calibration else {}),
+                                  **({"lr_bracket": asdict(lad.calibration)} if lad.calibration else {}),
+                                  **({"lr_from": lad.lr_from} if lad.lr_from else {}),
+                                  **({"lr_verdict": lad.lr_verdict, "lr_dependent": lad.lr_dependent}
+                                     if lad.calibration or lad.lr_from else {}),
                                   "rungs": [asdict(g) for g in lad.rungs]}
         if lad.screen is not None:  # search=nested: what the screen decided, before the confirmations
             found = f"plateau rank r={lad.screen.plateau_rank}" if lad.screen.plateau_rank else "no plateau rank"

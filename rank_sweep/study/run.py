@@ -136,7 +136,7 @@ def build_spec(cfg: RunConfig, cost=None, compare=None) -> LadderSpec:
         noise_seeds=[cfg.seed + s.seeds + i for i in range(s.noise_seeds)], compare=compare, confidence=s.confidence,
         lr_probe=[] if s.strategy != "ladder" else [float(m) for m in s.lr_probe], base_lr=cfg.trainer.lr,
         lr_bracket=[] if s.strategy != "ladder" or len(s.lr_bracket) < 2 else [float(m) for m in s.lr_bracket],
-        lr_check=s.lr_check,
+        lr_check={True: "lower", False: ""}.get(s.lr_check, s.lr_check), lr_shared=s.lr_shared,
         allocation_sets=list(dict.fromkeys(key(t) for t in alloc)), allocation_budgets=list(s.allocation_budgets),
         labels={key(t): targets_key(t) for t in (*s.target_sets, *s.extend_target_sets, *alloc)
                 if any(x in GROUPS for x in t)},

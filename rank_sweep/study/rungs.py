@@ -152,43 +152,73 @@ def calibration_lines(cal: Calibration, r: int) -> list[str]:
 
 
 def check_across_lr(spec: LadderSpec, hist: History, targets: str, state, by_rank: dict, seed_std: float | None,
-                    pending: list[Point]) -> None:
-    """The verdict checked across the learning rate: the plateau rank and the rank above it (as the ladder trained
-    them) retrained with the first seed at each neighbour of the ladder's lr in the bracket that learned there. The
-    plateau *depends on the learning rate* when the rank above gains over it by more than min_delta at a neighbour;
-    else it *holds across* the lrs checked. Sets ``state.lr_verdict`` (and ``state.lr_dependent``)."""
-    cal, p = state.calibration, state.plateau_rank
+                    pending: list[Point], cal: Calibration, kept: float, shared: str | None = None) -> None:
+    """The verdict checked across the learning rate (see the module doc of :mod:`rank_sweep.study.plan` and
+    docs/concepts/lr_probe.md). ``cal``: the bracket whose lrs are the neighbours (the ladder's own, or with
+    ``search.lr_shared`` the first ladder's, named by ``shared``); ``kept``: the multiple the ladder climbed at.
+
+    At each neighbouring lr b of the bracket (the one below the ladder's lr a; with ``lr_check=both`` the one above
+    too) that learned there, the rank above the plateau (q) and the plateau rank (p) are trained with the first seed
+    (p at b is often the bracket's own trial). The plateau *depends on the learning rate* when q at b beats the
+    plateau row itself (p at a, every seed) by more than min_delta, or, on a ladder that shares another ladder's lr,
+    when p at b beats p at a (the lr did not transfer). A gain of q over p at b alone, with q at b not shown better
+    than p at a, is speed at that lr, not a need for rank: the plateau holds, and the verdict says so. Sets
+    ``state.lr_verdict`` and ``state.lr_dependent``."""
+    p = state.plateau_rank
     above = sorted(r for r in by_rank if r > p)
     learned = sorted(m for m, _, _, _, kind in cal.tried if kind == "learning")
-    if not above or cal.kept not in learned:
+    if not above or kept not in learned:
         state.lr_verdict = f"plateau r={p}: no rank above it was trained, so nothing to check across lr"
         return
-    q, i = above[0], learned.index(cal.kept)
-    neighbours = [learned[j] for j in (i - 1, i + 1) if 0 <= j < len(learned)]
+    q, i = above[0], learned.index(kept)
+    sides = (i - 1, i + 1) if spec.lr_check == "both" else (i - 1,)
+    neighbours = [learned[j] for j in sides if 0 <= j < len(learned)]
     if not neighbours:
-        state.lr_verdict = f"plateau r={p}: no other lr of the bracket learned, so nothing to check across lr"
+        state.lr_verdict = (f"plateau r={p}: no {'other' if spec.lr_check == 'both' else 'lower'} lr of the bracket "
+                            f"learned, so nothing to check across lr")
         return
-    found, waiting = [], False
+    found, waiting, idle = [], False, []
     for m in neighbours:
         low, high = (rung(spec, hist, targets, x, _lr(spec, m), pending, None, spec.seeds[:1]) for x in (p, q))
         if low is None or high is None:
             waiting = True
         elif low[1] == "learning" and high[1] == "learning":
-            diff = spec.compare(low[0], high[0], seed_std) if spec.compare is not None else None
-            found.append((m, diff, _better(spec, low[0], high[0], seed_std)))
+            found.append((m, low[0], high[0]))
+        else:
+            idle.append(m)
     if waiting:
         state.lr_verdict = f"plateau r={p}: checking it at lr {', '.join(f'{spec.base_lr * m:g}' for m in neighbours)}"
         return
-    lrs = [spec.base_lr * m for m in [cal.kept, *(m for m, _, _ in found)]]
-    gains = [(m, d) for m, d, won in found if won]
-    state.lr_dependent = bool(gains)
-    if gains:
-        m, d = gains[0]
-        by = "" if d is None else f" ({d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
-        state.lr_verdict = f"depends on the learning rate: at lr {spec.base_lr * m:g}, r={q} gains over r={p}{by}"
+    a = spec.base_lr * kept
+    plateau = by_rank[p]
+    beats, moved, speed = [], [], []
+    for m, low, high in found:
+        b = spec.base_lr * m
+        if _better(spec, plateau, high, seed_std):
+            beats.append(f"r={q} at lr {b:g} beats the plateau r={p} at lr {a:g}{_by(spec, plateau, high, seed_std)}")
+        elif shared and _better(spec, plateau, low, seed_std):
+            moved.append(f"lr {a:g} (the lr {shared}'s bracket chose) does not transfer: r={p} scores better at lr "
+                         f"{b:g}{_by(spec, plateau, low, seed_std)}")
+        elif _better(spec, low, high, seed_std):
+            why = "speed at a slower lr" if b < a else "a gain only where both overshoot"
+            speed.append(f"at lr {b:g} r={q} gains over r={p}{_by(spec, low, high, seed_std)} but is not shown better "
+                         f"than r={p} at lr {a:g}{_by(spec, plateau, high, seed_std)}: {why}, not a need for rank")
+    lrs = [a, *(spec.base_lr * m for m, _, _ in found)]
+    state.lr_dependent = bool(beats or moved)
+    if state.lr_dependent:
+        state.lr_verdict = "depends on the learning rate: " + "; ".join(beats + moved)
+    elif not found:
+        state.lr_verdict = (f"plateau r={p}: r={p} or r={q} does not learn at lr "
+                            f"{', '.join(f'{spec.base_lr * m:g}' for m in idle)}, so nothing to compare there")
     else:
-        state.lr_verdict = (f"plateau r={p} holds across lr [{min(lrs):g}, {max(lrs):g}] (r={q} gains over it at "
-                            f"none of them)")
+        state.lr_verdict = (f"plateau r={p} holds across lr [{min(lrs):g}, {max(lrs):g}]"
+                            + (f": {'; '.join(speed)}" if speed else f" (r={q} beats it at none of them)"))
+
+
+def _by(spec: LadderSpec, a: list[TrialRecord], b: list[TrialRecord], seed_std: float | None) -> str:
+    """ (+d [lo, hi]): b - a on the same dev examples, or "" without predictions."""
+    d = spec.compare(a, b, seed_std) if spec.compare is not None else None
+    return "" if d is None else f" ({d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
 
 
 def reference_row(spec: LadderSpec, hist: History, method: str, size: int, base: float | None,

@@ -47,7 +47,12 @@ class LadderSpec:
     # multiples of base_lr the first rung of each ladder trains before the ladder climbs (search.lr_bracket): the
     # best by the paired statistic is the ladder's lr (study.rungs.calibrate); empty: the configured lr throughout
     lr_bracket: list[float] = field(default_factory=list)
-    lr_check: bool = False  # with a bracket: the plateau rechecked at the bracket's neighbouring lrs (search.lr_check)
+    # with a bracket: the plateau rechecked at the bracket's lower neighbouring lr ("lower"), at both ("both"), or not
+    # ("") (search.lr_check; study.rungs.check_across_lr)
+    lr_check: str = ""
+    # with a bracket: ladders after the first climb at the lr the first ladder's bracket chose, instead of running
+    # their own bracket (search.lr_shared; their check across lr then also tests that the lr transfers)
+    lr_shared: bool = False
     # the allocation step (rank_sweep.study.allocation): its target sets, its budgets (LoRA param counts, or
     # "plateau": the best ladder's plateau configuration's), and how the summary names a set given as a group
     allocation_sets: list[str] = field(default_factory=list)

@@ -8,6 +8,8 @@ import pytest
 
 from rank_sweep.config import RunConfig, SearchConfig
 from rank_sweep.errors import ConfigError
+from dataclasses import replace
+
 from rank_sweep.study.plan import LadderSpec, Point, plan
 from rank_sweep.study.run import build_spec
 from tests.unit.study.test_lr_probe import direct, row, via_optuna
@@ -126,11 +128,11 @@ def test_a_whole_study_calibrates_through_the_real_sampler_and_objective(monkeyp
     objective = study_objective.Objective(cfg, spec, None, None, None, None)
     study.optimize(objective, n_trials=20, callbacks=[StopWhenDone(spec, cfg, printer=lambda *a: None)])
     # the bracket, its edge one step further, the ladder at 3e-3 (plateau r=1), then the check across lr: r=2 at
-    # the neighbouring lrs that learned (r=1 there is the bracket's)
-    assert trained == [(1, 3e-4), (1, 1e-3), (1, 3e-3), (1, 9e-3), (2, 3e-3), (2, 1e-3), (2, 9e-3)]
+    # the neighbouring lr below that learned (r=1 there is the bracket's)
+    assert trained == [(1, 3e-4), (1, 1e-3), (1, 3e-3), (1, 9e-3), (2, 3e-3), (2, 1e-3)]
     recs = records_from_study(study)
-    assert [r.point.lr for r in recs] == [3e-4, None, 3e-3, 9e-3, 3e-3, None, 9e-3]
-    assert [r.lr for r in recs] == [3e-4, 1e-3, 3e-3, 9e-3, 3e-3, 1e-3, 9e-3]
+    assert [r.point.lr for r in recs] == [3e-4, None, 3e-3, 9e-3, 3e-3, None]
+    assert [r.lr for r in recs] == [3e-4, 1e-3, 3e-3, 9e-3, 3e-3, 1e-3]
 
 
 def _plateau_at_1(extra=()):
@@ -138,31 +140,83 @@ def _plateau_at_1(extra=()):
     return first_rung({0.3: 0.75, 1: 0.80, 3: 0.802}) + [row(WQ, 2, 0.801)] + list(extra)
 
 
-def test_the_plateau_is_checked_at_the_neighbouring_lrs_of_the_bracket(records):
-    s = spec(lr_check=True)
-    p = plan(records(_plateau_at_1()), s)
+def test_the_plateau_is_checked_at_the_lower_neighbouring_lr_of_the_bracket(records):
+    p = plan(records(_plateau_at_1()), spec(lr_check="lower"))
     lad = p.ladders[0]
     assert lad.plateau_rank == 1 and lad.lr is None and not p.done
-    # r=1 at 0.3x and 3x exist (the bracket's): only the rank above is trained there, with the first seed
-    assert p.pending == [Point(WQ, 2, 0, 3e-4), Point(WQ, 2, 0, 3e-3)] and "checking it" in lad.lr_verdict
+    # r=1 at 0.3x exists (the bracket's): only the rank above is trained there, with the first seed
+    assert p.pending == [Point(WQ, 2, 0, 3e-4)] and "checking it at lr 0.0003" in lad.lr_verdict
+    p = plan(records(_plateau_at_1()), spec(lr_check="both"))  # and the neighbour above too
+    assert p.pending == [Point(WQ, 2, 0, 3e-4), Point(WQ, 2, 0, 3e-3)]
 
 
 def test_a_plateau_that_holds_across_the_lrs(records):
-    p = plan(records(_plateau_at_1([row(WQ, 2, 0.752, lr=3e-4), row(WQ, 2, 0.803, lr=3e-3)])), spec(lr_check=True))
+    p = plan(records(_plateau_at_1([row(WQ, 2, 0.752, lr=3e-4)])), spec(lr_check="lower"))
     lad = p.ladders[0]
-    assert p.done and not lad.lr_dependent and lad.lr_verdict.startswith("plateau r=1 holds across lr [0.0003, 0.003]")
+    assert p.done and not lad.lr_dependent
+    assert lad.lr_verdict == "plateau r=1 holds across lr [0.0003, 0.001] (r=2 beats it at none of them)"
+
+
+def test_a_gain_of_the_rank_above_only_at_a_slower_lr_is_speed_and_the_plateau_holds(records):
+    # at 3e-4, r=2 (0.79) gains over r=1 there (0.75), but stays below the plateau row r=1 at 1e-3 (0.801)
+    p = plan(records(_plateau_at_1([row(WQ, 2, 0.79, lr=3e-4)])), spec(lr_check="lower"))
+    lad = p.ladders[0]
+    assert p.done and not lad.lr_dependent and lad.plateau_rank == 1
+    assert lad.lr_verdict == ("plateau r=1 holds across lr [0.0003, 0.001]: at lr 0.0003 r=2 gains over r=1 but is "
+                              "not shown better than r=1 at lr 0.001: speed at a slower lr, not a need for rank")
 
 
 def test_a_plateau_that_depends_on_the_learning_rate(records):
-    p = plan(records(_plateau_at_1([row(WQ, 2, 0.752, lr=3e-4), row(WQ, 2, 0.86, lr=3e-3)])), spec(lr_check=True))
+    # r=2 at 3e-4 beats the plateau row itself (r=1 at the ladder's lr, every seed)
+    p = plan(records(_plateau_at_1([row(WQ, 2, 0.86, lr=3e-4)])), spec(lr_check="lower"))
     lad = p.ladders[0]
     assert p.done and lad.lr_dependent and lad.plateau_rank == 1
-    assert lad.lr_verdict == "depends on the learning rate: at lr 0.003, r=2 gains over r=1"  # means: no predictions
+    assert lad.lr_verdict == "depends on the learning rate: r=2 at lr 0.0003 beats the plateau r=1 at lr 0.001"
+    both = _plateau_at_1([row(WQ, 2, 0.752, lr=3e-4), row(WQ, 2, 0.86, lr=3e-3)])  # the upper neighbour, with both
+    assert not plan(records(both), spec(lr_check="lower")).ladders[0].lr_dependent
+    assert plan(records(both), spec(lr_check="both")).ladders[0].lr_verdict == (
+        "depends on the learning rate: r=2 at lr 0.003 beats the plateau r=1 at lr 0.001")
+
+
+WV = "Wq,Wv"
+
+
+def test_later_ladders_wait_for_the_first_ones_bracket_and_climb_at_its_lr(records):
+    s = spec(target_sets=[WQ, WV], lr_shared=True, lr_check="lower")
+    p = plan(records([]), s)
+    assert all(x.targets == WQ for x in p.pending) and not p.ladders[1].rungs  # Wq,Wv waits for Wq's bracket
+    wq = first_rung({0.3: 0.60, 1: 0.70, 3: 0.80, 10: 0.75}) + [row(WQ, 2, 0.801, lr=3e-3)]
+    p = plan(records(wq), replace(s, lr_bracket=[0.3, 1.0, 3.0, 10.0]))
+    wv = p.ladders[1]
+    assert wv.lr == pytest.approx(3e-3) and wv.lr_from == WQ and wv.calibration is None
+    # its first rung at Wq's lr with every seed (the seed noise), and no bracket of its own
+    assert [x for x in p.pending if x.targets == WV] == [Point(WV, 1, s_, 3e-3) for s_ in (0, 1, 2)]
+
+
+def _shared_study(wv_lower: float):
+    """Wq: bracket keeps 3e-3, plateau r=1 (checked at 1e-3); Wq,Wv at 3e-3: plateau r=1; its check at 1e-3."""
+    wq = first_rung({0.3: 0.60, 1: 0.70, 3: 0.80}) + [row(WQ, 1, 0.75, lr=9e-3)] + [
+        row(WQ, 2, 0.801, lr=3e-3), row(WQ, 2, 0.70)]
+    wv = [row(WV, 1, 0.81 + 0.001 * s, lr=3e-3, seed=s) for s in (0, 1, 2)] + [row(WV, 2, 0.812, lr=3e-3)]
+    return wq + wv + [row(WV, 1, wv_lower), row(WV, 2, 0.75)]  # 1e-3 is the configured lr
+
+
+def test_a_shared_lr_is_checked_for_transfer_on_the_later_ladder(records):
+    s = spec(target_sets=[WQ, WV], lr_shared=True, lr_check="lower")
+    p = plan(records(_shared_study(0.78)[:-2]), s)
+    assert p.pending == [Point(WV, 1, 0), Point(WV, 2, 0)]  # both ranks at the lower lr (1e-3): no bracket there
+    p = plan(records(_shared_study(0.78)), s)
+    wv = p.ladders[1]
+    assert p.done and not wv.lr_dependent and wv.lr_verdict.startswith("plateau r=1 holds across lr [0.001, 0.003]")
+    p = plan(records(_shared_study(0.88)), s)  # Wq,Wv r=1 scores better at 1e-3 than at Wq's 3e-3
+    wv = p.ladders[1]
+    assert wv.lr_dependent and wv.lr_verdict == ("depends on the learning rate: lr 0.003 (the lr Wq's bracket "
+                                                 "chose) does not transfer: r=1 scores better at lr 0.001")
 
 
 def test_no_check_without_it_or_without_a_rank_above(records):
     assert plan(records(_plateau_at_1()), spec(lr_check=False)).done
-    p = plan(records(first_rung({0.3: 0.75, 1: 0.80, 3: 0.802})), spec(lr_check=True, ranks=[1]))
+    p = plan(records(first_rung({0.3: 0.75, 1: 0.80, 3: 0.802})), spec(lr_check="lower", ranks=[1]))
     assert p.done and "no rank above" in p.ladders[0].lr_verdict
 
 
