@@ -4,12 +4,12 @@ best at the edge is tried one step further once. The plan on hand-built historie
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from rank_sweep.config import RunConfig, SearchConfig
 from rank_sweep.errors import ConfigError
-from dataclasses import replace
-
 from rank_sweep.study.plan import LadderSpec, Point, plan
 from rank_sweep.study.run import build_spec
 from tests.unit.study.test_lr_probe import direct, row, via_optuna
