@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from rank_sweep.config import DIRECTIONS, Budget
 from rank_sweep.config.budget import count_text
 from rank_sweep.errors import RankSweepError
-from rank_sweep.results.paired import not_worse
+from rank_sweep.results.paired import is_gain, not_worse
 from rank_sweep.results.records import ConfigSummary, TrialRecord, aggregate
 
 __all__ = ["Budget", "Selection", "select", "pareto_front", "count_text", "score_text"]
@@ -47,6 +47,9 @@ class Selection:
     # label -> Interval of (score - best's score) on the same dev examples (with ``compare``), and the level
     vs_best: dict = field(default_factory=dict)
     confidence: float | None = None
+    # the choice's rank at the other learning rates its target set trained at (:func:`lr_lines`)
+    lr_notes: list[str] = field(default_factory=list)
+    lr_dependent: bool = False  # a higher rank of the choice's target set, at another lr, beats the choice
 
     @property
     def confidence_line(self) -> str:
@@ -181,7 +184,56 @@ def select(
         budget=budget,
         vs_best=vs_best if paired else {},
         confidence=confidence if paired else None,
+        **dict(zip(("lr_notes", "lr_dependent"), lr_lines(chosen, summaries, compare, tolerance, direction),
+                   strict=True)),
     )
+
+
+def lr_lines(chosen: ConfigSummary, summaries: Sequence[ConfigSummary], compare, tolerance: float,
+             direction: str) -> tuple[list[str], bool]:
+    """Does the choice's rank hold at the other learning rates its target set trained at (the ladder's bracket and
+    its check across lr)? For each other lr b: the lowest rank above the choice's trained at b (q) against the choice
+    itself (paired), and against the choice's rank at b where that ran. The choice *depends on the learning rate*
+    when such a q beats it by more than ``tolerance`` (it was out of the budget, or select would have chosen it);
+    a gain of q over the choice's rank at b alone is speed at that lr, not a need for rank. (lines, dependent)."""
+    if chosen.method != "lora" or chosen.lr is None:
+        return [], False
+    same = [s for s in summaries if s.method == "lora" and s.targets == chosen.targets and not s.screened
+            and s.lr is not None and s.mean is not None and not s.not_learning]
+    others = sorted({s.lr for s in same if not math.isclose(s.lr, chosen.lr, rel_tol=1e-9)})
+    lines, dependent = [], False
+    for b in others:
+        at_b = {s.r: s for s in same if math.isclose(s.lr, b, rel_tol=1e-9)}
+        above = sorted(r for r in at_b if r > chosen.r)
+        if not above:
+            continue
+        q, low = at_b[above[0]], at_b.get(chosen.r)
+        d = compare(chosen, q) if compare is not None else None
+        d_low = compare(low, q) if compare is not None and low is not None else None
+        beats = is_gain(d, tolerance, direction) if d is not None else _key(direction)(chosen) - _key(direction)(q) > tolerance
+        gains = (is_gain(d_low, tolerance, direction) if d_low is not None
+                 else low is not None and _key(direction)(low) - _key(direction)(q) > tolerance)
+        vs = _diff_text(d, q, chosen)
+        if beats:
+            dependent = True
+            lines.append(f"at lr {b:g} r={q.r} beats the choice ({vs}) but is not eligible (outside the budget): at "
+                         f"this budget the choice stands, yet it is no plateau of the task, only of lr {chosen.lr:g}")
+        elif gains:
+            lines.append(f"at lr {b:g} r={q.r} gains over r={chosen.r} ({_diff_text(d_low, q, low)}) but not over the "
+                         f"choice ({vs}): speed at that lr, not a need for rank")
+        else:
+            lines.append(f"at lr {b:g} r={q.r} gains over neither r={chosen.r} there nor the choice ({vs})")
+    if lines:
+        head = (f"learning rate: the choice trained at lr {chosen.lr:g} (its preset keeps it); "
+                + ("its rank depends on the learning rate" if dependent else "its rank holds at the other lrs tried"))
+        lines = [head] + ["  " + x for x in lines]
+    return lines, dependent
+
+
+def _diff_text(d, b: ConfigSummary, a: ConfigSummary) -> str:
+    if d is not None:
+        return f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+    return f"{b.mean - a.mean:+.4f}, means"
 
 
 def _eligible(summaries: list[ConfigSummary], budget: Budget, methods: Sequence[str] = ("lora",)):

@@ -124,6 +124,7 @@ def format_selection(selection: Selection) -> str:
         f"{c.n} seed(s), {cost_text(c)}",
         f"why: {selection.reason}",
         selection.confidence_line,
+        *selection.lr_notes,
         "",
         "runners-up:",
         _markdown(

@@ -473,3 +473,35 @@ def test_select_methods_is_checked_in_one_line():
     assert SelectConfig(methods="lora,ia3").methods == ["lora", "ia3"]
     with pytest.raises(ConfigError, match=r"^select.methods='lorra' is not valid"):
         SelectConfig(methods=["lorra"])
+
+
+def L(r, mean, lr, tp, configured=1e-3):
+    """A LoRA row on Wq trained at ``lr`` (its own lr is part of its identity unless it is the configured one)."""
+    tuned = () if lr == configured else (("lr", lr),)
+    return ConfigSummary("Wq", r, 1, mean, 0.0, tp, tp, None, False, peak_memory_mb=None, tuned=tuned, lr=lr)
+
+
+def test_select_says_whether_the_choices_rank_holds_at_the_other_learning_rates():
+    # the bracket and the check: Wq r=1 best at 3e-3; at 1e-3 r=2 gains over r=1 there, not over the choice
+    rows = [L(1, 0.81, 3e-3, 10), L(2, 0.805, 3e-3, 20), L(1, 0.70, 1e-3, 10), L(2, 0.78, 1e-3, 20)]
+    sel = select(rows, Budget(), 0.01)
+    assert sel.chosen.label == "Wq r=1 lr=0.003" and not sel.lr_dependent
+    assert sel.lr_notes == [
+        "learning rate: the choice trained at lr 0.003 (its preset keeps it); its rank holds at the other lrs tried",
+        "  at lr 0.001 r=2 gains over r=1 (+0.0800, means) but not over the choice (-0.0300, means): speed at that "
+        "lr, not a need for rank"]
+    assert "its rank holds at the other lrs tried" in format_selection(sel)
+
+
+def test_a_higher_rank_at_another_lr_that_beats_the_choice_outside_the_budget_makes_it_lr_dependent():
+    rows = [L(1, 0.81, 3e-3, 10), L(2, 0.805, 3e-3, 20), L(1, 0.70, 1e-3, 10), L(2, 0.86, 1e-3, 20)]
+    sel = select(rows, Budget(max_trainable_params=15), 0.01)
+    assert sel.chosen.label == "Wq r=1 lr=0.003" and sel.lr_dependent
+    assert sel.lr_notes[0].endswith("its rank depends on the learning rate")
+    assert sel.lr_notes[1].startswith("  at lr 0.001 r=2 beats the choice (+0.0500, means) but is not eligible")
+    # in budget, select simply chooses it: the rank is part of the answer at its own lr
+    assert select(rows, Budget(), 0.01).chosen.label == "Wq r=2"
+
+
+def test_no_lr_lines_when_every_row_trained_at_one_lr():
+    assert select([L(1, 0.81, 1e-3, 10), L(2, 0.80, 1e-3, 20)], Budget(), 0.01).lr_notes == []
