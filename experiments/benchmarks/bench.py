@@ -5,6 +5,8 @@
     python3 experiments/benchmarks/bench.py --device cuda --model DIR --out $OUT/bench.json   # one GPU
     python3 experiments/benchmarks/bench.py --smoke [--device cuda]   # checks the script runs (1-2 min)
     python3 experiments/benchmarks/bench.py --only plan_seconds       # one section (here: no training, no data)
+    python3 experiments/benchmarks/bench.py --only lr --lr-start /tmp/three/after --lr-before /tmp/three/before
+        # the learning-rate keys, from experiments/lr_start's studies (without --lr-start they run: about an hour)
 
 Writes bench.json and bench.md (a markdown table) beside --out; bench.json is rewritten after each
 section, so a run cut short keeps what it measured. Real model (all-MiniLM-L6-v2, or --model) and real
@@ -34,7 +36,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from experiments.benchmarks import plan_cost  # noqa: E402
+from experiments.benchmarks import lr_cost, plan_cost  # noqa: E402
 from rank_sweep.config import (  # noqa: E402
     Budget,  # noqa: E402
     LoraConfig,
@@ -72,7 +74,9 @@ TARGETS = {"overhead_ratio": ("<=", 1.03), "setup_seconds": ("<=", 1.0), "lora_v
            "decision_false_gain_rate": ("<=", 0.05), "decision_power": (">=", 0.8),
            "nested_vs_ladder_compute": ("<=", 0.35), "nested_plateau_agreement": (">=", 1.0),
            "nested_curve_rank_correlation": ("", None), "verdict_vs_grid3_compute": ("", None),
-           "lm_overhead_ratio": ("<=", 1.03), "plan_seconds_1000": ("<=", 0.1)}
+           "lm_overhead_ratio": ("<=", 1.03), "plan_seconds_1000": ("<=", 0.1),
+           "lr_sensitivity": ("", None), "lr_sensitivity_holdout": ("", None), "lr_fair_vs_grid_compute": ("<=", 0.15),
+           "lr_fair_vs_before_compute": ("<=", 1.5), "lr_choice_vs_grid_best": ("", None)}
 
 
 def base_cfg(args, tmp: str, **trainer) -> RunConfig:
@@ -643,6 +647,19 @@ def calibration_section(b: Bench) -> None:
                                       n_boot=1000))
 
 
+def lr_section(b: Bench) -> None:
+    """8. the learning rate (issue 24): the quick start started at 0.3x, 1x and 3x its lr, and the grid of every ladder
+    rank at those lrs (experiments/lr_start). --lr-start DIR reads studies run before; without it they run here, in
+    the quick start's own settings (about an hour on 2 idle cores)."""
+    folder = b.args.lr_start
+    if folder is None:
+        folder = os.path.join(b.tmp, "lr_start", "after")
+        env = dict(os.environ, OUT=folder, GLUE_DIR=b.args.glue_dir)
+        for script in ("run.sh", "grid.sh"):
+            subprocess.run(["bash", os.path.join(ROOT, "experiments", "lr_start", script)], env=env, check=True)
+    b.res.update(lr_cost.measure(folder, b.args.lr_before))
+
+
 def plan_section(b: Bench) -> None:
     """7. the planner's cost: deciding the next point with 100 and 1,000 finished trials in SQLite (no training)."""
     b.res.update(plan_cost.measure())
@@ -654,7 +671,7 @@ SECTIONS = {"lm_overhead": (lm_section, False), "overhead": (overhead_section, F
             "steps": (steps_section, False), "latency_mfu": (latency_mfu_section, False),
             "bf16_score": (bf16_score_section, False), "ladder_vs_grid": (ladder_vs_grid_section, False),
             "nested": (nested_section, False), "decision_calibration": (calibration_section, True),
-            "plan_seconds": (plan_section, True)}
+            "plan_seconds": (plan_section, True), "lr": (lr_section, False)}
 TIMINGS = ("overhead", "steps", "latency_mfu", "bf16_score")
 
 
@@ -689,6 +706,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--lm-only", action="store_true",
                     help="only the causal-LM overhead (lm_overhead_ratio, SmolLM2-135M on SST-2 as text)")
     ap.add_argument("--no-lm", action="store_true", help="skip the causal-LM overhead section")
+    ap.add_argument("--lr-start", help="the lr section: a folder of experiments/lr_start's run.sh and grid.sh studies "
+                    "(else they run, about an hour)")
+    ap.add_argument("--lr-before", help="the lr section: run.sh's folder on the checkout before the bracket")
     ap.add_argument("--only", choices=list(SECTIONS),
                     help="one section (plan_seconds and decision_calibration need no data; a timing runs all four)")
     args = ap.parse_args()
