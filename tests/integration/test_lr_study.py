@@ -23,7 +23,7 @@ def test_a_default_study_calibrates_its_lr_checks_its_verdict_and_shows_every_ro
     monkeypatch.chdir(tmp_path)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         tree = compose("config", overrides=toy_overrides(tiny_model_dir, toy_data_dir, tmp_path) + [
-            "search.ladder=[1,2]", "search.target_sets=[[Wq,Wv]]", "search.extend=false",
+            "search.ladder=[1,2]", "search.target_sets=[[Wq,Wv],[Wq]]", "search.extend=false",
             f"search.storage=sqlite:///{tmp_path}/optuna.db",
             # the defaults the toy studies pin off (conftest): this study runs them
             "search.lr_bracket=[0.3,1,3]", "search.head_reference=null"])
@@ -32,7 +32,7 @@ def test_a_default_study_calibrates_its_lr_checks_its_verdict_and_shows_every_ro
     out = capsys.readouterr().out
     recs = records_from_study(study)
     base = cfg.trainer.lr
-    first = sorted((r.lr for r in recs if r.r == 1), key=float)
+    first = sorted((r.lr for r in recs if r.r == 1 and r.targets == "Wq,Wv"), key=float)
     assert [r.targets for r in recs][0] == "head only"  # on by default for a classifier, and first
     assert first[0] == 0.3 * base and base in first and 3 * base in first  # the bracket on r=1
     assert "lr bracket on r=1: lr" in out and "-> climbs at lr" in out
@@ -49,3 +49,11 @@ def test_a_default_study_calibrates_its_lr_checks_its_verdict_and_shows_every_ro
         0.1, 0.3, 1.0, 3.0, 9.0)
     if lad["plateau_rank"] is not None:  # the verdict checked across lr, said in the summary
         assert lad["lr_verdict"] and "across lr: " in out
+    # the second ladder climbs at the lr the first one's bracket chose (search.lr_shared): no bracket of its own
+    kept = base * lad["lr_bracket"]["kept"]
+    wq = json.load(open(client.download_artifacts(parent, "decisions.json", str(tmp_path / "c"))))["ladders"]["Wq"]
+    assert wq["lr_from"] == "Wq,Wv" and "lr_bracket" not in wq
+    n = cfg.search.seeds + cfg.search.noise_seeds  # its first rung, every seed, at that lr (then, here, probes)
+    wq_first = [r for r in recs if r.targets == "Wq"][:n]
+    assert all(abs(r.lr - kept) < 1e-9 * kept for r in wq_first) and len({r.seed for r in wq_first}) == n
+    assert "the lr Wq,Wv's bracket chose (search.lr_shared" in out

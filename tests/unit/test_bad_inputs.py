@@ -89,6 +89,9 @@ CASES = [
     ("lr-bracket-without-one", ["search.lr_bracket=[0.3,3]"], None,
      "search.lr_bracket=[0.3, 3] is not valid: give distinct positive multiples of trainer.lr that include 1"),
     ("head-reference-not-boolean", ["search.head_reference=maybe"], None, "search.head_reference='maybe' is not valid"),
+    ("lr-check-unknown-side", ["search.lr_check=above"], None,
+     "search.lr_check='above' is not valid: give lower (the neighbouring lr below the ladder's), both, or false"),
+    ("lr-shared-not-boolean", ["search.lr_shared=first"], None, "search.lr_shared='first' is not valid: give true or false"),
     # stopping rule, budget, retries
     ("negative-min-delta", ["search.min_delta=-1"], None, "search.min_delta=-1 is not valid: it must be >= 0"),
     ("zero-seeds", ["search.seeds=0"], None, "search.seeds=0 is not valid: it must be > 0"),
