@@ -24,6 +24,6 @@ for lr in $LRS; do            # the middle learning rates first: a cut run still
   for policy in $POLICIES; do
     ${LOCK:+flock $LOCK} .venv/bin/rank-sweep experiment=quickstart $COMMON $STORES lora.alpha_policy=$policy trainer.lr=$lr \
       "search.ladder=$(eval echo \$RANKS_$policy)" \
-      search.study_name=lrt_${policy}_${lr}
+      search.study_name=lrt_${policy}_${lr} ${EXTRA:-}
   done
 done
