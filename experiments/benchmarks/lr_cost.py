@@ -7,8 +7,9 @@ start started at lr 3e-4, 1e-3 and 3e-3; ``grid.sh``: every ladder rank at those
 - ``lr_sensitivity``: the spread (max - min) of the chosen configuration's dev score across the three starts
   (``lr_sensitivity_holdout``: of its held-out score), the choice made by ``rank-sweep-select`` at the README's budget.
 - ``lr_fair_vs_grid_compute``: the optimizer steps of the study started at the preset's lr over the grid's (every trial
-  of both is 189 steps: 2,000 sentences x 3 epochs). ``lr_fair_vs_before_compute``: over the same study without the
-  bracket (``--before``: the checkout before issue 24).
+  of both is 189 steps: 2,000 sentences x 3 epochs); without grid.sh's studies, the grid's size by construction (30
+  trials; ``lr_grid_ran`` false). ``lr_fair_vs_before_compute``: over the same study without the bracket
+  (``--before``: the checkout before issue 24).
 - ``lr_choice_vs_grid_best``: held-out score of that study's choice minus the grid's best configuration in the same
   budget (the best dev mean), with its 95% paired interval on the same held-out examples.
 """
@@ -26,11 +27,14 @@ sys.path.insert(0, ROOT)
 from experiments.lr_start.table import BUDGET, LRS, STEPS_PER_TRIAL, TOLERANCE, config  # noqa: E402
 from rank_sweep.commands.select import read_study  # noqa: E402
 from rank_sweep.config import Budget  # noqa: E402
+from rank_sweep.errors import RankSweepError  # noqa: E402
 from rank_sweep.results import holdout  # noqa: E402
 from rank_sweep.results.finished import study_comparer, summary_comparer  # noqa: E402
 from rank_sweep.results.paired import paired_difference  # noqa: E402
 from rank_sweep.results.records import aggregate  # noqa: E402
 from rank_sweep.results.selection import select  # noqa: E402
+
+GRID_TRIALS = 3 * 5 * 2  # grid.sh: 3 lrs x r = 1, 2, 4, 8, 16 x 2 ladders, one seed
 
 
 def _trials(study) -> int:
@@ -62,10 +66,16 @@ def measure(folder: str, before: str | None = None) -> dict:
                                 for lr, (c, _) in chosen.items()}}
     if all(h is not None for h, _ in held.values()):
         out["lr_sensitivity_holdout"] = max(h.estimate for h, _ in held.values()) - min(h.estimate for h, _ in held.values())
-    grids = {lr: read_study(cfg, "study", f"grid_{lr}") for lr in LRS}
-    grid_steps = sum(_trials(g) for g in grids.values()) * STEPS_PER_TRIAL
+    try:
+        grids = {lr: read_study(cfg, "study", f"grid_{lr}") for lr in LRS}
+    except RankSweepError:  # grid.sh did not run: its size is known (every rank of both ladders at 3 lrs, one seed)
+        grids = {}
+    grid_trials = sum(_trials(g) for g in grids.values()) if grids else GRID_TRIALS
     steps = _trials(studies["1e-3"]) * STEPS_PER_TRIAL
-    out.update({"lr_fair_steps": steps, "lr_grid_steps": grid_steps, "lr_fair_vs_grid_compute": steps / grid_steps})
+    out.update({"lr_fair_steps": steps, "lr_grid_steps": grid_trials * STEPS_PER_TRIAL, "lr_grid_ran": bool(grids),
+                "lr_fair_vs_grid_compute": steps / (grid_trials * STEPS_PER_TRIAL)})
+    if not grids:
+        return out
     if before:
         b = read_study(config(before), "study", f"qs_{os.path.basename(before.rstrip('/'))}_1e-3")
         out.update({"lr_before_steps": _trials(b) * STEPS_PER_TRIAL,
