@@ -74,12 +74,12 @@ def measure(folder: str, before: str | None = None) -> dict:
     steps = _trials(studies["1e-3"]) * STEPS_PER_TRIAL
     out.update({"lr_fair_steps": steps, "lr_grid_steps": grid_trials * STEPS_PER_TRIAL, "lr_grid_ran": bool(grids),
                 "lr_fair_vs_grid_compute": steps / (grid_trials * STEPS_PER_TRIAL)})
-    if not grids:
-        return out
     if before:
         b = read_study(config(before), "study", f"qs_{os.path.basename(before.rstrip('/'))}_1e-3")
         out.update({"lr_before_steps": _trials(b) * STEPS_PER_TRIAL,
                     "lr_fair_vs_before_compute": steps / (_trials(b) * STEPS_PER_TRIAL)})
+    if not grids:
+        return out
     rows = []  # the grid's configurations in budget: (summary, its records), every lr
     for g in grids.values():
         for s in aggregate([r for r in g.records if r.usable], cfg.search.confidence, g.direction):
