@@ -89,7 +89,7 @@ def measure(folder: str, before: str | None = None) -> dict:
     c, c_recs = chosen["1e-3"]
     hc, pc = held["1e-3"]
     hb, pb = _held(reader, best_recs)
-    out["lr_grid_best"] = {"config": best.label, "dev": [best.mean, best.ci_low, best.ci_high],
+    out["lr_grid_best"] = {"config": best.label, "lr": best.lr, "dev": [best.mean, best.ci_low, best.ci_high],
                            "holdout": None if hb is None else [hb.estimate, hb.low, hb.high]}
     if hc is not None and hb is not None:
         d = paired_difference(reader.metric, [p.outputs for p in pb], [p.outputs for p in pc], pc[0].label,
