@@ -202,17 +202,20 @@ def lr_lines(chosen: ConfigSummary, summaries: Sequence[ConfigSummary], compare,
             and s.lr is not None and s.mean is not None and not s.not_learning]
     others = sorted({s.lr for s in same if not math.isclose(s.lr, chosen.lr, rel_tol=1e-9)})
     lines, dependent = [], False
+    bad = _key(direction)
+
+    def gain(a, b):  # (b beats a by more than the tolerance, the paired interval of b - a or None)
+        d = compare(a, b) if compare is not None else None
+        return (is_gain(d, tolerance, direction) if d is not None else bad(a) - bad(b) > tolerance), d
+
     for b in others:
         at_b = {s.r: s for s in same if math.isclose(s.lr, b, rel_tol=1e-9)}
         above = sorted(r for r in at_b if r > chosen.r)
         if not above:
             continue
         q, low = at_b[above[0]], at_b.get(chosen.r)
-        d = compare(chosen, q) if compare is not None else None
-        d_low = compare(low, q) if compare is not None and low is not None else None
-        beats = is_gain(d, tolerance, direction) if d is not None else _key(direction)(chosen) - _key(direction)(q) > tolerance
-        gains = (is_gain(d_low, tolerance, direction) if d_low is not None
-                 else low is not None and _key(direction)(low) - _key(direction)(q) > tolerance)
+        beats, d = gain(chosen, q)
+        gains, d_low = gain(low, q) if low is not None else (False, None)
         vs = _diff_text(d, q, chosen)
         if beats:
             dependent = True

@@ -76,14 +76,20 @@ def _lr(spec: LadderSpec, m: float) -> float | None:
     return None if m == 1 else spec.base_lr * m
 
 
-def _better(spec: LadderSpec, a: list[TrialRecord], b: list[TrialRecord], seed_std: float | None) -> bool:
-    """b beats a by more than min_delta: the paired interval (seed noise included), else the means."""
+def _gain(spec: LadderSpec, a: list[TrialRecord], b: list[TrialRecord], seed_std: float | None):
+    """(b beats a by more than min_delta, the paired interval of b - a or None): the interval decides (seed noise
+    included); without predictions, the means."""
     diff = spec.compare(a, b, seed_std) if spec.compare is not None else None
     if diff is not None:
-        return is_gain(diff, spec.min_delta, spec.direction)
+        return is_gain(diff, spec.min_delta, spec.direction), diff
     sa = statistic(a, spec.confidence, spec.direction).mean
     sb = statistic(b, spec.confidence, spec.direction).mean
-    return (sb - sa if spec.direction == "maximize" else sa - sb) > spec.min_delta
+    return (sb - sa if spec.direction == "maximize" else sa - sb) > spec.min_delta, None
+
+
+def _better(spec: LadderSpec, a: list[TrialRecord], b: list[TrialRecord], seed_std: float | None) -> bool:
+    """b beats a by more than min_delta (:func:`_gain`)."""
+    return _gain(spec, a, b, seed_std)[0]
 
 
 def calibrate(spec: LadderSpec, hist: History, targets: str, r: int, state, pending: list[Point]):
@@ -194,15 +200,20 @@ def check_across_lr(spec: LadderSpec, hist: History, targets: str, state, by_ran
     beats, moved, speed = [], [], []
     for m, low, high in found:
         b = spec.base_lr * m
-        if _better(spec, plateau, high, seed_std):
-            beats.append(f"r={q} at lr {b:g} beats the plateau r={p} at lr {a:g}{_by(spec, plateau, high, seed_std)}")
-        elif shared and _better(spec, plateau, low, seed_std):
+        over_plateau, d_plateau = _gain(spec, plateau, high, seed_std)
+        if over_plateau:
+            beats.append(f"r={q} at lr {b:g} beats the plateau r={p} at lr {a:g}{_by(d_plateau)}")
+            continue
+        moved_here, d_moved = _gain(spec, plateau, low, seed_std) if shared else (False, None)
+        if moved_here:
             moved.append(f"lr {a:g} (the lr {shared}'s bracket chose) does not transfer: r={p} scores better at lr "
-                         f"{b:g}{_by(spec, plateau, low, seed_std)}")
-        elif _better(spec, low, high, seed_std):
+                         f"{b:g}{_by(d_moved)}")
+            continue
+        over_low, d_low = _gain(spec, low, high, seed_std)
+        if over_low:
             why = "speed at a slower lr" if b < a else "a gain only where both overshoot"
-            speed.append(f"at lr {b:g} r={q} gains over r={p}{_by(spec, low, high, seed_std)} but is not shown better "
-                         f"than r={p} at lr {a:g}{_by(spec, plateau, high, seed_std)}: {why}, not a need for rank")
+            speed.append(f"at lr {b:g} r={q} gains over r={p}{_by(d_low)} but is not shown better than r={p} at lr "
+                         f"{a:g}{_by(d_plateau)}: {why}, not a need for rank")
     lrs = [a, *(spec.base_lr * m for m, _, _ in found)]
     state.lr_dependent = bool(beats or moved)
     if state.lr_dependent:
@@ -215,9 +226,8 @@ def check_across_lr(spec: LadderSpec, hist: History, targets: str, state, by_ran
                             + (f": {'; '.join(speed)}" if speed else f" (r={q} beats it at none of them)"))
 
 
-def _by(spec: LadderSpec, a: list[TrialRecord], b: list[TrialRecord], seed_std: float | None) -> str:
-    """ (+d [lo, hi]): b - a on the same dev examples, or "" without predictions."""
-    d = spec.compare(a, b, seed_std) if spec.compare is not None else None
+def _by(d) -> str:
+    """ (+d [lo, hi]): a paired interval as the verdicts print it, or "" without predictions."""
     return "" if d is None else f" ({d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
 
 
